@@ -1,0 +1,119 @@
+"""Typed mixture specification: what the planner hands the mixture engine.
+
+A MIX statement is planned into (a) one DuckDB query that returns one row per selected
+sample with mixsql's ``__mix_*`` columns and (b) a :class:`MixSpec`. Everything here is a
+frozen dataclass that round-trips through JSON (``to_json`` / ``from_json``), so the spec can
+travel to DataLoader workers, other ranks and the Flight server without pickle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Unit = Literal["samples", "tokens"]
+OnExhausted = Literal["stop", "redistribute", "repeat"]
+BudgetKind = Literal["samples", "tokens", "chunks"]
+Weighting = Literal["static", "natural", "schedule", "algorithm"]
+
+# Columns the planned query returns besides the user's own projection.
+MIX_COLUMNS = (
+    "__mix_group",     # INTEGER: leaf group id, 0..len(groups)-1
+    "__mix_source",    # VARCHAR: source name
+    "__mix_file_id",   # INTEGER: files.file_id
+    "__mix_file",      # VARCHAR: files.path
+    "__mix_row",       # BIGINT: sample's row number inside its file (0-based)
+    "__mix_offset",    # BIGINT: format-specific location, see catalog.SAMPLE_INDEX_DOC
+    "__mix_length",    # INTEGER: format-specific location, see catalog.SAMPLE_INDEX_DOC
+    "__mix_n_bytes",   # BIGINT: UTF-8 bytes of the sample's text
+    "__mix_n_tokens",  # BIGINT (nullable): tokens of the sample's text, when registered
+)
+ORDER_COLUMN = "__mix_order"  # present only when the statement has ORDER BY (ASC order)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A leaf of the mixture tree: the unit the engine draws from."""
+
+    id: int                 # dense 0..n-1, equals the __mix_group value
+    path: str               # display path, e.g. "web,c4" or "code/python" or "OTHER"
+    weight: float           # absolute target share (product down the tree), leaves sum to 1
+    values: tuple = ()      # literal values this leaf matches at its own level (() for OTHER)
+
+
+@dataclass(frozen=True)
+class Budget:
+    amount: int
+    kind: BudgetKind
+
+
+@dataclass(frozen=True)
+class ScheduleStep:
+    step: int                         # training step at which these weights start
+    weights: tuple[float, ...]        # absolute leaf weights, indexed by Group.id, sum 1
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str                         # e.g. "ado", "loss_average" (lower case)
+    args: tuple[tuple[str, Any], ...] = ()
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.args)
+
+
+@dataclass(frozen=True)
+class Shuffle:
+    """Locality-aware seeded permutation inside each group (used when there is no ORDER BY).
+
+    Samples of a group are cut, in (file, row) order, into blocks of ``block`` samples; the
+    blocks are permuted, then samples are shuffled inside windows of ``window`` consecutive
+    blocks. ``block=1`` is a full uniform shuffle; larger blocks read fewer files per chunk.
+    """
+
+    block: int = 16
+    window: int = 64
+
+
+@dataclass(frozen=True)
+class MixSpec:
+    groups: tuple[Group, ...]
+    weighting: Weighting = "static"
+    unit: Unit = "samples"
+    chunk_size: int = 512                   # samples per chunk, or tokens per chunk (unit=tokens)
+    seed: int = 0
+    on_exhausted: OnExhausted = "stop"
+    max_epochs: int | None = None           # bound for on_exhausted='repeat' (None: unbounded)
+    budget: Budget | None = None
+    ordered: bool = False                   # True when ORDER BY is given (__mix_order present)
+    shuffle: Shuffle = field(default_factory=Shuffle)
+    schedule: tuple[ScheduleStep, ...] = ()
+    algorithm: Algorithm | None = None
+
+    def weights(self) -> tuple[float, ...]:
+        return tuple(g.weight for g in self.groups)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MixSpec":
+        d = json.loads(text)
+        return cls(
+            groups=tuple(Group(g["id"], g["path"], g["weight"], tuple(g["values"])) for g in d["groups"]),
+            weighting=d["weighting"],
+            unit=d["unit"],
+            chunk_size=d["chunk_size"],
+            seed=d["seed"],
+            on_exhausted=d["on_exhausted"],
+            max_epochs=d["max_epochs"],
+            budget=Budget(**d["budget"]) if d["budget"] else None,
+            ordered=d["ordered"],
+            shuffle=Shuffle(**d["shuffle"]),
+            schedule=tuple(ScheduleStep(s["step"], tuple(s["weights"])) for s in d["schedule"]),
+            algorithm=(
+                Algorithm(d["algorithm"]["name"], tuple((k, v) for k, v in d["algorithm"]["args"]))
+                if d["algorithm"] else None
+            ),
+        )

@@ -1,0 +1,103 @@
+"""Shared fixtures: small real catalogs built from real JSONL files on disk."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from mixsql.catalog import Catalog, bump_snapshot, create_samples_view, quote_ident
+
+
+def write_jsonl_catalog(
+    catalog_dir: Path,
+    records: list[dict],
+    *,
+    source: str = "corpus",
+    properties: dict[str, str] | None = None,
+    rows_per_file: int = 1000,
+    n_tokens: bool = True,
+) -> Path:
+    """Write ``records`` (dicts with 'text' and flat properties) as JSONL files under
+    ``catalog_dir/data/<source>`` and index them directly into the catalog schema.
+
+    This is the low-level path the registration module also ends in; it lets tests of the
+    planner and engine build exact catalogs without depending on registration options.
+    Token counts are the UTF-8 byte length (the byte-level tokenizer's count).
+    """
+    properties = properties or {}
+    data_dir = Path(catalog_dir) / "data" / source
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cat = Catalog(catalog_dir)
+    con = cat.con
+    con.execute("BEGIN")
+    existing = {n for n, _ in cat.properties()}
+    for name, typ in properties.items():
+        if name not in existing:
+            con.execute(f"ALTER TABLE sample_index ADD COLUMN {quote_ident(name)} {typ}")
+    source_id = con.execute("SELECT coalesce(max(source_id), 0) + 1 FROM sources").fetchone()[0]
+    next_file = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM files").fetchone()[0]
+    cols: dict[str, list] = {c: [] for c in ("file_id", "row", "loc_offset", "loc_length", "n_bytes", "n_tokens")}
+    cols.update({p: [] for p in properties})
+    total_bytes = 0
+    for fi, start in enumerate(range(0, len(records), rows_per_file)):
+        part = records[start:start + rows_per_file]
+        path = data_dir / f"part-{fi:05d}.jsonl"
+        offset = 0
+        blob = bytearray()
+        file_id = next_file + fi
+        for r, rec in enumerate(part):
+            line = json.dumps(rec).encode()
+            nb = len(rec["text"].encode())
+            cols["file_id"].append(file_id)
+            cols["row"].append(r)
+            cols["loc_offset"].append(offset)
+            cols["loc_length"].append(len(line))
+            cols["n_bytes"].append(nb)
+            cols["n_tokens"].append(nb if n_tokens else None)
+            for p in properties:
+                cols[p].append(rec.get(p))
+            blob += line + b"\n"
+            offset += len(line) + 1
+            total_bytes += nb
+        path.write_bytes(bytes(blob))
+        st = os.stat(path)
+        con.execute(
+            "INSERT INTO files VALUES (?, ?, ?, 'none', ?, ?, ?, ?, ?)",
+            [file_id, source_id, str(path.resolve()), st.st_size, st.st_mtime_ns, "test", len(part),
+             sum(len(x["text"].encode()) for x in part)],
+        )
+    opts = json.dumps({"text": "text"})
+    con.execute(
+        "INSERT INTO sources (source_id, name, format, pattern, options, properties, n_files, n_samples, n_bytes) "
+        "VALUES (?, ?, 'jsonl', ?, ?, ?, ?, ?, ?)",
+        [source_id, source, str(data_dir / "*.jsonl"), opts, json.dumps(properties),
+         (len(records) + rows_per_file - 1) // rows_per_file, len(records), total_bytes],
+    )
+    table = pa.table(cols)
+    con.register("__new_rows", table)
+    names = ", ".join(quote_ident(c) for c in cols)
+    con.execute(f"INSERT INTO sample_index ({names}) SELECT {names} FROM __new_rows")
+    con.unregister("__new_rows")
+    create_samples_view(con)
+    bump_snapshot(con)
+    con.execute("COMMIT")
+    cat.close()
+    return Path(catalog_dir)
+
+
+@pytest.fixture
+def langs_catalog(tmp_path):
+    """Mixtera scenario 2: 50 JavaScript, 30 HTML, 20 Python samples in one source."""
+    recs = []
+    for lang, n in (("JavaScript", 50), ("HTML", 30), ("Python", 20)):
+        for i in range(n):
+            recs.append({"text": f"{lang} sample {i} " + "x" * (i % 7), "language": lang,
+                         "license": "MIT" if i % 3 == 0 else "CC", "quality": (i % 10) / 10})
+    return write_jsonl_catalog(
+        tmp_path / "cat", recs,
+        properties={"language": "VARCHAR", "license": "VARCHAR", "quality": "DOUBLE"},
+        rows_per_file=40,
+    )
