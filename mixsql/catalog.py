@@ -84,6 +84,16 @@ def property_columns(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     return [(n, t) for n, t in rows if n not in POINTER_COLUMNS]
 
 
+def fetch_one(result):
+    """First row of an executed statement, or None; always drains the result.
+
+    DuckDB 2.0 refuses further work on a connection whose ``execute()`` result was not read to
+    its end, so ``fetchone()`` on a multi-row (or later reused) result is unsafe.
+    """
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -101,7 +111,7 @@ def create_samples_view(con: duckdb.DuckDBPyConnection) -> None:
 
 def bump_snapshot(con: duckdb.DuckDBPyConnection) -> int:
     """Advance the catalog snapshot counter (call inside the changing transaction)."""
-    cur = con.execute("SELECT value FROM catalog_meta WHERE key = 'snapshot'").fetchone()
+    cur = fetch_one(con.execute("SELECT value FROM catalog_meta WHERE key = 'snapshot'"))
     nxt = int(cur[0]) + 1 if cur else 1
     con.execute("INSERT OR REPLACE INTO catalog_meta VALUES ('snapshot', ?)", [str(nxt)])
     return nxt
@@ -138,9 +148,9 @@ class Catalog:
             self.con.execute("BEGIN")
             try:
                 self.con.execute(SCHEMA)
-                have = self.con.execute(
+                have = fetch_one(self.con.execute(
                     "SELECT value FROM catalog_meta WHERE key='format_version'"
-                ).fetchone()
+                ))
                 if have is None:
                     self.con.execute("INSERT INTO catalog_meta VALUES ('format_version', ?)", [FORMAT_VERSION])
                     self.con.execute("INSERT INTO catalog_meta VALUES ('snapshot', '0')")
@@ -156,7 +166,7 @@ class Catalog:
 
     @property
     def snapshot(self) -> int:
-        row = self.con.execute("SELECT value FROM catalog_meta WHERE key='snapshot'").fetchone()
+        row = fetch_one(self.con.execute("SELECT value FROM catalog_meta WHERE key='snapshot'"))
         return int(row[0]) if row else 0
 
     def properties(self) -> list[tuple[str, str]]:

@@ -1,0 +1,146 @@
+"""Registration throughput and index size on a generated SlimPajama-shaped corpus.
+
+``run(quick)`` generates (once, cached under ``bench/.data/``) ``.jsonl.zst`` shards shaped like
+SlimPajama (``{"text": ..., "meta": {"redpajama_set_name": ...}}``), registers them into a fresh
+catalog with the ``slimpajama`` preset, and reports:
+
+* ``mb_per_s``       decompressed input MB/s (MB = 1e6 bytes), end to end (glob to COMMIT)
+* ``samples_per_s``  registered samples per second
+* ``cpu_seconds``, ``mb_per_cpu_s``  CPU time of this process and its workers (robust to a busy host)
+* ``index_bytes_per_sample``  catalog.duckdb size after CHECKPOINT / samples (target < 16)
+
+Also registers a Parquet copy of part of the corpus and reports the same figures (``parquet_*``).
+Run: ``python -m bench.registration [--quick]``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent / ".data" / "registration"
+SETS = ["RedPajamaCommonCrawl", "RedPajamaC4", "RedPajamaGithub", "RedPajamaBook", "RedPajamaArXiv",
+        "RedPajamaWikipedia", "RedPajamaStackExchange"]
+SET_P = np.array([0.52, 0.267, 0.052, 0.042, 0.046, 0.038, 0.035])
+WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
+         "but have an they you were her she there one all we their been has would when who will more no if "
+         "out so said what up its about into than them can only other new some could time these two may "
+         "data model training language learning mixture sample token corpus query").split()
+
+
+def _base_text(rng: np.random.Generator, n_bytes: int) -> str:
+    words = rng.choice(np.array(WORDS, dtype=object), size=n_bytes // 5)
+    return " ".join(words)[:n_bytes]
+
+
+def generate(n_samples: int, n_shards: int, mean_len: int = 400, seed: int = 0) -> Path:
+    """Write the corpus (idempotent: reuses an existing complete one)."""
+    import zstandard
+
+    out = DATA / f"slim_{n_samples}_{n_shards}_{mean_len}"
+    done = out / ".complete"
+    if done.exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    base = _base_text(rng, 16 << 20)
+    cctx = zstandard.ZstdCompressor(level=3, threads=-1)
+    per = -(-n_samples // n_shards)
+    left = n_samples
+    for k in range(n_shards):
+        n = min(per, left)
+        left -= n
+        lens = np.clip(rng.lognormal(np.log(mean_len), 0.6, n), 20, 20 * mean_len).astype(np.int64)
+        offs = rng.integers(0, len(base) - lens.max() - 1, n)
+        sets = rng.choice(len(SETS), size=n, p=SET_P / SET_P.sum())
+        lines = [f'{{"text": "{base[o:o + m]}", "meta": {{"redpajama_set_name": "{SETS[s]}"}}}}'
+                 for o, m, s in zip(offs.tolist(), lens.tolist(), sets.tolist())]
+        blob = ("\n".join(lines) + "\n").encode()
+        sub = out / f"chunk{k % 4}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"example_train_{k}.jsonl.zst").write_bytes(cctx.compress(blob))
+    done.write_text("ok")
+    return out
+
+
+def generate_parquet(src: Path, max_shards: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    out = src.parent / (src.name + "_parquet")
+    if (out / ".complete").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for i, f in enumerate(sorted(src.glob("**/*.jsonl.zst"))[:max_shards]):
+        rows = [json.loads(x) for x in zstandard.ZstdDecompressor().decompress(
+            f.read_bytes(), max_output_size=1 << 31).splitlines()]
+        pq.write_table(pa.table({"text": [r["text"] for r in rows],
+                                 "redpajama_set_name": [r["meta"]["redpajama_set_name"] for r in rows]}),
+                       out / f"part-{i:03d}.parquet", row_group_size=8192)
+    (out / ".complete").write_text("ok")
+    return out
+
+
+def _register(tmp: Path, name: str, pattern: str, options: dict) -> dict:
+    from mixsql.catalog import DB_FILENAME, Catalog
+    from mixsql.registration import create_source
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    cat = Catalog(tmp)
+    import resource
+
+    def cpu():
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    c0 = cpu()
+    t0 = time.perf_counter()
+    s = create_source(cat, name, pattern, options=options, progress=sys.stderr.isatty())
+    secs = time.perf_counter() - t0
+    cpu_s = cpu() - c0
+    cat.con.execute("CHECKPOINT")
+    cat.close()
+    db = tmp / DB_FILENAME
+    size = db.stat().st_size
+    wal = Path(str(db) + ".wal")
+    size += wal.stat().st_size if wal.exists() else 0
+    return {"samples": s["samples"], "files": s["files"], "decompressed_mb": round(s["raw_bytes"] / 1e6, 1),
+            "seconds": round(secs, 3), "mb_per_s": round(s["raw_bytes"] / secs / 1e6, 1),
+            "samples_per_s": round(s["samples"] / secs), "cpu_seconds": round(cpu_s, 2),
+            "mb_per_cpu_s": round(s["raw_bytes"] / max(cpu_s, 1e-9) / 1e6, 1), "index_bytes": size,
+            "index_bytes_per_sample": round(size / max(s["samples"], 1), 2)}
+
+
+def run(quick: bool = False) -> dict:
+    """Generate (cached) and register; returns a flat dict of figures."""
+    n = 1_000_000
+    shards = 16
+    corpus = generate(n, shards)
+    tmp = DATA / "catalogs"
+    res = {"corpus": str(corpus), "cores": os.cpu_count()}
+    r = _register(tmp / "jsonl", "slim", str(corpus / "**" / "*.jsonl.zst"), {"preset": "slimpajama"})
+    res.update({f"jsonl_zst_{k}": v for k, v in r.items()})
+    if not quick:
+        pqdir = generate_parquet(corpus, 8)
+        r = _register(tmp / "parquet", "slimpq", str(pqdir / "*.parquet"), {})
+        res.update({f"parquet_{k}": v for k, v in r.items()})
+    shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    res = run(quick="--quick" in argv)
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+-- error: unknown mixing algorithm
+SELECT * FROM samples MIX BY language USING ADOO (prior = NATURAL)

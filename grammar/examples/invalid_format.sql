@@ -1,0 +1,2 @@
+-- error: Did you mean jsonl?
+CREATE SOURCE web FROM 'data/*.json' FORMAT jsnl

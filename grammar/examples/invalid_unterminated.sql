@@ -1,0 +1,2 @@
+-- error: cannot tokenize
+SELECT * FROM samples MIX BY language WITH ('JavaScript 1)

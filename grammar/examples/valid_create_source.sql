@@ -1,0 +1,1 @@
+CREATE SOURCE web FROM 'data/web/*.jsonl.zst' FORMAT jsonl WITH (text = 'content', language = 'meta.lang', preset = 'slimpajama')

@@ -1,0 +1,1 @@
+EXPLAIN MIX SELECT * FROM samples MIX BY language WITH (JavaScript 0.5, OTHER 0.5) LIMIT 100 SAMPLES

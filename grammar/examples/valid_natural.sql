@@ -1,0 +1,1 @@
+SELECT * FROM samples MIX BY language WITH NATURAL

@@ -1,0 +1,1 @@
+SELECT * FROM samples MIX BY language USING ADO (prior = NATURAL, update_every = 1000)

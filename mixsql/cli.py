@@ -1,0 +1,362 @@
+"""The ``mixsql`` command line: REPL, ``sql``, ``explain``, ``register``, ``sources``, ``serve``.
+
+Exit codes: 0 success, 1 user error (one paragraph on stderr, no traceback; set
+``MIXSQL_DEBUG=1`` for the traceback), 2 usage error (argparse).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from typing import IO
+
+from .catalog import DEFAULT_CATALOG
+from .errors import Error
+
+FORMATS = ("table", "csv", "json")
+
+EPILOG = """\
+examples:
+  mixsql                                         open the interactive shell
+  mixsql register web 'data/web/*.jsonl.zst' --map language=meta.lang --map quality=meta.score::DOUBLE
+  mixsql register pile '/data/pile/**/*.jsonl.zst' --preset pile --on-error skip
+  mixsql sources
+  mixsql sql "SELECT source, count(*) FROM samples GROUP BY ALL"
+  mixsql sql -f query.sql --format csv > out.csv
+  echo "SELECT * FROM samples LIMIT 5" | mixsql sql --format json
+  mixsql sql "SELECT * FROM samples MIX BY language WITH (en 0.8, OTHER 0.2)" --limit 20
+  mixsql explain "SELECT * FROM samples MIX BY source WITH NATURAL LIMIT 1e9 TOKENS"
+  mixsql serve --catalog ./mixsql_catalog --host 127.0.0.1 --port 8815 --token s3cret
+
+The catalog defaults to $MIXSQL_CATALOG or ./mixsql_catalog.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one paragraph, exit code 1."""
+
+
+def _default_catalog() -> str:
+    return os.environ.get("MIXSQL_CATALOG") or DEFAULT_CATALOG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--catalog", metavar="DIR", default=argparse.SUPPRESS,
+                        help="catalog directory (default: $MIXSQL_CATALOG or ./mixsql_catalog)")
+
+    p = argparse.ArgumentParser(
+        prog="mixsql", parents=[common],
+        description="mixsql: register training data, explore it with SQL, and declare the mixture "
+                    "to train on as one SQL statement. With no command, opens the interactive shell.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"mixsql {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help, description=help, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    add("repl", "open the interactive shell (the default)")
+
+    s = add("sql", "run SQL statements (plain DuckDB SQL, MIX, EXPLAIN MIX, CREATE SOURCE ...)",
+            epilog='examples:\n  mixsql sql "SELECT count(*) FROM samples"\n'
+                   "  mixsql sql -f mixture.sql --limit 100 --format csv\n"
+                   "  cat script.sql | mixsql sql\n")
+    s.add_argument("statement", nargs="?", help="SQL text (several statements separated by ';'); "
+                                                "omit to read -f FILE or standard input")
+    s.add_argument("-f", "--file", metavar="FILE", help="read the SQL from FILE ('-' = stdin)")
+    s.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    s.add_argument("--limit", type=int, metavar="N",
+                   help="print at most N rows of each result (needed for unbounded MIX streams in table format)")
+
+    e = add("explain", "show the EXPLAIN MIX forecast of a MIX statement",
+            epilog='example:\n  mixsql explain "SELECT * FROM samples MIX BY source WITH NATURAL LIMIT 1e6 SAMPLES"\n')
+    e.add_argument("statement", nargs="?", help="the MIX statement (EXPLAIN MIX is added); or -f / stdin")
+    e.add_argument("-f", "--file", metavar="FILE", help="read the statement from FILE")
+    e.add_argument("--format", choices=FORMATS, default="table")
+
+    r = add("register", "register a data collection as a source (refreshes it if it exists)",
+            epilog="examples:\n  mixsql register web 'data/*.jsonl.zst' --map language=meta.lang\n"
+                   "  mixsql register slim '/data/slimpajama/**/*.jsonl.zst' --preset slimpajama\n"
+                   "  mixsql register code data/code.parquet --format parquet --tokens input_ids\n")
+    r.add_argument("name", help="source name (letters, digits, _)")
+    r.add_argument("pattern", metavar="GLOB", help="file, directory or glob (** recursive)")
+    r.add_argument("--format", dest="data_format", choices=("jsonl", "parquet", "webdataset"),
+                   help="data format (default: detected from the file extensions)")
+    r.add_argument("--map", action="append", default=[], metavar="PROP=PATH",
+                   help="property mapping, e.g. language=meta.lang or quality=meta.score::DOUBLE (repeatable)")
+    r.add_argument("--preset", help="slimpajama | pile | fineweb")
+    r.add_argument("--text", help="text field / column / tar member extension (default text, txt)")
+    r.add_argument("--tokens", help="parquet list<int> column of pre-tokenized ids")
+    r.add_argument("--tokenizer", metavar="TOKENIZER_JSON", help="HF tokenizer.json to count n_tokens with")
+    r.add_argument("--on-error", choices=("fail", "skip"), help="skip malformed records instead of failing")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    add("sources", "list registered sources")
+
+    v = add("serve", "serve the catalog to training ranks over Arrow Flight",
+            epilog="example:\n  mixsql serve --catalog /data/catalog --host 0.0.0.0 --port 8815 "
+                   "--token $TOKEN --tls-cert cert.pem --tls-key key.pem\n")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8815, help="port (default 8815)")
+    v.add_argument("--token", default=os.environ.get("MIXSQL_TOKEN"),
+                   help="shared secret clients must present (default $MIXSQL_TOKEN)")
+    v.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain")
+    v.add_argument("--tls-key", metavar="PEM", help="TLS private key")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _read_sql(args: argparse.Namespace, stdin: IO[str]) -> str:
+    if args.statement and args.file:
+        raise UserError("give the SQL either as an argument or with -f FILE, not both")
+    if args.statement:
+        return args.statement
+    if args.file and args.file != "-":
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+    if args.file == "-" or not stdin.isatty():
+        return stdin.read()
+    raise UserError("no SQL given: pass a statement, -f FILE, or pipe SQL on standard input")
+
+
+def _connect(args: argparse.Namespace, read_only: bool = False, progress: bool = False):
+    from .dbapi import connect
+
+    return connect(args.catalog, read_only=read_only, progress=progress)
+
+
+def _limited(cur, limit: int | None, batch: int = 1024) -> Iterator[tuple]:
+    left = limit
+    while left is None or left > 0:
+        rows = cur.fetchmany(batch if left is None else min(batch, left))
+        if not rows:
+            return
+        if left is not None:
+            left -= len(rows)
+        yield from rows
+
+
+def _print_result(cur, fmt: str, limit: int | None, out: IO[str], elapsed_from: float,
+                  title: str | None = None) -> None:
+    from . import render
+
+    desc = cur.description
+    if desc is None:
+        return
+    if fmt == "csv":
+        render.write_csv(out, desc, _limited(cur, limit))
+    elif fmt == "json":
+        render.write_json(out, desc, _limited(cur, limit))
+    else:
+        from rich.console import Console
+
+        if limit is None:
+            if cur.unbounded:
+                raise UserError(
+                    "this MIX stream never ends (on_exhausted = 'repeat' with no budget and no max_epochs); "
+                    "pass --limit N to print its first N rows, or add LIMIT n SAMPLES / SETTINGS (max_epochs = n)"
+                )
+            rows = cur.fetchall()
+            more = False
+        else:
+            rows = list(_limited(cur, limit + 1))
+            more = len(rows) > limit
+            rows = rows[:limit]
+        width = None if getattr(out, "isatty", lambda: False)() else 100_000  # files: natural width
+        console = Console(file=out, highlight=False, soft_wrap=False, width=width)
+        render.print_table(console, desc, rows, elapsed=time.perf_counter() - elapsed_from, more=more,
+                           title=title)
+    out.flush()
+
+
+def _run_sql(args: argparse.Namespace, text: str, out: IO[str], explain: bool = False) -> None:
+    from .dbapi import split_statements
+
+    statements = split_statements(text)
+    if not statements:
+        raise UserError("no SQL statement found in the input")
+    if args.limit is not None and args.limit < 0:
+        raise UserError("--limit must be a non-negative number of rows")
+    con = _connect(args, progress=sys.stderr.isatty())
+    try:
+        cur = con.cursor()
+        for stmt in statements:
+            t0 = time.perf_counter()
+            cur.execute(stmt)
+            title = "EXPLAIN MIX" if cur.statement_kind == "explain_mix" else None
+            _print_result(cur, args.format, args.limit, out, t0, title=title)
+        con.commit()
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_repl(args: argparse.Namespace) -> int:
+    from .repl import Repl
+
+    if not sys.stdin.isatty():
+        # piped input: behave like `mixsql sql` reading stdin
+        args.statement, args.file, args.format, args.limit = None, "-", "table", None
+        return cmd_sql(args)
+    return Repl(catalog=args.catalog).run()
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    _run_sql(args, _read_sql(args, sys.stdin), sys.stdout)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    text = _read_sql(args, sys.stdin).strip().rstrip(";").strip()
+    if not text.upper().startswith("EXPLAIN"):
+        text = "EXPLAIN MIX " + text
+    args.limit = None
+    _run_sql(args, text, sys.stdout)
+    return 0
+
+
+def _register_options(args: argparse.Namespace) -> dict:
+    options: dict = {}
+    props: dict[str, str] = {}
+    for item in args.map:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UserError(f"--map expects PROP=PATH (e.g. language=meta.lang), got {item!r}")
+        props[name.strip()] = path.strip()
+    if props:
+        options["properties"] = props
+    for key in ("preset", "text", "tokens", "tokenizer", "on_error"):
+        value = getattr(args, key)
+        if value:
+            options[key] = value
+    return options
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from . import registration
+
+    options = _register_options(args)
+    progress = not args.no_progress and sys.stderr.isatty()
+    con = _connect(args)
+    try:
+        cat = con.catalog
+        if args.name in cat.source_names():
+            if options or args.data_format:
+                print(f"mixsql: source {args.name!r} exists; refreshing it with its registered options "
+                      "(drop it first to change them)", file=sys.stderr)
+            summary = registration.refresh_source(cat, args.name, progress=progress)
+            verb = "refreshed"
+        else:
+            summary = registration.create_source(cat, args.name, args.pattern, format=args.data_format,
+                                                 options=options or None, progress=progress)
+            verb = "registered"
+    finally:
+        con.close()
+    print(_summary_line(verb, args.name, summary))
+    return 0
+
+
+def _summary_line(verb: str, name: str, summary: dict | None) -> str:
+    """One line from a registration summary: files, samples, skipped records, time, properties."""
+    s = summary or {}
+    bits = [f"{s[k]} {label}" for k, label in (("files", "files"), ("samples", "samples"))
+            if s.get(k) is not None]
+    for key, label in (("new_files", "new files"), ("changed_files", "changed files"),
+                       ("vanished_files", "vanished files"), ("skipped", "skipped records")):
+        val = s.get(key)
+        if isinstance(val, (list, tuple, dict)):
+            val = len(val)
+        if val:
+            bits.append(f"{val} {label}")
+    if isinstance(s.get("seconds"), (int, float)):
+        bits.append(f"{s['seconds']:.2f} s")
+    props = s.get("properties")
+    if isinstance(props, dict) and props:
+        bits.append("properties: " + ", ".join(f"{k} {v}" for k, v in props.items()))
+    return f"{verb} source {name}: " + ("; ".join(bits) if bits else "done")
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    args.statement, args.file, args.limit = "SHOW SOURCES", None, None
+    args.format = "table"
+    _run_sql(args, "SHOW SOURCES", sys.stdout)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import serve
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__package__}.server":
+            raise UserError("this mixsql build has no Flight server (mixsql.server is missing)") from exc
+        raise
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UserError("TLS needs both --tls-cert and --tls-key")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    serve(args.catalog, host=args.host, port=args.port, token=args.token, tls=tls)
+    return 0
+
+
+COMMANDS = {
+    None: cmd_repl, "repl": cmd_repl, "sql": cmd_sql, "explain": cmd_explain,
+    "register": cmd_register, "sources": cmd_sources, "serve": cmd_serve,
+}
+
+
+def _one_paragraph(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mixsql`` console script. Returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0) or usage errors (2)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if not hasattr(args, "catalog"):
+        args.catalog = _default_catalog()
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, Error) as exc:
+        if os.environ.get("MIXSQL_DEBUG"):
+            traceback.print_exc()
+        print(f"mixsql: {_one_paragraph(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mixsql: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 0
+    except Exception as exc:  # noqa: BLE001 - never a bare traceback
+        if os.environ.get("MIXSQL_DEBUG"):
+            traceback.print_exc()
+        print(f"mixsql: internal error ({type(exc).__name__}): {exc}. Please report this bug; "
+              "rerun with MIXSQL_DEBUG=1 for the traceback.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,837 @@
+"""The mixture engine: a pointer table + a MixSpec -> a deterministic, resumable chunk stream.
+
+Input: the planner's pointer table (``spec.MIX_COLUMNS``, ``__mix_order`` when ordered, user
+columns) and a :class:`~mixsql.spec.MixSpec`. Output: chunks, Arrow tables with the columns of
+``CHUNK_COLUMNS`` (user columns inserted after ``row``).
+
+Composition (``unit = 'samples'``). Let ``a_g(T)`` be group g's *target* after ``T`` samples:
+``weight_g * T`` for static weights (piecewise linear when weights change or, under
+``redistribute``, when a group runs dry; the targets always sum to ``T``). Every chunk
+raises ``T`` by ``chunk_size`` and gives each group ``c_g(T') - c_g(T)`` samples where the new
+cumulative counts are chosen by an earliest-deadline rule: each group first gets
+``floor(a_g(T'))`` (what it *must* have), then the remaining seats go, at most one per group
+and only where ``c_g < ceil(a_g(T'))``, to the groups whose next sample is due soonest
+(``(c_g + 1 - a_g(T')) / w_g``, ties by group id). Treating sample k of group g as a unit job
+released when ``a_g`` exceeds ``k - 1`` and due when ``a_g`` reaches ``k``, this is EDF
+scheduling of unit jobs with integral release/due chunks on ``chunk_size`` parallel slots,
+which is optimal (never misses a due date when a feasible schedule exists); Tijdeman's
+chairman-assignment theorem gives a feasible one-sample-at-a-time schedule with
+``|c_g(t) - a_g(t)| <= 1 - 1/(2n-2)``. Hence, after every chunk and for every group,
+``|c_g - a_g| < 1``: the realised share is within one sample of the target, cumulatively and
+forever (house-monotone: counts never decrease). Cost per chunk: O(groups log groups), numpy.
+
+Composition (``unit = 'tokens'``). ``T`` counts nominal tokens (``chunk_size`` per chunk);
+each group draws whole samples, in its order, while its delivered tokens are below
+``a_g(T')``. So ``0 <= delivered_g - a_g < tokens of g's last sample``: within one sample's
+tokens; overshoot is carried into the next chunk's targets (a chunk holds ``chunk_size``
+tokens up to that carry).
+
+Inside a chunk, rows are interleaved (group g's i-th of d samples sits at ``(i + .5) / d``),
+so any prefix of a chunk is mixed too.
+
+Exhaustion (a group *runs dry* when it cannot supply its next sample):
+
+* ``stop``: the stream ends. The chunk in which it happens is delivered truncated to the
+  largest prefix (house size) whose composition the remaining samples can honour; nothing
+  drawn is lost. A group that has delivered its last sample at a chunk boundary ends the stream
+  there (so 50/30/20 samples at .4/.4/.2, chunk 10 give exactly 5 chunks).
+* ``redistribute``: the dry group gives what it has left, its target freezes at its total, and
+  its weight is shared among the remaining groups proportionally from that point on (inside
+  the same chunk). Every selected sample of a positive-weight group is delivered exactly once;
+  the last chunk may be partial.
+* ``repeat``: the group starts epoch ``e + 1`` with a fresh permutation (seed includes the
+  epoch; ORDER BY groups replay their order). ``max_epochs`` bounds the passes; a group that
+  has used them all behaves as under ``stop``. Within one epoch no sample appears twice.
+
+Budgets ``LIMIT n SAMPLES|TOKENS|CHUNKS`` cap the stream; the last chunk is truncated (a
+budget in the stream's own unit shrinks the house size, keeping the bound; a budget in the
+other unit cuts the interleaved rows, including the sample that reaches a token budget).
+
+Determinism: chunk k is a pure function of (pointer table, spec, weight changes recorded for
+chunks <= k). All randomness is ``numpy.random.Generator(PCG64)`` seeded from
+``(spec.seed, group, epoch[, window])``. ``state_dict()`` holds per-group counts (which give
+cursor and epoch), delivered tokens, targets, dry flags, weights in force and the weight log:
+O(groups) numbers, restored in O(groups) (the group permutations are recomputed lazily per
+window, never replayed).
+
+Schedules: ``SCHEDULE (AT STEP s ...)`` maps to chunks with :func:`schedule_chunk`: with
+``batch_size`` B (samples, or tokens when ``unit = 'tokens'``, per global step) and chunk size
+C, step s's weights take effect at chunk ``ceil(s * B / C)``, the first chunk that starts at
+or after the first sample of step s.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import ProgrammingError
+from .shuffle import GroupSequence
+from .spec import MIX_COLUMNS, ORDER_COLUMN, MixSpec
+
+
+def forecast(spec: MixSpec, group_samples: list[int], group_tokens: list[int | None]) -> list[dict]:
+    """What the statement will consume, per group (for EXPLAIN MIX), without building a stream.
+
+    A continuous (fluid) simulation of the engine's policy under the spec's initial weights:
+    groups draw at rate ``weight`` of the stream (measured in ``spec.unit``); a group runs dry
+    after ``max_epochs`` (``repeat``) or one (``stop``/``redistribute``) pass over its data;
+    ``stop`` ends the stream at the first dry group, ``redistribute`` shares the dry group's
+    weight among the rest proportionally. The budget (``LIMIT``) caps the stream; without a
+    budget, ``repeat`` with ``max_epochs=None`` is unbounded (amounts are then ``None``).
+
+    Returns one dict per group (in ``spec.groups`` order): ``group``, ``weight``,
+    ``samples``, ``tokens`` (available), ``samples_needed``, ``tokens_needed`` (``None`` when
+    token counts are unknown), ``epochs_needed`` (float: passes over the group's data),
+    ``dry_at_chunk`` (0-based index of the first chunk that needs data the group no longer
+    has, ``None`` when that does not happen within the stream). Figures are exact up to the
+    engine's rounding (within one sample / one sample's tokens per group, one chunk for
+    dry_at_chunk).
+    """
+    n = len(spec.groups)
+    if len(group_samples) != n or len(group_tokens) != n:
+        raise ValueError(f"forecast: expected {n} group sizes, got {len(group_samples)} / {len(group_tokens)}")
+    tokens_unit = spec.unit == "tokens"
+    weights = list(spec.schedule[0].weights) if spec.schedule and spec.schedule[0].step == 0 else list(spec.weights())
+    avg_tok = [
+        (t / s if (t is not None and s) else None) for s, t in zip(group_samples, group_tokens)
+    ]
+    # supply of each group, in the stream's unit
+    if tokens_unit:
+        per_pass = [float(t or 0) for t in group_tokens]
+    else:
+        per_pass = [float(s) for s in group_samples]
+    passes = spec.max_epochs if spec.on_exhausted == "repeat" else 1
+    supply = [p * passes if passes is not None else math.inf for p in per_pass]
+
+    # budget, converted to the stream's unit (approximately, via average tokens per sample)
+    total_avg = (sum(t for t in group_tokens if t is not None) / max(1, sum(group_samples))
+                 if any(t is not None for t in group_tokens) else None)
+    limit = math.inf
+    b = spec.budget
+    if b is not None:
+        if b.kind == "chunks":
+            limit = float(b.amount) * spec.chunk_size
+        elif (b.kind == "tokens") == tokens_unit:
+            limit = float(b.amount)
+        elif b.kind == "tokens":  # token budget, sample stream
+            limit = b.amount / total_avg if total_avg else math.inf
+        else:  # sample budget, token stream
+            limit = b.amount * total_avg if total_avg else math.inf
+
+    # fluid simulation: piecewise-constant rates between dry events
+    used = [0.0] * n
+    dry_at: list[float | None] = [None] * n
+    t = 0.0
+    active = [i for i in range(n) if weights[i] > 0 and supply[i] > 0]
+    for i in range(n):
+        if weights[i] > 0 and supply[i] <= 0:
+            dry_at[i] = 0.0
+    ended = spec.on_exhausted != "redistribute" and any(d is not None for d in dry_at)
+    while active and not ended and t < limit:
+        wsum = sum(weights[i] for i in active)
+        rate = {i: weights[i] / wsum for i in active}
+        dt_dry = min((supply[i] - used[i]) / rate[i] for i in active)
+        dt = min(dt_dry, limit - t)
+        if math.isinf(dt):
+            break
+        for i in active:
+            used[i] += rate[i] * dt
+        t += dt
+        if t >= limit:
+            break
+        newly = [i for i in active if used[i] >= supply[i] - 1e-9 * max(1.0, supply[i])]
+        for i in newly:
+            dry_at[i] = t
+        active = [i for i in active if i not in newly]
+        if spec.on_exhausted != "redistribute":
+            ended = True
+    unbounded = math.isinf(t) or (t == 0 and math.isinf(limit) and active and not ended)
+    out = []
+    for i, g in enumerate(spec.groups):
+        if unbounded and i in active:
+            amount = None
+        else:
+            amount = used[i]
+        if amount is None:
+            s_need = t_need = ep = None
+        elif tokens_unit:
+            t_need = int(math.ceil(amount - 1e-9))
+            s_need = int(math.ceil(amount / avg_tok[i] - 1e-9)) if avg_tok[i] else (0 if amount == 0 else None)
+            ep = (amount / per_pass[i]) if per_pass[i] else 0.0
+        else:
+            s_need = int(math.ceil(amount - 1e-9))
+            t_need = int(round(s_need * avg_tok[i])) if avg_tok[i] is not None else None
+            ep = (amount / per_pass[i]) if per_pass[i] else 0.0
+        d = dry_at[i]
+        out.append({
+            "group": g.path,
+            "weight": weights[i],
+            "samples": int(group_samples[i]),
+            "tokens": None if group_tokens[i] is None else int(group_tokens[i]),
+            "samples_needed": s_need,
+            "tokens_needed": t_need,
+            "epochs_needed": ep,
+            "dry_at_chunk": None if d is None else int(d // spec.chunk_size),
+        })
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the engine
+
+CHUNK_HEAD = ("chunk", "position", "group", "source", "file", "row")
+CHUNK_TAIL = ("group_id", "file_id", "loc_offset", "loc_length", "n_bytes", "n_tokens", "epoch")
+CHUNK_COLUMNS = CHUNK_HEAD + CHUNK_TAIL   # user columns go between the two
+_EPS = 1e-7
+_INF = 1 << 62
+STATE_VERSION = 1
+
+
+def schedule_chunk(step: int, batch_size: int, chunk_size: int) -> int:
+    """Chunk index at which weights declared ``AT STEP step`` take effect.
+
+    ``batch_size`` is what one global training step consumes (samples, or tokens when the
+    stream's unit is tokens); the change applies from the first chunk starting at or after the
+    first sample of that step: ``ceil(step * batch_size / chunk_size)``.
+    """
+    if batch_size <= 0 or chunk_size <= 0:
+        raise ValueError("batch_size and chunk_size must be positive")
+    return -(-int(step) * int(batch_size) // int(chunk_size))
+
+
+def quota_counts(count: np.ndarray, target: np.ndarray, weight: np.ndarray, house: int) -> np.ndarray:
+    """New cumulative counts for one chunk (see the module docstring: EDF / quota rule).
+
+    ``count``: counts before the chunk; ``target``: targets after it; ``weight``: effective
+    weights (0 = takes nothing); ``house``: seats to give. Returns counts summing to
+    ``count.sum() + house`` with ``floor(target) <= new <= ceil(target)`` for positive weights.
+    """
+    pos = weight > 0
+    lo = np.where(pos, np.maximum(count, np.floor(target + _EPS).astype(np.int64)), count)
+    hi = np.where(pos, np.maximum(lo, np.ceil(target - _EPS).astype(np.int64)), lo)
+    r = int(house - (lo - count).sum())
+    safe_w = np.where(pos, weight, 1.0)
+    due = (lo + 1 - target) / safe_w
+    if r < 0:  # cannot happen for a feasible target path; degrade gracefully (latest due first)
+        extra = lo - count
+        order = np.argsort(-(target - lo), kind="stable")
+        for g in order:
+            take = min(int(extra[g]), -r)
+            lo[g] -= take
+            r += take
+            if r == 0:
+                break
+        return lo
+    elig = np.flatnonzero(hi > lo)
+    if r <= len(elig):
+        if r:
+            pick = elig[np.argsort(due[elig], kind="stable")[:r]]
+            lo[pick] += 1
+        return lo
+    # more seats than the upper quota allows (only with all positive groups at their ceiling)
+    lo = hi.copy()
+    r = int(house - (lo - count).sum())
+    cand = np.flatnonzero(pos)
+    if len(cand) == 0:
+        return lo
+    order = cand[np.argsort(due[cand], kind="stable")]
+    for i in range(r):
+        lo[order[i % len(order)]] += 1
+    return lo
+
+
+def _normalise(weights: Sequence[float], n: int) -> np.ndarray:
+    w = np.asarray([float(x) for x in weights], dtype=np.float64)
+    if len(w) != n:
+        raise ValueError(f"expected {n} weights (one per leaf group), got {len(w)}")
+    if not np.all(np.isfinite(w)) or (w < 0).any():
+        raise ValueError(f"weights must be finite and non-negative, got {list(weights)}")
+    s = w.sum()
+    if s <= 0:
+        raise ValueError("at least one weight must be positive")
+    return w / s
+
+
+def _to_numpy(col: pa.ChunkedArray | pa.Array, dtype) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+class _Step:
+    """One composed chunk: per-group draws and the engine state after it."""
+
+    __slots__ = ("draws", "count", "tok", "T", "base_T", "base_a", "weff", "dry", "end", "rows")
+
+    def __init__(self, **kw):
+        self.rows = None
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class MixEngine:
+    """Chunk stream of one planned MIX statement (see the module docstring for semantics).
+
+    ``batch_size`` (samples or tokens per global training step) maps ``spec.schedule`` onto
+    chunk indices at construction (:func:`schedule_chunk`); without it the caller drives the
+    schedule with :meth:`apply_schedule_for_step`.
+    """
+
+    def __init__(self, pointers: pa.Table, spec: MixSpec, state: dict | None = None, *,
+                 batch_size: int | None = None):
+        missing = [c for c in MIX_COLUMNS if c not in pointers.column_names]
+        if spec.ordered and ORDER_COLUMN not in pointers.column_names:
+            missing.append(ORDER_COLUMN)
+        if missing:
+            raise ProgrammingError(f"pointer table lacks the planner columns {missing}")
+        if spec.chunk_size <= 0:
+            raise ProgrammingError(f"SETTINGS chunk_size must be positive, got {spec.chunk_size}")
+        if spec.on_exhausted not in ("stop", "redistribute", "repeat"):
+            raise ProgrammingError(f"unknown on_exhausted {spec.on_exhausted!r}: use stop, redistribute or repeat")
+        self.spec = spec
+        self.n_groups = G = len(spec.groups)
+        self.n_rows = N = pointers.num_rows
+        self._paths = pa.array([g.path for g in spec.groups], pa.string())
+        gid = _to_numpy(pointers.column("__mix_group"), np.int64) if N else np.zeros(0, np.int64)
+        if N and (gid.min() < 0 or gid.max() >= G):
+            raise ProgrammingError(f"__mix_group values must lie in 0..{G - 1}")
+        self._tokens_needed = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
+        tokens = None
+        if self._tokens_needed:
+            col = pointers.column("__mix_n_tokens")
+            if col.null_count:
+                raise ProgrammingError(
+                    "unit = 'tokens' (or LIMIT ... TOKENS) needs token counts, but "
+                    f"{col.null_count} selected samples have none: register the source with a "
+                    "tokenizer (WITH (tokenizer = ...)) or use unit = 'samples'"
+                )
+            tokens = _to_numpy(col, np.int64)
+        order = self._base_order(pointers, gid)
+        counts = np.bincount(gid, minlength=G) if N else np.zeros(G, np.int64)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        shuffle = None if spec.ordered else spec.shuffle
+        self._seq = []
+        for g in range(G):
+            members = order[bounds[g]:bounds[g + 1]]
+            self._seq.append(GroupSequence(members, spec.seed, g, shuffle,
+                                           tokens[members] if tokens is not None else None))
+        self._n = counts.astype(np.int64)
+        self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
+        # output projection, taken once per chunk
+        user = [c for c in pointers.column_names
+                if not c.startswith("__mix_") and c not in CHUNK_COLUMNS]
+        self.user_columns = user
+        self._src = pointers.select(["__mix_source", "__mix_file", "__mix_row", *user, "__mix_file_id",
+                                     "__mix_offset", "__mix_length", "__mix_n_bytes", "__mix_n_tokens"])
+        self._fingerprint = hashlib.sha1(f"{spec.to_json()}|{N}|{counts.tolist()}".encode()).hexdigest()[:16]
+        self._reset(batch_size or getattr(spec, "batch_size", None))
+        if state is not None:
+            self.load_state_dict(state)
+
+    # --- construction helpers ---------------------------------------------------------------
+    @staticmethod
+    def _base_order(pointers: pa.Table, gid: np.ndarray) -> np.ndarray:
+        """Row indices sorted by group, then ORDER BY key (if any), then (file_id, row)."""
+        if len(gid) == 0:
+            return np.zeros(0, np.int64)
+        if ORDER_COLUMN in pointers.column_names:
+            keys = [("__mix_group", "ascending"), (ORDER_COLUMN, "ascending"),
+                    ("__mix_file_id", "ascending"), ("__mix_row", "ascending")]
+            return _to_numpy(pc.sort_indices(pointers, sort_keys=keys, ), np.int64)
+        f = _to_numpy(pointers.column("__mix_file_id"), np.int64)
+        r = _to_numpy(pointers.column("__mix_row"), np.int64)
+        df, dr = np.diff(f), np.diff(r)
+        if bool(np.all((df > 0) | ((df == 0) & (dr > 0)))):
+            # already in (file, row) order (the planner's ORDER BY): O(N) stable radix split by group
+            small = gid.astype(np.int16) if gid.max() < 32767 else gid
+            return np.argsort(small, kind="stable").astype(np.int64, copy=False)
+        keys = [("__mix_group", "ascending"), ("__mix_file_id", "ascending"), ("__mix_row", "ascending")]
+        return _to_numpy(pc.sort_indices(pointers, sort_keys=keys), np.int64)
+
+    def _initial_weights(self) -> np.ndarray:
+        sch = self.spec.schedule
+        if sch and sch[0].step == 0:
+            return _normalise(sch[0].weights, self.n_groups)
+        return _normalise(self.spec.weights(), self.n_groups)
+
+    def _reset(self, batch_size: int | None) -> None:
+        G = self.n_groups
+        self._k = 0
+        self._T = 0
+        self._count = np.zeros(G, np.int64)
+        self._tok = np.zeros(G, np.int64)
+        self._dry = np.zeros(G, bool)
+        self._ended = False
+        self._weights = self._initial_weights()
+        self._log: list[list] = []
+        self._applied = -1
+        self._base_T = 0
+        self._base_a = np.zeros(G)
+        self._weff = self._effective(self._weights, self._dry)
+        if self.spec.schedule and batch_size:
+            for st in self.spec.schedule:
+                if st.step > 0:
+                    self.set_weights(st.weights, schedule_chunk(st.step, batch_size, self.spec.chunk_size))
+
+    # --- weights ------------------------------------------------------------------------------
+    def _effective(self, w: np.ndarray, dry: np.ndarray) -> np.ndarray:
+        if self.spec.on_exhausted == "redistribute":
+            w = np.where(dry, 0.0, w)
+        s = w.sum()
+        return w / s if s > 0 else w
+
+    def _amount(self) -> np.ndarray:
+        return self._tok if self.spec.unit == "tokens" else self._count
+
+    def _target(self, T: int, base_T=None, base_a=None, weff=None) -> np.ndarray:
+        base_T = self._base_T if base_T is None else base_T
+        base_a = self._base_a if base_a is None else base_a
+        weff = self._weff if weff is None else weff
+        return base_a + weff * (T - base_T)
+
+    @staticmethod
+    def _rebase(T, a_now, amount, weff):
+        """Targets at T for new effective weights: zero-weight groups freeze at what they have;
+        the difference goes to the others proportionally (targets keep summing to T)."""
+        zero = weff <= 0
+        a = a_now.astype(np.float64, copy=True)
+        disc = float((a[zero] - amount[zero]).sum())
+        a[zero] = amount[zero]
+        a[~zero] += weff[~zero] * disc
+        return a
+
+    def set_weights(self, weights: Sequence[float], at_chunk: int | None = None) -> int:
+        """Record new target weights (one per leaf group) from chunk ``at_chunk`` on
+        (default: the next chunk). Returns the chunk index. Changes are part of the state."""
+        at = self._k if at_chunk is None else int(at_chunk)
+        if at < self._k:
+            raise ValueError(f"cannot change weights at chunk {at}: the stream is at chunk {self._k}")
+        w = _normalise(weights, self.n_groups).tolist()
+        self._log = [e for e in self._log if e[0] != at] + [[at, w]]
+        self._log.sort(key=lambda e: e[0])
+        return at
+
+    def apply_schedule_for_step(self, step: int) -> int | None:
+        """Put the schedule's weights for training step ``step`` in force from the next chunk;
+        returns that chunk index, or None when nothing changes."""
+        chosen = None
+        for st in self.spec.schedule:
+            if st.step <= step:
+                chosen = st
+        if chosen is None:
+            return None
+        w = _normalise(chosen.weights, self.n_groups)
+        pending = [e for e in self._log if e[0] >= self._k]
+        current = np.asarray(pending[-1][1]) if pending else self._weights
+        if np.allclose(current, w, rtol=0, atol=1e-15):
+            return None
+        return self.set_weights(w, None)
+
+    def _apply_log(self) -> None:
+        if self._applied >= self._k:
+            return
+        self._applied = self._k
+        for at, w in self._log:
+            if at == self._k:
+                self._weights = np.asarray(w, dtype=np.float64)
+                weff = self._effective(self._weights, self._dry)
+                a_now = self._target(self._T)
+                self._base_a = self._rebase(self._T, a_now, self._amount(), weff)
+                self._base_T = self._T
+                self._weff = weff
+
+    # --- supply -------------------------------------------------------------------------------
+    def _supply(self) -> np.ndarray:
+        """Samples each group can still give (a huge number when unbounded)."""
+        if self._passes is None:
+            return np.where(self._n > 0, _INF, 0)
+        return self._n * self._passes - self._count
+
+    # --- composition --------------------------------------------------------------------------
+    def _house(self) -> int | None:
+        """Size of the next chunk in the stream's unit, or None when the budget is used up."""
+        C = self.spec.chunk_size
+        b = self.spec.budget
+        if b is None:
+            return C
+        if b.kind == "chunks":
+            return C if self._k < b.amount else None
+        if (b.kind == "tokens") == (self.spec.unit == "tokens"):
+            left = b.amount - self._T
+            return min(C, left) if left > 0 else None
+        used = int(self._tok.sum()) if b.kind == "tokens" else int(self._count.sum())
+        return C if used < b.amount else None
+
+    def _compose(self) -> _Step | None:
+        if self._ended:
+            return None
+        self._apply_log()
+        house = self._house()
+        if house is None:
+            return None
+        sup = self._supply()
+        if self.spec.on_exhausted != "redistribute" and bool(((self._weff > 0) & (sup <= 0)).any()):
+            return None  # a group delivered its last sample: the stream has ended (stop)
+        if self.spec.unit == "tokens":
+            step = self._compose_tokens(house, sup)
+        else:
+            step = self._compose_samples(house, sup)
+        if step is None:
+            return None
+        b = self.spec.budget
+        if b is not None and b.kind in ("samples", "tokens") and (b.kind == "tokens") != (self.spec.unit == "tokens"):
+            self._cut_to_budget(step)
+        return step
+
+    def _compose_samples(self, house: int, sup: np.ndarray) -> _Step | None:
+        T, c = self._T, self._count
+        M = T + house
+        base_T, base_a, weff, dry = self._base_T, self._base_a, self._weff, self._dry.copy()
+        new = quota_counts(c, self._target(M), weff, house)
+        over = (new - c) > sup
+        if not over.any():
+            return _Step(draws=new - c, count=new, tok=None, T=M, base_T=base_T, base_a=base_a,
+                         weff=weff, dry=dry, end=False)
+        if self.spec.on_exhausted != "redistribute":
+            for h in range(house - 1, 0, -1):
+                new = quota_counts(c, self._target(T + h), weff, h)
+                if not ((new - c) > sup).any():
+                    return _Step(draws=new - c, count=new, tok=None, T=T + h, base_T=base_T,
+                                 base_a=base_a, weff=weff, dry=dry, end=True)
+            return None
+        final = c.copy()
+        while over.any():
+            a_T = self._target(T, base_T, base_a, weff)
+            dry |= over
+            final[over] = c[over] + sup[over]
+            weff = self._effective(self._weights, dry)
+            a_T = self._rebase(T, a_T, np.where(dry, final, c), weff)
+            a_T[dry] = final[dry]
+            base_T, base_a = T, a_T
+            start = np.where(dry, final, c)
+            h = M - int(start.sum())
+            if not (weff > 0).any() or h <= 0:
+                new = start
+                break
+            new = quota_counts(start, self._target(M, base_T, base_a, weff), weff, h)
+            over = ((new - c) > sup) & ~dry
+        end = not (weff > 0).any() or int((new - c).sum()) < house
+        return _Step(draws=new - c, count=new, tok=None, T=M, base_T=base_T, base_a=base_a,
+                     weff=weff, dry=dry, end=end)
+
+    def _advance_tokens(self, g: int, target: float) -> tuple[int, int] | None:
+        """(count, tokens) after group g draws while its tokens are below ``target``;
+        None if its supply cannot reach the target."""
+        c, tok = int(self._count[g]), int(self._tok[g])
+        need = target - tok
+        if need <= _EPS:
+            return c, tok
+        seq, n = self._seq[g], int(self._n[g])
+        if n == 0 or not seq.total_tokens:
+            return None
+        e, p = divmod(c, n)
+        need_i = int(math.ceil(need - _EPS))
+        while self._passes is None or e < self._passes:
+            pre = seq.token_prefix(e, p)
+            q = seq.find_tokens(e, pre + need_i)
+            if q is not None:
+                return e * n + q, tok + seq.token_prefix(e, q) - pre
+            got = seq.total_tokens - pre
+            need_i -= got
+            tok += got
+            e, p = e + 1, 0
+        return None
+
+    def _all_tokens(self, g: int) -> tuple[int, int]:
+        """(count, tokens) once group g has given everything it can (bounded supply only)."""
+        n, seq = int(self._n[g]), self._seq[g]
+        passes = self._passes
+        c, tok = int(self._count[g]), int(self._tok[g])
+        e, p = divmod(c, n) if n else (0, 0)
+        if n == 0 or e >= passes:
+            return c, tok
+        tok += (seq.total_tokens or 0) - seq.token_prefix(e, p) + (passes - e - 1) * (seq.total_tokens or 0)
+        return n * passes, tok
+
+    def _draw_tokens(self, targets: np.ndarray, weff: np.ndarray, fixed: np.ndarray):
+        G = self.n_groups
+        cnt, tok = self._count.copy(), self._tok.copy()
+        over = np.zeros(G, bool)
+        for g in range(G):
+            if fixed[g] or weff[g] <= 0:
+                continue
+            got = self._advance_tokens(g, float(targets[g]))
+            if got is None:
+                over[g] = True
+            else:
+                cnt[g], tok[g] = got
+        return cnt, tok, over
+
+    def _compose_tokens(self, house: int, sup: np.ndarray) -> _Step | None:
+        T = self._T
+        M = T + house
+        base_T, base_a, weff, dry = self._base_T, self._base_a, self._weff, self._dry.copy()
+        cnt, tok, over = self._draw_tokens(self._target(M), weff, dry)
+        if not over.any():
+            return _Step(draws=cnt - self._count, count=cnt, tok=tok, T=M, base_T=base_T, base_a=base_a,
+                         weff=weff, dry=dry, end=False)
+        if self.spec.on_exhausted != "redistribute":
+            lo, hi = 0, house - 1   # largest h in [0, house) that fits: feasibility is monotone in h
+            best = None
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                r = self._draw_tokens(self._target(T + mid), weff, dry)
+                if r[2].any():
+                    hi = mid - 1
+                else:
+                    best, lo = (mid, r), mid + 1
+            if best is None or int((best[1][0] - self._count).sum()) == 0:
+                return None
+            h, (cnt, tok, _) = best
+            return _Step(draws=cnt - self._count, count=cnt, tok=tok, T=T + h, base_T=base_T,
+                         base_a=base_a, weff=weff, dry=dry, end=True)
+        fin_c, fin_t = self._count.copy(), self._tok.copy()
+        while over.any():
+            a_T = self._target(T, base_T, base_a, weff)
+            for g in np.flatnonzero(over):
+                fin_c[g], fin_t[g] = self._all_tokens(int(g))
+            dry |= over
+            weff = self._effective(self._weights, dry)
+            a_T = self._rebase(T, a_T, np.where(dry, fin_t, self._tok), weff)
+            a_T[dry] = fin_t[dry]
+            base_T, base_a = T, a_T
+            if not (weff > 0).any():
+                cnt, tok = np.where(dry, fin_c, self._count), np.where(dry, fin_t, self._tok)
+                break
+            cnt, tok, over = self._draw_tokens(self._target(M, base_T, base_a, weff), weff, dry)
+            cnt = np.where(dry, fin_c, cnt)
+            tok = np.where(dry, fin_t, tok)
+        end = not (weff > 0).any()
+        return _Step(draws=cnt - self._count, count=cnt, tok=tok, T=M, base_T=base_T, base_a=base_a,
+                     weff=weff, dry=dry, end=end)
+
+    # --- rows -----------------------------------------------------------------------------------
+    def _rows(self, draws: np.ndarray):
+        """(pointer row indices, group ids, epochs) of a chunk, interleaved across groups."""
+        idx_parts, epoch_parts = [], []
+        gs = np.flatnonzero(draws > 0)
+        for g in gs:
+            n = int(self._n[g])
+            start, stop = int(self._count[g]), int(self._count[g] + draws[g])
+            seq = self._seq[g]
+            while start < stop:
+                e, p = divmod(start, n)
+                q = min(n, p + (stop - start))
+                idx_parts.append(seq.indices(e, p, q))
+                epoch_parts.append(np.full(q - p, e, np.int32))
+                start += q - p
+        d = draws[gs]
+        total = int(d.sum())
+        if total == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32)
+        idx = np.concatenate(idx_parts)
+        epochs = np.concatenate(epoch_parts)
+        gids = np.repeat(gs.astype(np.int32), d)
+        if len(gs) > 1:
+            first = np.repeat(np.cumsum(d) - d, d)
+            key = (np.arange(total) - first + 0.5) / np.repeat(d, d)
+            perm = np.argsort(key, kind="stable")
+            idx, gids, epochs = idx[perm], gids[perm], epochs[perm]
+        return idx, gids, epochs
+
+    def _cut_to_budget(self, step: _Step) -> None:
+        """Budget in the other unit: keep the interleaved prefix that reaches it."""
+        b = self.spec.budget
+        rows = self._rows(step.draws)
+        idx, gids, _ = rows
+        if b.kind == "samples":
+            keep = max(0, b.amount - int(self._count.sum()))
+        else:
+            left = b.amount - int(self._tok.sum())
+            cum = np.cumsum(self._token_array()[idx]) if len(idx) else np.zeros(0)
+            keep = int(np.searchsorted(cum, left, side="left")) + 1
+        if keep >= len(idx):
+            if step.tok is None and self._tokens_needed:
+                step.tok = self._tok + np.bincount(gids, weights=self._token_array()[idx],
+                                                   minlength=self.n_groups).astype(np.int64)
+            if keep == len(idx):
+                step.end = True
+            return
+        d = np.bincount(gids[:keep], minlength=self.n_groups).astype(np.int64)
+        step.draws = d
+        step.count = self._count + d
+        if self._tokens_needed:
+            step.tok = self._tok + np.bincount(gids[:keep], weights=self._token_array()[idx[:keep]],
+                                               minlength=self.n_groups).astype(np.int64)
+        step.end = True
+
+    def _token_array(self) -> np.ndarray:
+        ta = getattr(self, "_tok_all", None)
+        if ta is None:
+            ta = self._tok_all = _to_numpy(self._src.column("__mix_n_tokens"), np.int64)
+        return ta
+
+    def _commit(self, step: _Step) -> None:
+        self._count = step.count
+        if step.tok is not None:
+            self._tok = step.tok
+        elif self._tokens_needed:
+            self._tok = self._tok  # samples unit + token budget: updated in _cut_to_budget
+        self._T = step.T
+        self._base_T, self._base_a, self._weff, self._dry = step.base_T, step.base_a, step.weff, step.dry
+        self._k += 1
+        if step.end:
+            self._ended = True
+
+    def _next_step(self) -> _Step | None:
+        for _ in range(1_000_000):
+            step = self._compose()
+            if step is None:
+                self._ended = True
+                return None
+            if int(step.draws.sum()) > 0:
+                return step
+            # an empty chunk (token chunks smaller than the samples): advance the nominal total
+            self._T, self._base_T, self._base_a, self._weff, self._dry = (
+                step.T, step.base_T, step.base_a, step.weff, step.dry)
+            if step.end:
+                self._ended = True
+                return None
+        raise RuntimeError("chunk_size is far below the size of a sample; raise chunk_size")
+
+    # --- public ---------------------------------------------------------------------------------
+    @property
+    def next_index(self) -> int:
+        """Index of the chunk the next ``next_chunk()`` returns."""
+        return self._k
+
+    @property
+    def total(self) -> int:
+        """Nominal amount composed so far (samples, or tokens when unit = 'tokens')."""
+        return int(self._T)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def skip_chunk(self) -> bool:
+        """Advance past the next chunk without materialising it; False when the stream ended."""
+        step = self._next_step()
+        if step is None:
+            return False
+        if self.spec.unit != "tokens" and self._tokens_needed and step.tok is None:
+            _, gids, _ = rows = self._rows(step.draws)
+            step.tok = self._tok + np.bincount(gids, weights=self._token_array()[rows[0]],
+                                               minlength=self.n_groups).astype(np.int64)
+        self._commit(step)
+        return True
+
+    def next_chunk(self) -> pa.Table | None:
+        """The next chunk (an Arrow table, see CHUNK_COLUMNS), or None when the stream ended."""
+        step = self._next_step()
+        if step is None:
+            return None
+        idx, gids, epochs = self._rows(step.draws)
+        if self.spec.unit != "tokens" and self._tokens_needed and step.tok is None:
+            step.tok = self._tok + np.bincount(gids, weights=self._token_array()[idx],
+                                               minlength=self.n_groups).astype(np.int64)
+        k = self._k
+        self._commit(step)
+        return self._table(k, idx, gids, epochs)
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        while True:
+            t = self.next_chunk()
+            if t is None:
+                return
+            yield t
+
+    def _table(self, k: int, idx: np.ndarray, gids: np.ndarray, epochs: np.ndarray) -> pa.Table:
+        t = self._src.take(pa.array(idx, pa.int64()))
+        n = len(idx)
+        cols = t.columns
+        nu = len(self.user_columns)
+
+        def dict_enc(a):
+            if isinstance(a, pa.ChunkedArray):
+                a = a.combine_chunks() if a.num_chunks != 1 else a.chunk(0)
+            return a if pa.types.is_dictionary(a.type) else a.dictionary_encode()
+
+        def cast(a, typ):
+            return a if a.type == typ else pc.cast(a, typ)
+
+        arrays = [
+            pa.array(np.full(n, k, np.int64)),
+            pa.array(np.arange(n, dtype=np.int32)),
+            pa.DictionaryArray.from_arrays(pa.array(gids, pa.int32()), self._paths),
+            dict_enc(cols[0]),
+            dict_enc(cols[1]),
+            cast(cols[2], pa.int64()),
+            *cols[3:3 + nu],
+            pa.array(gids, pa.int32()),
+            cast(cols[3 + nu], pa.int32()),
+            cast(cols[4 + nu], pa.int64()),
+            cast(cols[5 + nu], pa.int32()),
+            cast(cols[6 + nu], pa.int64()),
+            cast(cols[7 + nu], pa.int64()),
+            pa.array(epochs, pa.int32()),
+        ]
+        names = [*CHUNK_HEAD, *self.user_columns, *CHUNK_TAIL]
+        return pa.Table.from_arrays(arrays, names=names)
+
+    # --- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue the stream exactly here; JSON-able, O(groups)."""
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self._fingerprint,
+            "next_index": self._k,
+            "total": int(self._T),
+            "counts": self._count.tolist(),
+            "tokens": self._tok.tolist(),
+            "dry": self._dry.tolist(),
+            "ended": self._ended,
+            "weights": self._weights.tolist(),
+            "effective": self._weff.tolist(),
+            "base_total": int(self._base_T),
+            "base_targets": self._base_a.tolist(),
+            "log": [[int(a), list(w)] for a, w in self._log],
+            "applied": self._applied,
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        """Continue from ``state_dict()`` output, O(groups): no replay."""
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported engine state version {d.get('version')!r}")
+        if d.get("fingerprint") != self._fingerprint:
+            raise ValueError(
+                "engine state belongs to a different stream (statement, settings or catalog snapshot "
+                "changed); restore it with the same MIX statement over the same catalog"
+            )
+        G = self.n_groups
+        self._k = int(d["next_index"])
+        self._T = int(d["total"])
+        self._count = np.asarray(d["counts"], np.int64).reshape(G)
+        self._tok = np.asarray(d["tokens"], np.int64).reshape(G)
+        self._dry = np.asarray(d["dry"], bool).reshape(G)
+        self._ended = bool(d["ended"])
+        self._weights = np.asarray(d["weights"], np.float64).reshape(G)
+        self._weff = np.asarray(d["effective"], np.float64).reshape(G)
+        self._base_T = int(d["base_total"])
+        self._base_a = np.asarray(d["base_targets"], np.float64).reshape(G)
+        self._log = [[int(a), [float(x) for x in w]] for a, w in d["log"]]
+        self._applied = int(d["applied"])
+
+    # --- introspection --------------------------------------------------------------------------
+    def targets(self) -> np.ndarray:
+        """Current cumulative targets per group (samples or tokens), for tests and monitoring."""
+        return self._target(self._T)
+
+    def delivered(self) -> np.ndarray:
+        """Cumulative delivered amount per group in the stream's unit."""
+        return self._amount().copy()

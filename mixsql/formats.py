@@ -1,0 +1,709 @@
+"""Per-format file scanners used by registration (run inside worker processes).
+
+``scan_file(task)`` indexes one data file and returns a plain dict (picklable, never raises):
+
+* ``table``   pa.Table with ``row, loc_offset, loc_length, n_bytes, n_tokens`` and one column per
+              property (named by property), in file order;
+* ``skipped`` number of malformed records skipped (``on_error='skip'``), ``skipped_lines`` the
+              first few 1-based line numbers (jsonl) or sample keys (webdataset);
+* ``raw_bytes`` decompressed bytes read; ``error`` ``None`` or ``{"message", "line", "hint"}``.
+
+Location semantics are the catalog's (see mixsql.catalog). JSONL is parsed natively: the file is
+decompressed in large blocks cut at newlines, line offsets come from numpy, records from
+``pyarrow.json`` (nested paths by struct field access). Per-line ``orjson`` parsing is only the
+fallback that pinpoints a malformed line or a type change inside a block.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+import zstandard
+
+BLOCK_BYTES = 32 << 20          # decompressed bytes parsed per pyarrow.json call
+READ_BYTES = 4 << 20            # compressed bytes read per I/O call
+FINGERPRINT_BYTES = 64 << 10    # head and tail bytes hashed into the fingerprint
+MAX_REPORTED_SKIPS = 20
+
+FORMATS = ("jsonl", "parquet", "webdataset")
+
+
+class ScanError(Exception):
+    """Raised inside a scanner; turned into the result's ``error`` entry."""
+
+    def __init__(self, message: str, line: int | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.line, self.hint = message, line, hint
+
+
+@dataclass
+class ScanTask:
+    """Everything a worker needs to index one file (picklable)."""
+
+    path: str
+    format: str                       # jsonl | parquet | webdataset
+    compression: str                  # none | zstd | gzip
+    text: str                         # JSON path / column / tar member extension
+    properties: dict = field(default_factory=dict)   # name -> JSON path / column; None = auto
+    auto: bool = False                # discover properties from the data (top-level fields)
+    tokens: str | None = None         # parquet list<int> column with token ids
+    n_tokens: str | None = None       # path / column holding a token count hint
+    tokenizer: str | None = None      # tokenizer.json path
+    on_error: str = "fail"
+    required: list = field(default_factory=list)   # properties that must be non-null
+    types: dict = field(default_factory=dict)      # declared DuckDB types (mixed values -> text)
+    use_threads: bool = False
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def detect(path: str) -> tuple[str, str]:
+    """(format, compression) from a file name; raises ValueError for unknown extensions."""
+    low = path.lower()
+    if low.endswith((".jsonl.zst", ".json.zst", ".jsonl.zstd", ".ndjson.zst")):
+        return "jsonl", "zstd"
+    if low.endswith((".jsonl.gz", ".json.gz", ".ndjson.gz")):
+        return "jsonl", "gzip"
+    if low.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl", "none"
+    if low.endswith((".parquet", ".pq")):
+        return "parquet", "none"
+    if low.endswith(".tar"):
+        return "webdataset", "none"
+    raise ValueError(f"cannot tell the format of {path} from its extension")
+
+
+def compression_of(path: str) -> str:
+    low = path.lower()
+    if low.endswith((".zst", ".zstd")):
+        return "zstd"
+    if low.endswith(".gz"):
+        return "gzip"
+    return "none"
+
+
+def fingerprint(path: str, size: int | None = None) -> str:
+    """Cheap content fingerprint: blake2b over size, the first and the last 64 KiB."""
+    if size is None:
+        size = os.path.getsize(path)
+    h = hashlib.blake2b(str(size).encode(), digest_size=12)
+    with open(path, "rb") as fh:
+        h.update(fh.read(FINGERPRINT_BYTES))
+        if size > FINGERPRINT_BYTES:
+            fh.seek(max(size - FINGERPRINT_BYTES, FINGERPRINT_BYTES))
+            h.update(fh.read(FINGERPRINT_BYTES))
+    return h.hexdigest()
+
+
+def _decompressed_chunks(path: str, compression: str):
+    """Yield decompressed byte chunks; raise ScanError for truncated/corrupt input."""
+    with open(path, "rb") as fh:
+        if compression == "none":
+            while True:
+                b = fh.read(BLOCK_BYTES)
+                if not b:
+                    return
+                yield b
+        elif compression == "zstd":
+            dctx = zstandard.ZstdDecompressor()
+            d = dctx.decompressobj()
+            pending = False  # input fed into a frame that has not ended
+            while True:
+                b = fh.read(READ_BYTES)
+                if not b:
+                    break
+                while b:
+                    try:
+                        out = d.decompress(b)
+                    except zstandard.ZstdError as exc:
+                        raise ScanError(f"corrupt zstd data ({exc})",
+                                        hint="re-download or re-compress the file") from None
+                    pending = True
+                    if out:
+                        yield out
+                    if d.eof:
+                        b = d.unused_data
+                        d = dctx.decompressobj()
+                        pending = False
+                    else:
+                        b = b""
+            if pending:
+                raise ScanError("truncated zstd file (the compressed stream ends mid-frame)",
+                                hint="re-download or re-compress the file")
+        elif compression == "gzip":
+            d = zlib.decompressobj(wbits=47)
+            pending = False
+            while True:
+                b = fh.read(READ_BYTES)
+                if not b:
+                    break
+                while b:
+                    try:
+                        out = d.decompress(b)
+                    except zlib.error as exc:
+                        raise ScanError(f"corrupt gzip data ({exc})",
+                                        hint="re-download or re-compress the file") from None
+                    pending = True
+                    if out:
+                        yield out
+                    if d.eof:
+                        b = d.unused_data
+                        d = zlib.decompressobj(wbits=47)
+                        pending = False
+                    else:
+                        b = b""
+            if pending:
+                raise ScanError("truncated gzip file (the compressed stream ends early)",
+                                hint="re-download or re-compress the file")
+        else:
+            raise ScanError(f"unknown compression {compression!r}")
+
+
+def _blocks(path: str, compression: str):
+    """Yield (base_offset, memoryview) blocks of the decompressed stream, each ending at a newline."""
+    base = 0
+    buf: list[bytes] = []
+    size = 0
+    for chunk in _decompressed_chunks(path, compression):
+        buf.append(chunk)
+        size += len(chunk)
+        if size < BLOCK_BYTES:
+            continue
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            buf, size = [data], len(data)
+            continue
+        yield base, memoryview(data)[:cut]
+        base += cut
+        rest = data[cut:]
+        buf, size = ([rest] if rest else []), len(rest)
+    data = buf[0] if len(buf) == 1 else b"".join(buf)
+    if data:
+        yield base, memoryview(data)
+
+
+def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, lengths, keep) of every physical line; keep=False for blank lines."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(arr == 10)
+    ends = nl
+    if len(arr) and arr[-1] != 10:
+        ends = np.append(nl, len(arr))
+    starts = np.empty(len(ends), dtype=np.int64)
+    if len(ends):
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+    lengths = (ends - starts).astype(np.int64)
+    keep = lengths > 0
+    short = np.flatnonzero(keep & (lengths <= 2))
+    for i in short:  # whitespace-only lines ("\r", " ") are blank too
+        if not bytes(data[starts[i]:starts[i] + lengths[i]]).strip():
+            keep[i] = False
+    return starts, lengths, keep
+
+
+def get_path(obj, parts: tuple[str, ...]):
+    for p in parts:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(p)
+        if obj is None:
+            return None
+    return obj
+
+
+def arrow_path(table: pa.Table, path: str) -> pa.ChunkedArray | None:
+    """Column at a dotted path (struct field access); None when any step is missing."""
+    parts = path.split(".")
+    if parts[0] not in table.column_names:
+        return None
+    col = table.column(parts[0])
+    for p in parts[1:]:
+        t = col.type
+        if not pa.types.is_struct(t) or t.get_field_index(p) < 0:
+            return None
+        col = pc.struct_field(col, p)
+    return col
+
+
+def _utf8_len(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.cast(pc.binary_length(col), pa.int64())
+
+
+_TOKENIZERS: dict = {}
+
+
+def count_tokens(tokenizer_path: str, texts: list[str]) -> np.ndarray:
+    tok = _TOKENIZERS.get(tokenizer_path)
+    if tok is None:
+        from tokenizers import Tokenizer
+        tok = _TOKENIZERS[tokenizer_path] = Tokenizer.from_file(tokenizer_path)
+    out = np.empty(len(texts), dtype=np.int64)
+    step = 4096
+    for i in range(0, len(texts), step):
+        enc = tok.encode_batch(texts[i:i + step], add_special_tokens=False)
+        out[i:i + len(enc)] = [len(e.ids) for e in enc]
+    return out
+
+
+def values_to_array(name: str, vals: list, declared: dict) -> pa.Array:
+    """pa.array(vals); values of mixed JSON types become text when the property's type is declared
+    (the declared cast then happens at insert), else ScanError naming the property."""
+    try:
+        return pa.array(vals)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        if name in declared:
+            return pa.array([v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in vals],
+                            pa.string())
+        kinds = sorted({type(v).__name__ for v in vals if v is not None})
+        raise ScanError(f"property {name!r} has mixed value types {kinds} ({exc})",
+                        hint=f"declare its type, e.g. types = {{'{name}': 'VARCHAR'}}") from None
+
+
+def _auto_columns(table: pa.Table, exclude: set[str]) -> dict[str, pa.ChunkedArray]:
+    out = {}
+    for name in table.column_names:
+        if name in exclude:
+            continue
+        col = table.column(name)
+        if pa.types.is_struct(col.type) or pa.types.is_map(col.type):
+            continue
+        out[name] = col
+    return out
+
+
+# ----------------------------------------------------------------------------- jsonl
+
+class _JsonlScanner:
+    def __init__(self, task: ScanTask):
+        self.task = task
+        self.text_parts = tuple(task.text.split("."))
+        self.prop_parts = {k: tuple(v.split(".")) for k, v in task.properties.items()}
+        self.ntok_parts = tuple(task.n_tokens.split(".")) if task.n_tokens else None
+        self.skipped = 0
+        self.skipped_lines: list[int] = []
+        self.raw_bytes = 0
+        self.auto_excl = {self.text_parts[0]}
+        self.prune = not task.auto   # parse only the needed fields
+        self.schema: pa.Schema | None = None
+
+    def scan(self) -> pa.Table:
+        parts, row0, line0 = [], 0, 0
+        for base, data in _blocks(self.task.path, self.task.compression):
+            self.raw_bytes += len(data)
+            starts, lengths, keep = _line_spans(data)
+            t = self._block(data, base, starts, lengths, keep, line0)
+            line0 += len(starts)
+            if t.num_rows:
+                t = t.set_column(0, "row", pa.array(np.arange(row0, row0 + t.num_rows, dtype=np.int64)))
+                row0 += t.num_rows
+                parts.append(t)
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        try:
+            return pa.concat_tables(parts, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ScanError(f"a property changes type inside the file ({exc})",
+                            hint="declare the property's type, e.g. types = {'name': 'VARCHAR'}") from None
+
+    def _read(self, data: bytes, block_size: int) -> pa.Table:
+        """pyarrow.json over one block; parses only the needed fields once their types are known."""
+        ropts = pj.ReadOptions(use_threads=self.task.use_threads, block_size=block_size)
+        if self.prune and self.schema is None:
+            self.schema = self._pruned_schema(data, ropts)
+        if self.schema is not None:
+            popts = pj.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="ignore")
+            try:
+                return pj.read_json(pa.BufferReader(data), read_options=ropts, parse_options=popts)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                self.schema, self.prune = None, False  # a type changed: infer everything from now on
+        return pj.read_json(pa.BufferReader(data), read_options=ropts)
+
+    def _pruned_schema(self, data: bytes, ropts) -> pa.Schema | None:
+        """Schema of just the needed paths, inferred from the block's first MiB (None: can't)."""
+        head = bytes(data[:1 << 20])
+        cut = head.rfind(b"\n") + 1 or len(head)
+        try:
+            sample = pj.read_json(pa.BufferReader(head[:cut]), read_options=ropts)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            self.prune = False
+            return None
+        paths = [self.task.text, *self.task.properties.values()]
+        if self.task.n_tokens:
+            paths.append(self.task.n_tokens)
+        tree: dict = {}
+        for path in paths:
+            parts = path.split(".")
+            typ: pa.DataType = sample.schema
+            node = tree
+            for i, p in enumerate(parts):
+                idx = typ.get_field_index(p) if isinstance(typ, (pa.Schema, pa.StructType)) else -1
+                if idx < 0:
+                    self.prune = False
+                    return None
+                typ = typ.field(idx).type
+                if i == len(parts) - 1:
+                    if pa.types.is_null(typ):
+                        self.prune = False
+                        return None
+                    node[p] = typ
+                else:
+                    if not pa.types.is_struct(typ):
+                        self.prune = False
+                        return None
+                    node = node.setdefault(p, {})
+                    if not isinstance(node, dict):
+                        break
+
+        def build(n: dict) -> list[pa.Field]:
+            return [pa.field(k, pa.struct(build(v)) if isinstance(v, dict) else v) for k, v in n.items()]
+
+        return pa.schema(build(tree))
+
+    def _block(self, data, base, starts, lengths, keep, line0) -> pa.Table:
+        idx = np.flatnonzero(keep)
+        table = None
+        try:
+            table = self._read(data, int(max(1 << 20, (lengths.max() if len(lengths) else 0) + 2)))
+            if table.num_rows != len(idx):
+                table = None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            table = None
+        if table is not None:
+            try:
+                return self._from_arrow(table, base, starts, lengths, idx, line0)
+            except ScanError as exc:
+                if exc.line is None or self.task.on_error != "skip":
+                    raise
+        return self._from_lines(data, base, starts, lengths, idx, line0)
+
+    def _from_arrow(self, table, base, starts, lengths, idx, line0) -> pa.Table:
+        text = arrow_path(table, self.task.text)
+        if text is None:
+            raise ScanError(f"no text field {self.task.text!r} in any record",
+                            line=line0 + int(idx[0]) + 1 if len(idx) else None,
+                            hint="set the text option to the field holding the text")
+        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+            if pa.types.is_null(text.type):
+                raise ScanError(f"text field {self.task.text!r} is missing or null",
+                                line=line0 + int(idx[0]) + 1)
+            raise ScanError(f"text field {self.task.text!r} is {text.type}, not a string")
+        if text.null_count:
+            bad = int(np.flatnonzero(pc.is_null(text).to_numpy(zero_copy_only=False))[0])
+            raise ScanError(f"text field {self.task.text!r} is missing or null", line=line0 + int(idx[bad]) + 1)
+        cols = self._pointer_cols(base, starts, lengths, idx, _utf8_len(text))
+        props = self._props_arrow(table)
+        cols["n_tokens"] = self._ntokens(text, props.pop("__ntok__", None), len(idx))
+        for name in self.task.required:
+            col = props.get(name)
+            if col is not None and col.null_count:
+                bad = int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0])
+                raise ScanError(f"required property {name!r} is missing", line=line0 + int(idx[bad]) + 1,
+                                hint="fix the record, drop it from required, or use on_error = 'skip'")
+        cols.update(props)
+        return pa.table(cols)
+
+    def _pointer_cols(self, base, starts, lengths, idx, nbytes):
+        return {
+            "row": pa.array(np.zeros(len(idx), dtype=np.int64)),
+            "loc_offset": pa.array(starts[idx] + base),
+            "loc_length": pa.array(lengths[idx].astype(np.int32)),
+            "n_bytes": nbytes,
+        }
+
+    def _props_arrow(self, table) -> dict:
+        n = table.num_rows
+        out = {}
+        if self.task.auto:
+            out.update(_auto_columns(table, self.auto_excl))
+        else:
+            for name, path in self.task.properties.items():
+                col = arrow_path(table, path)
+                out[name] = col if col is not None else pa.nulls(n)
+        if self.task.n_tokens:
+            col = arrow_path(table, self.task.n_tokens)
+            out["__ntok__"] = col
+        return out
+
+    def _ntokens(self, text, hint, n):
+        if self.task.tokenizer:
+            return pa.array(count_tokens(self.task.tokenizer, text.to_pylist()))
+        if hint is not None:
+            try:
+                return pc.cast(hint, pa.int64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise ScanError(f"token count field {self.task.n_tokens!r} is not an integer") from None
+        return pa.nulls(n, pa.int64())
+
+    def _from_lines(self, data, base, starts, lengths, idx, line0) -> pa.Table:
+        """Per-line fallback: pinpoints malformed lines; skips them when on_error='skip'."""
+        objs, good = [], []
+        for i in idx:
+            s = int(starts[i])
+            line = data[s:s + int(lengths[i])]
+            lineno = line0 + int(i) + 1
+            problem = None
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                problem = f"malformed JSON ({exc})"
+            else:
+                if not isinstance(obj, dict):
+                    problem = f"line is a JSON {type(obj).__name__}, not an object"
+                else:
+                    txt = get_path(obj, self.text_parts)
+                    if not isinstance(txt, str):
+                        problem = (f"text field {self.task.text!r} is missing or null" if txt is None
+                                   else f"text field {self.task.text!r} is not a string")
+                    for name in self.task.required:
+                        if problem is None and name in self.prop_parts \
+                                and get_path(obj, self.prop_parts[name]) is None:
+                            problem = f"required property {name!r} is missing"
+                        elif problem is None and self.task.auto and obj.get(name) is None:
+                            problem = f"required property {name!r} is missing"
+
+            if problem is not None:
+                if self.task.on_error == "skip":
+                    self.skipped += 1
+                    if len(self.skipped_lines) < MAX_REPORTED_SKIPS:
+                        self.skipped_lines.append(lineno)
+                    continue
+                raise ScanError(problem, line=lineno,
+                                hint="fix the line, or register WITH (on_error = 'skip') to skip bad lines")
+            objs.append(obj)
+            good.append(i)
+        good = np.asarray(good, dtype=np.int64)
+        texts = [get_path(o, self.text_parts) for o in objs]
+        nbytes = pa.array(np.fromiter((len(t.encode()) for t in texts), dtype=np.int64, count=len(texts)))
+        cols = self._pointer_cols(base, starts, lengths, good, nbytes)
+        if self.task.auto:
+            names: dict[str, None] = {}
+            for o in objs:
+                for k, v in o.items():
+                    if k not in self.auto_excl and not isinstance(v, dict):
+                        names.setdefault(k)
+            mapping = {k: (k,) for k in names}
+        else:
+            mapping = self.prop_parts
+        props = {}
+        for name, parts in mapping.items():
+            props[name] = values_to_array(name, [get_path(o, parts) for o in objs], self.task.types)
+        hint = None
+        if self.ntok_parts:
+            hint = pa.array([get_path(o, self.ntok_parts) for o in objs])
+        cols["n_tokens"] = self._ntokens(pa.chunked_array([pa.array(texts, pa.string())]), hint, len(objs))
+        cols.update(props)
+        return pa.table(cols)
+
+
+# ----------------------------------------------------------------------------- parquet
+
+def _scan_parquet(task: ScanTask) -> tuple[pa.Table | None, int, int]:
+    try:
+        pf = pq.ParquetFile(task.path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ScanError(f"not a readable Parquet file ({exc})") from None
+    schema = pf.schema_arrow
+    names = schema.names
+    text_col = task.text.split(".")[0]
+    if text_col not in names:
+        raise ScanError(f"no text column {task.text!r} (columns: {', '.join(names)})",
+                        hint="set the text option to the column holding the text")
+    tok_col = task.tokens.split(".")[0] if task.tokens else None
+    if tok_col and tok_col not in names:
+        raise ScanError(f"no tokens column {task.tokens!r} (columns: {', '.join(names)})")
+    if task.auto:
+        excl = {text_col, tok_col}
+        prop_map = {n: n for n in names if n not in excl
+                    and not pa.types.is_struct(schema.field(n).type)
+                    and not pa.types.is_map(schema.field(n).type)}
+    else:
+        prop_map = dict(task.properties)
+    need = {text_col} | {p.split(".")[0] for p in prop_map.values() if p.split(".")[0] in names}
+    if tok_col:
+        need.add(tok_col)
+    if task.n_tokens and task.n_tokens.split(".")[0] in names:
+        need.add(task.n_tokens.split(".")[0])
+    parts, raw, row0 = [], 0, 0
+    for rg in range(pf.num_row_groups):
+        try:
+            t = pf.read_row_group(rg, columns=[n for n in names if n in need])
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ScanError(f"cannot read row group {rg} ({exc})") from None
+        n = t.num_rows
+        text = arrow_path(t, task.text)
+        if text.null_count:
+            bad = int(np.flatnonzero(pc.is_null(text).to_numpy(zero_copy_only=False))[0])
+            if task.on_error != "skip":
+                raise ScanError(f"text column {task.text!r} is null in row {row0 + bad}",
+                                hint="register WITH (on_error = 'skip') to skip such rows")
+        nbytes = _utf8_len(text)
+        raw += int(pc.sum(nbytes).as_py() or 0)
+        cols = {
+            "row": pa.array(np.arange(row0, row0 + n, dtype=np.int64)),
+            "loc_offset": pa.array(np.full(n, rg, dtype=np.int64)),
+            "loc_length": pa.array(np.arange(n, dtype=np.int32)),
+            "n_bytes": pc.fill_null(nbytes, 0),
+        }
+        if task.tokenizer:
+            cols["n_tokens"] = pa.array(count_tokens(task.tokenizer, [x or "" for x in text.to_pylist()]))
+        elif tok_col:
+            cols["n_tokens"] = pc.cast(pc.list_value_length(arrow_path(t, task.tokens)), pa.int64())
+        elif task.n_tokens and arrow_path(t, task.n_tokens) is not None:
+            cols["n_tokens"] = pc.cast(arrow_path(t, task.n_tokens), pa.int64())
+        else:
+            cols["n_tokens"] = pa.nulls(n, pa.int64())
+        valid = pc.is_valid(text)
+        for name, path in prop_map.items():
+            col = arrow_path(t, path)
+            cols[name] = col if col is not None else pa.nulls(n)
+            if name in task.required and cols[name].null_count:
+                if task.on_error != "skip":
+                    bad = int(np.flatnonzero(pc.is_null(cols[name]).to_numpy(zero_copy_only=False))[0])
+                    raise ScanError(f"required property {name!r} is missing in row {row0 + bad}",
+                                    hint="fix the data, drop it from required, or use on_error = 'skip'")
+                valid = pc.and_(valid, pc.is_valid(cols[name]))
+        table = pa.table(cols)
+        if task.on_error == "skip" and pc.sum(pc.invert(valid)).as_py():
+            table = table.filter(valid)
+        parts.append(table)
+        row0 += n
+    if not parts:
+        return None, 0, 0
+    out = pa.concat_tables(parts, promote_options="permissive")
+    return out, raw, row0 - out.num_rows
+
+
+# ----------------------------------------------------------------------------- webdataset
+
+def _wds_key(name: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first '.' of the basename; rest = extension."""
+    d, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{d}/{stem}" if d else stem), ext
+
+
+def _scan_webdataset(task: ScanTask, res: dict) -> pa.Table | None:
+    text_ext = task.text
+    samples: dict[str, dict] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(task.path, "r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, ext = _wds_key(m.name)
+                if key not in samples:
+                    samples[key] = {}
+                    order.append(key)
+                s = samples[key]
+                if ext == text_ext:
+                    s["off"], s["len"] = m.offset_data, m.size
+                    if task.tokenizer:
+                        s["text"] = tf.extractfile(m).read().decode("utf-8", "replace")
+                elif ext == "json":
+                    s["json"] = tf.extractfile(m).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ScanError(f"not a readable tar file ({exc})", hint="re-create the shard") from None
+    rows, offs, lens, objs, texts = [], [], [], [], []
+    skipped, skipped_keys = 0, []
+    for key in order:
+        s = samples[key]
+        problem = None
+        obj = {}
+        if "off" not in s:
+            problem = f"sample {key!r} has no .{text_ext} member"
+        elif "json" in s:
+            try:
+                obj = orjson.loads(s["json"])
+                if not isinstance(obj, dict):
+                    problem = f"{key}.json is not a JSON object"
+            except orjson.JSONDecodeError as exc:
+                problem = f"{key}.json is malformed JSON ({exc})"
+        if not problem:
+            for name in task.required:
+                path = task.properties.get(name, name)
+                if get_path(obj, tuple(path.split("."))) is None:
+                    problem = f"sample {key!r}: required property {name!r} is missing"
+                    break
+        if problem:
+            if task.on_error == "skip":
+                skipped += 1
+                if len(skipped_keys) < MAX_REPORTED_SKIPS:
+                    skipped_keys.append(key)
+                continue
+            raise ScanError(problem, hint="fix the shard, or register WITH (on_error = 'skip')")
+        rows.append(len(rows))
+        offs.append(s["off"])
+        lens.append(s["len"])
+        objs.append(obj)
+        texts.append(s.get("text", ""))
+    res["skipped"], res["skipped_lines"] = skipped, skipped_keys
+    res["raw_bytes"] = int(sum(lens))
+    if not rows:
+        return None
+    cols = {
+        "row": pa.array(np.asarray(rows, dtype=np.int64)),
+        "loc_offset": pa.array(np.asarray(offs, dtype=np.int64)),
+        "loc_length": pa.array(np.asarray(lens, dtype=np.int32)),
+        "n_bytes": pa.array(np.asarray(lens, dtype=np.int64)),
+    }
+    if task.tokenizer:
+        cols["n_tokens"] = pa.array(count_tokens(task.tokenizer, texts))
+    elif task.n_tokens:
+        parts = tuple(task.n_tokens.split("."))
+        cols["n_tokens"] = pc.cast(pa.array([get_path(o, parts) for o in objs]), pa.int64())
+    else:
+        cols["n_tokens"] = pa.nulls(len(rows), pa.int64())
+    if task.auto:
+        names: dict[str, None] = {}
+        for o in objs:
+            for k, v in o.items():
+                if not isinstance(v, dict):
+                    names.setdefault(k)
+        mapping = {k: (k,) for k in names}
+    else:
+        mapping = {k: tuple(v.split(".")) for k, v in task.properties.items()}
+    for name, parts in mapping.items():
+        cols[name] = values_to_array(name, [get_path(o, parts) for o in objs], task.types)
+    return pa.table(cols)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def scan_file(task: ScanTask) -> dict:
+    """Index one file. Never raises: errors come back in ``result['error']``."""
+    res = {"path": task.path, "table": None, "skipped": 0, "skipped_lines": [], "raw_bytes": 0,
+           "error": None}
+    try:
+        if task.format == "jsonl":
+            sc = _JsonlScanner(task)
+            res["table"] = sc.scan()
+            res["skipped"], res["skipped_lines"], res["raw_bytes"] = sc.skipped, sc.skipped_lines, sc.raw_bytes
+        elif task.format == "parquet":
+            res["table"], res["raw_bytes"], res["skipped"] = _scan_parquet(task)
+        elif task.format == "webdataset":
+            res["table"] = _scan_webdataset(task, res)
+        else:
+            raise ScanError(f"unknown format {task.format!r}; use one of {', '.join(FORMATS)}")
+    except ScanError as exc:
+        res["error"] = {"message": exc.message, "line": exc.line, "hint": exc.hint}
+    except (OSError, MemoryError) as exc:
+        res["error"] = {"message": f"cannot read file ({exc})", "line": None, "hint": None}
+    except (pa.ArrowException, ValueError, TypeError) as exc:  # unexpected data shape
+        res["error"] = {"message": f"cannot index file ({type(exc).__name__}: {exc})", "line": None,
+                        "hint": None}
+    return res

@@ -1,0 +1,755 @@
+"""Planner: a MIX statement -> one DuckDB query + a typed :class:`~mixsql.spec.MixSpec`.
+
+``plan()`` parses and validates statically (names, values, weights, settings, schedule,
+algorithm) and builds the query with sqlglot expressions. The query returns one row per
+selected sample: the ``spec.MIX_COLUMNS`` pointer columns (``__mix_group`` computed by a
+nested CASE over the MIX BY tree), ``__mix_order`` when ORDER BY is given, then the user's
+projection. ``execute_plan()`` runs it, checks what needs data (a listed value in no row, an
+empty OTHER, a nested MIX over an empty group) and resolves NATURAL weights.
+
+Semantics fixed here:
+
+* ``OTHER`` is every row whose MIX BY value matches no value listed at that level, NULL
+  included; rows matching no group are not selected.
+* ``MIX BY e`` without ``WITH`` (or ``WITH NATURAL``) makes one group per distinct value of
+  ``e`` (found by a DISTINCT query at plan time), weighted by its available share.
+* Plain ``LIMIT n`` in a MIX statement is ``LIMIT n SAMPLES``: a budget on the mixed stream.
+* ``ORDER BY`` is the consumption order inside each group (ties broken by file and row).
+* ``AT STEP n`` is a training step; with ``SETTINGS (batch_size = b)`` it starts at chunk
+  ``ceil(n * b / chunk_size)``, without batch_size one step is one chunk. The spec's
+  ``ScheduleStep.step`` holds that chunk index.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from sqlglot import exp
+
+from . import dialect as D
+from .errors import ProgrammingError, SQLError
+from .spec import MIX_COLUMNS, ORDER_COLUMN, Algorithm, Budget, Group, MixSpec, ScheduleStep, Shuffle
+
+SETTINGS = {
+    "seed": "int>=0", "chunk_size": "int>0", "unit": ("samples", "tokens"),
+    "on_exhausted": ("stop", "redistribute", "repeat"), "max_epochs": "int>0",
+    "shuffle_block": "int>0", "shuffle_window": "int>0", "batch_size": "int>0",
+}
+MAX_DISCOVERED = 10_000
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+            "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "REAL")
+
+
+def known_algorithms() -> list[str]:
+    try:
+        from .algorithms import ALGORITHMS
+        return sorted(ALGORITHMS)
+    except Exception:  # noqa: BLE001 - algorithms module optional at plan time
+        return ["ado", "loss_average"]
+
+
+@dataclass
+class RegistrationRequest:
+    kind: str                      # create_source | refresh_source | drop_source | show_sources
+    name: str | None = None
+    pattern: str | None = None
+    format: str | None = None
+    options: dict = field(default_factory=dict)
+    if_exists: bool = False
+
+
+@dataclass
+class _Node:
+    """One MIX BY level during planning."""
+
+    key: exp.Expr                  # the (alias-resolved) MIX BY expression
+    key_sql_node: exp.Expr         # original node, for error positions
+    natural: bool                  # weights resolved from data
+    groups: list = field(default_factory=list)   # list[_Grp]
+
+
+@dataclass
+class _Grp:
+    node: _Node
+    values: list                   # python values ([] for OTHER)
+    value_nodes: list              # sqlglot nodes of the values (positions)
+    other: bool
+    weight: float                  # raw (un-normalised) weight; 1.0 placeholder for natural
+    weight_node: Any
+    origin: Any                    # the MixGroup node (or the MixBy for discovered groups)
+    path: str
+    child: _Node | None = None
+    leaf: int | None = None
+
+
+@dataclass
+class MixPlan:
+    sql: str                       # the DuckDB query
+    params: Any                    # parameters for the query (as given)
+    spec: MixSpec                  # weights final unless NATURAL (resolved by execute_plan)
+    statement: str                 # the original statement text
+    user_columns: list[str]        # the user's projection output names, in order
+    matches: list = field(default_factory=list, repr=False)   # match id -> (leaf, ((grp, value_idx), ...))
+    root: Any = field(default=None, repr=False)
+    leaves: list = field(default_factory=list, repr=False)
+    natural: bool = False
+    prior_natural: bool = False
+    unit_node: Any = field(default=None, repr=False)
+    base_sql: str = ""             # user's selection without MIX modifiers (for suggestions)
+
+
+# --------------------------------------------------------------------------- helpers
+def _err(sql, message, node, suggestion=None) -> SQLError:
+    return D.node_error(sql, message, node, suggestion)
+
+
+def _did_you_mean(word, choices):
+    hit = D.suggest(str(word), [str(c) for c in choices])
+    return repr(hit) if hit is not None and isinstance(word, str) else (hit if hit is not None else None)
+
+
+def _number(sql, node, what) -> float:
+    if isinstance(node, exp.Neg):
+        return -_number(sql, node.this, what)
+    if isinstance(node, exp.Literal) and node.is_number:
+        return float(node.this)
+    raise _err(sql, f"{what} must be a number", node)
+
+
+def _pyvalue(node):
+    """Python value of a setting/option value node."""
+    if isinstance(node, exp.Neg):
+        v = _pyvalue(node.this)
+        return -v if isinstance(v, (int, float)) else v
+    if isinstance(node, exp.Literal):
+        if node.is_string:
+            return node.this
+        f = float(node.this)
+        return int(f) if f.is_integer() and "." not in node.this and "e" not in node.this.lower() else f
+    if isinstance(node, exp.Boolean):
+        return bool(node.this)
+    if isinstance(node, exp.Null):
+        return None
+    if isinstance(node, exp.Var) and node.name.upper() == "NATURAL":
+        return "natural"
+    return node.name
+
+
+def _duck_error(sql: str, exc: Exception, select: exp.Expr | None = None) -> SQLError:
+    """Turn a DuckDB binder/parser error into a positioned SQLError where possible."""
+    import re
+
+    text = str(exc).split("\n")[0]
+    m = re.search(r'column "([^"]+)" not found', text) or re.search(r'Referenced column "([^"]+)"', text)
+    if m and select is not None:
+        for col in select.find_all(exp.Column):
+            if col.name == m.group(1):
+                return _err(sql, f"unknown column {m.group(1)!r}: {text}", col)
+    return SQLError(f"DuckDB rejected the statement: {text}", sql)
+
+
+def _walk_scope(node):
+    """Columns of ``node`` outside nested subqueries (their own scope)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, exp.Column):
+            yield n
+            continue
+        for child in n.iter_expressions():
+            if isinstance(child, (exp.Subquery, exp.Select, exp.Union)) and child is not node:
+                continue
+            stack.append(child)
+
+
+# --------------------------------------------------------------------------- planning
+def plan(catalog, sql: str, params=None) -> MixPlan:
+    """Parse and validate a MIX (or EXPLAIN MIX) statement and build its DuckDB query."""
+    tree = D.parse(sql)
+    if isinstance(tree, D.ExplainMix):
+        tree = tree.this
+    if not isinstance(tree, exp.Select) or not tree.args.get("mix"):
+        nested = tree.find(D.MixBy) if isinstance(tree, exp.Expr) else None
+        if nested is not None:
+            raise _err(sql, "MIX BY must be in the outermost SELECT (not in a subquery or a set operation)", nested)
+        raise SQLError("not a MIX statement: expected SELECT ... FROM samples ... MIX BY <expr> ...", sql)
+    for sub in tree.find_all(exp.Select):
+        if sub is not tree and sub.args.get("mix"):
+            raise _err(sql, "MIX BY must be in the outermost SELECT, not in a subquery", sub.args["mix"])
+    con = catalog.con
+    mix: D.MixBy = tree.args["mix"]
+
+    # -- shape of the selection
+    for key, what in (("group", "GROUP BY"), ("having", "HAVING"), ("distinct", "DISTINCT"),
+                      ("qualify", "QUALIFY"), ("offset", "OFFSET"), ("sample", "USING SAMPLE")):
+        if tree.args.get(key):
+            raise _err(sql, f"{what} cannot be combined with MIX BY: MIX needs one row per sample "
+                            "(aggregate in a plain query, or move it into a subquery/join)", tree.args[key])
+    for proj in tree.expressions:
+        agg = next((a for a in proj.find_all(exp.AggFunc) if not a.find_ancestor(exp.Window)), None)
+        if agg is not None:
+            raise _err(sql, "aggregate functions cannot be used with MIX BY: MIX needs one row per sample", agg)
+    sources = [tree.args["from_"].this] if tree.args.get("from_") else []
+    sources += [j.this for j in tree.args.get("joins") or []]
+    samples_tbl = next((t for t in sources if isinstance(t, exp.Table) and t.name.lower() == "samples"
+                        and not t.args.get("db")), None)
+    if samples_tbl is None:
+        raise _err(sql, "MIX needs the catalog's samples view in FROM: SELECT ... FROM samples [JOIN ...] MIX BY ...",
+                   sources[0] if sources else mix)
+    qual = samples_tbl.alias_or_name
+
+    # -- columns: unknown names with did-you-mean
+    ctes = {c.alias_or_name.lower() for c in (tree.args.get("with_").expressions if tree.args.get("with_") else [])}
+    known: dict[str, list[str]] = {}
+    all_known = True
+    for t in sources:
+        if isinstance(t, exp.Table) and t.name.lower() not in ctes and not isinstance(t.this, exp.Func):
+            try:
+                bare = t.copy()
+                bare.set("alias", None)
+                desc = con.execute(f"SELECT * FROM {bare.sql('duckdb')} LIMIT 0").description
+                known[t.alias_or_name.lower()] = [d[0] for d in desc]
+                continue
+            except duckdb.Error as exc:
+                raise _err(sql, f"unknown table {t.name!r}: {str(exc).splitlines()[0]}", t) from None
+        all_known = False
+    aliases = {p.alias.lower(): p.this for p in tree.expressions if isinstance(p, exp.Alias)}
+    every = sorted({c for cols in known.values() for c in cols})
+    lower_every = {c.lower() for c in every}
+    for col in _walk_scope(tree):
+        name = col.name
+        if isinstance(col.this, exp.Star) or col.find_ancestor(exp.Lambda):
+            continue
+        tbl = col.table.lower() if col.table else ""
+        if tbl:
+            if tbl in known:
+                if name.lower() not in {c.lower() for c in known[tbl]}:
+                    raise _err(sql, f"unknown column {name!r} in {col.table}", col.this,
+                               _did_you_mean(name, known[tbl]))
+            elif all_known and tbl not in lower_every:
+                raise _err(sql, f"unknown table or alias {col.table!r}", col.args["table"],
+                           _did_you_mean(col.table, list(known)))
+            continue
+        if all_known and name.lower() not in lower_every and name.lower() not in aliases:
+            raise _err(sql, f"unknown column {name!r}", col, _did_you_mean(name, every + list(aliases)))
+
+    def resolve(e: exp.Expr) -> exp.Expr:
+        """Copy of ``e`` with bare references to projection aliases replaced by their expression."""
+        e = e.copy()
+        if isinstance(e, exp.Column) and not e.table and e.name.lower() in aliases and e.name.lower() not in lower_every:
+            return aliases[e.name.lower()].copy()
+        for c in list(e.find_all(exp.Column)):
+            if not c.table and c.name.lower() in aliases and c.name.lower() not in lower_every:
+                c.replace(aliases[c.name.lower()].copy())
+        return e
+
+    # -- base selection (the user's query without MIX modifiers)
+    base = tree.copy()
+    for k in ("mix", "mix_using", "mix_settings", "order", "limit"):
+        base.set(k, None)
+    positional = any(isinstance(p, exp.Placeholder) and not p.name for p in tree.find_all(exp.Placeholder))
+    if positional:
+        for part in [mix] + ([tree.args["order"]] if tree.args.get("order") else []):
+            ph = part.find(exp.Placeholder)
+            if ph is not None:
+                raise _err(sql, "? parameters are not supported in MIX BY or ORDER BY of a MIX statement; "
+                                "use $name parameters or literals there", ph)
+
+    # -- settings
+    settings: dict[str, Any] = {}
+    unit_node = None
+    if tree.args.get("mix_settings"):
+        for opt in tree.args["mix_settings"].expressions:
+            key = opt.this.name.lower()
+            if key not in SETTINGS:
+                raise _err(sql, f"unknown setting {opt.this.name!r}; settings are {', '.join(SETTINGS)}", opt.this,
+                           _did_you_mean(opt.this.name, SETTINGS))
+            if key in settings:
+                raise _err(sql, f"setting {key!r} is given twice", opt.this)
+            val = _pyvalue(opt.expression)
+            rule = SETTINGS[key]
+            if isinstance(rule, tuple):
+                if not isinstance(val, str) or val.lower() not in rule:
+                    raise _err(sql, f"bad value for {key}: expected one of {', '.join(rule)}", opt.expression,
+                               _did_you_mean(str(val), rule))
+                val = val.lower()
+            elif key == "max_epochs" and val is None:
+                pass
+            else:
+                ok = isinstance(val, (int, float)) and not isinstance(val, bool) and float(val).is_integer()
+                if not ok or (rule == "int>0" and val <= 0) or (rule == "int>=0" and val < 0):
+                    bound = "a positive integer" if rule == "int>0" else "a non-negative integer"
+                    raise _err(sql, f"bad value for {key}: expected {bound}", opt.expression)
+                val = int(val)
+            settings[key] = val
+            if key == "unit":
+                unit_node = opt.expression
+    unit = settings.get("unit", "samples")
+    chunk_size = settings.get("chunk_size", 512)
+
+    # -- budget
+    budget = None
+    limit = tree.args.get("limit")
+    if limit is not None:
+        amount_node = limit.args.get("expression")
+        kind = limit.args["unit"].lower() if isinstance(limit, D.MixLimit) else "samples"
+        if not isinstance(amount_node, exp.Literal) or not amount_node.is_number:
+            raise _err(sql, "LIMIT in a MIX statement must be a number, e.g. LIMIT 2e9 TOKENS", amount_node or limit)
+        amount = float(amount_node.this)
+        if amount <= 0 or not amount.is_integer():
+            raise _err(sql, "LIMIT must be a positive whole number", amount_node)
+        budget = Budget(int(amount), kind)
+
+    # -- algorithm
+    algorithm = None
+    prior_natural = False
+    if tree.args.get("mix_using"):
+        using = tree.args["mix_using"]
+        name = using.this.name.lower()
+        algos = known_algorithms()
+        if name not in algos:
+            raise _err(sql, f"unknown mixing algorithm {using.this.name!r}; known: {', '.join(a.upper() for a in algos)}",
+                       using.this, (D.suggest(name, algos) or "").upper() or None)
+        args = []
+        for opt in using.expressions or []:
+            v = _pyvalue(opt.expression)
+            if opt.this.name.lower() == "prior" and v == "natural":
+                prior_natural = True
+            args.append((opt.this.name.lower(), v))
+        algorithm = Algorithm(name, tuple(args))
+
+    # -- key types (bind only, no data read)
+    levels: list[D.MixBy] = [m for m in mix.walk() if isinstance(m, D.MixBy)]
+    probe = base.copy()
+    probe.set("expressions", [resolve(m.this).as_(f"__k{i}") for i, m in enumerate(levels)])
+    try:
+        desc = con.execute(f"SELECT * FROM ({probe.sql('duckdb')}) LIMIT 0", params).description
+    except duckdb.Error as exc:
+        raise _duck_error(sql, exc, tree) from None
+    key_types = {id(m): str(d[1]).upper() for m, d in zip(levels, desc)}
+
+    # -- the mixture tree
+    leaves: list[_Grp] = []
+
+    def discover(key: exp.Expr, conds: list[exp.Expr]) -> list:
+        q = base.copy()
+        q.set("expressions", [key.copy().as_("__k")])
+        if conds:
+            q = q.where(exp.and_(*[c.copy() for c in conds]), copy=False)
+        text = f"SELECT DISTINCT __k FROM ({q.sql('duckdb')}) ORDER BY __k NULLS LAST LIMIT {MAX_DISCOVERED + 1}"
+        try:
+            return [r[0] for r in con.execute(text, params).fetchall()]
+        except duckdb.Error as exc:
+            raise _duck_error(sql, exc, tree) from None
+
+    def literal(v) -> exp.Expr:
+        if v is None:
+            return exp.Null()
+        if isinstance(v, bool):
+            return exp.Boolean(this=v)
+        if isinstance(v, (int, float)):
+            return exp.Literal.number(repr(v) if isinstance(v, float) else str(v))
+        return exp.Literal.string(str(v))
+
+    def coerce(vnode, ktype, mixnode):
+        """(python value) of a group value node for a MIX BY key of type ``ktype``."""
+        if isinstance(vnode, exp.Null):
+            return None
+        raw = _pyvalue(vnode)
+        if isinstance(vnode, exp.Var):
+            raise _err(sql, "NATURAL is not a group value (did you mean WITH NATURAL?)", vnode)
+        base_t = ktype.split("(")[0]
+        if base_t in _NUMERIC:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                try:
+                    raw = float(raw)
+                    raw = int(raw) if raw.is_integer() and base_t not in ("FLOAT", "DOUBLE", "REAL", "DECIMAL") else raw
+                except (TypeError, ValueError):
+                    raise _err(sql, f"group value {raw!r} is not a number, but MIX BY {mixnode.this.sql('duckdb')} "
+                                    f"is {ktype}", vnode) from None
+            return float(raw) if isinstance(raw, float) else raw
+        if base_t == "BOOLEAN":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("true", "false"):
+                return str(raw).lower() == "true"
+            raise _err(sql, f"group value {raw!r} is not TRUE or FALSE, but MIX BY {mixnode.this.sql('duckdb')} "
+                            "is BOOLEAN", vnode, D.suggest(str(raw), ["TRUE", "FALSE"]))
+        if isinstance(raw, bool):
+            return "true" if raw else "false"
+        if isinstance(raw, float) and isinstance(vnode, exp.Literal):
+            return vnode.this
+        return str(raw)
+
+    def build(m: D.MixBy, conds: list[exp.Expr], prefix: str, weights_from=None) -> _Node:
+        key = resolve(m.this)
+        if not isinstance(key, (exp.Column, exp.Func, exp.Literal, exp.Paren, exp.Boolean)):
+            key = exp.Paren(this=key)
+        ktype = key_types[id(m)]
+        natural = bool(m.args.get("natural")) or (not m.expressions and not m.args.get("schedule"))
+        node = _Node(key=key, key_sql_node=m.this, natural=natural)
+        if m.args.get("schedule") and m is not mix:
+            raise _err(sql, "WITH SCHEDULE is only allowed on the outermost MIX BY", m)
+        if natural:
+            found = discover(key, conds)
+            if len(found) > MAX_DISCOVERED:
+                raise _err(sql, f"MIX BY {m.this.sql('duckdb')} has more than {MAX_DISCOVERED} distinct values; "
+                                "list the groups explicitly or group by a coarser expression", m.this)
+            if not found:
+                raise _err(sql, f"MIX BY {m.this.sql('duckdb')} selects no rows", m.this)
+            for v in found:
+                node.groups.append(_Grp(node, [v], [], False, 1.0, None, m, prefix + _fmt(v)))
+        else:
+            entries = weights_from if weights_from is not None else m.expressions
+            seen: dict = {}
+            other = None
+            for g in entries:
+                if g.args.get("other"):
+                    if other is not None:
+                        raise _err(sql, "OTHER is listed twice at this level", g)
+                    other = g
+                    vals, vnodes, path = [], [], "OTHER"
+                else:
+                    vals, vnodes = [], []
+                    for vn in g.expressions:
+                        v = coerce(vn, ktype, m)
+                        hkey = ("v", v) if not isinstance(v, str) else ("s", v)
+                        if hkey in seen:
+                            raise _err(sql, f"group value {v!r} is listed twice in MIX BY {m.this.sql('duckdb')}"
+                                            " (each row must belong to exactly one group)", vn)
+                        seen[hkey] = vn
+                        vals.append(v)
+                        vnodes.append(vn)
+                    path = ",".join(_fmt(v) for v in vals)
+                w = _number(sql, g.args["weight"], "a weight")
+                if w < 0:
+                    raise _err(sql, f"weight {w:g} is negative; weights must be >= 0", g.args["weight"])
+                node.groups.append(_Grp(node, vals, vnodes, bool(g.args.get("other")), w, g.args["weight"], g,
+                                        prefix + path))
+            if entries and all(gr.weight == 0 for gr in node.groups):
+                raise _err(sql, "all weights are zero; at least one group needs a positive weight",
+                           entries[0].args["weight"])
+        # conditions and children
+        listed = [v for gr in node.groups if not gr.other for v in gr.values]
+        for gr in node.groups:
+            gr.cond = group_condition(key, gr, listed)
+            child_mix = gr.origin.args.get("mix") if isinstance(gr.origin, D.MixGroup) else None
+            if child_mix is not None:
+                gr.child = build(child_mix, conds + [gr.cond], gr.path + "/")
+            else:
+                gr.leaf = len(leaves)
+                leaves.append(gr)
+        return node
+
+    def group_condition(key, gr: _Grp, listed) -> exp.Expr:
+        if gr.other:
+            non_null = [v for v in listed if v is not None]
+            parts = []
+            if non_null:
+                parts.append(exp.Not(this=exp.In(this=key.copy(), expressions=[literal(v) for v in non_null])))
+            if None in listed:
+                return exp.and_(key.copy().is_(exp.Null()).not_(), *parts) if parts else key.copy().is_(exp.Null()).not_()
+            if not parts:
+                return exp.true()
+            return exp.or_(key.copy().is_(exp.Null()), parts[0])
+        conds = []
+        non_null = [v for v in gr.values if v is not None]
+        if non_null:
+            conds.append(exp.EQ(this=key.copy(), expression=literal(non_null[0])) if len(non_null) == 1
+                         else exp.In(this=key.copy(), expressions=[literal(v) for v in non_null]))
+        if None in gr.values:
+            conds.append(key.copy().is_(exp.Null()))
+        return exp.or_(*conds) if len(conds) > 1 else conds[0]
+
+    schedule_nodes = None
+    if mix.args.get("schedule"):
+        schedule_nodes = mix.args["schedule"].expressions
+        root = build(mix, [], "", weights_from=schedule_nodes[0].expressions)
+    else:
+        root = build(mix, [], "")
+
+    # -- match ids: one per (leaf, listed value on each level of its path)
+    matches: list = []   # (leaf, ((grp, value_index), ...))
+
+    def case_for(node: _Node, trail: tuple) -> exp.Expr:
+        ifs = []
+        for gr in node.groups:
+            options = [None] if gr.other or len(gr.values) <= 1 else list(range(len(gr.values)))
+            for vi in options:
+                if vi is None:
+                    cond = gr.cond
+                else:
+                    v = gr.values[vi]
+                    cond = node.key.copy().is_(exp.Null()) if v is None else exp.EQ(this=node.key.copy(), expression=literal(v))
+                step = trail + ((gr, vi),)
+                if gr.child is not None:
+                    then = case_for(gr.child, step)
+                else:
+                    then = exp.Literal.number(len(matches))
+                    matches.append((gr.leaf, step))
+                ifs.append(exp.If(this=cond.copy(), true=then))
+        return exp.Case(ifs=ifs)
+
+    group_expr = case_for(root, ())
+
+    # -- weights, schedule
+    def static_weights(node: _Node, scale: float, out: list):
+        total = sum(g.weight for g in node.groups)
+        for g in node.groups:
+            share = scale * (g.weight / total if total > 0 else 0.0)
+            if g.child is not None:
+                static_weights(g.child, share, out)
+            else:
+                out[g.leaf] = share
+
+    def any_natural(node: _Node) -> bool:
+        return node.natural or any(g.child is not None and any_natural(g.child) for g in node.groups)
+
+    natural = any_natural(root) or prior_natural
+    weights = [0.0] * len(leaves)
+    static_weights(root, 1.0, weights)
+    schedule = ()
+    if schedule_nodes:
+        paths = [g.path for g in leaves]
+        steps = []
+        prev = None
+        batch = settings.get("batch_size")
+        for i, st in enumerate(schedule_nodes):
+            step = _number(sql, st.this, "AT STEP")
+            if step < 0 or not float(step).is_integer():
+                raise _err(sql, "AT STEP needs a non-negative whole number", st.this)
+            if i == 0 and step != 0:
+                raise _err(sql, "the first SCHEDULE entry must be AT STEP 0 (weights from the start)", st.this)
+            if prev is not None and step <= prev:
+                raise _err(sql, f"SCHEDULE steps must increase: AT STEP {step:g} comes after AT STEP {prev:g}", st.this)
+            prev = step
+            leaves_before = len(leaves)
+            sub = build(mix, [], "", weights_from=st.expressions) if i else root
+            del leaves[leaves_before:]
+            sub_paths = [g.path for g in _leaves_of(sub)]
+            if sorted(sub_paths) != sorted(paths):
+                missing = sorted(set(paths) - set(sub_paths))
+                extra = sorted(set(sub_paths) - set(paths))
+                detail = (f"missing {', '.join(missing)}" if missing else "") + ("; " if missing and extra else "") + \
+                         (f"unexpected {', '.join(extra)}" if extra else "")
+                raise _err(sql, f"AT STEP {step:g} must list the same groups as AT STEP 0 ({detail})", st)
+            w = [0.0] * len(sub_paths)
+            sub_leaves = _leaves_of(sub)
+            for j, g in enumerate(sub_leaves):
+                g.leaf = j
+            static_weights(sub, 1.0, w)
+            by_path = {g.path: w[j] for j, g in enumerate(sub_leaves)}
+            chunk = int(step) if batch is None else math.ceil(int(step) * batch / chunk_size)
+            steps.append(ScheduleStep(chunk, tuple(by_path[p] for p in paths)))
+        for j, g in enumerate(leaves):
+            g.leaf = j
+        schedule = tuple(steps)
+
+    weighting = "algorithm" if algorithm else "schedule" if schedule else "natural" if natural else "static"
+    spec = MixSpec(
+        groups=tuple(Group(g.leaf, g.path, weights[g.leaf], tuple(g.values)) for g in leaves),
+        weighting=weighting, unit=unit, chunk_size=chunk_size, seed=settings.get("seed", 0),
+        on_exhausted=settings.get("on_exhausted", "stop"), max_epochs=settings.get("max_epochs"),
+        budget=budget, ordered=tree.args.get("order") is not None,
+        shuffle=Shuffle(block=settings.get("shuffle_block", Shuffle.block),
+                        window=settings.get("shuffle_window", Shuffle.window)),
+        schedule=schedule, algorithm=algorithm,
+    )
+
+    # -- the DuckDB query
+    q = exp.to_identifier(qual)
+    col = lambda name: exp.Column(this=exp.to_identifier(name, quoted=True), table=q.copy())  # noqa: E731
+    internal = [
+        group_expr.as_("__mix_group"),
+        col("source").as_("__mix_source"),
+        col("file_id").as_("__mix_file_id"),
+        col("file").as_("__mix_file"),
+        col("row").as_("__mix_row"),
+        col("loc_offset").as_("__mix_offset"),
+        col("loc_length").as_("__mix_length"),
+        col("n_bytes").as_("__mix_n_bytes"),
+        col("n_tokens").as_("__mix_n_tokens"),
+    ]
+    if tree.args.get("order"):
+        keys = [o.copy() for o in tree.args["order"].expressions]
+        for o in keys:
+            o.set("this", resolve(o.this))
+        keys += [exp.Ordered(this=col("file_id")), exp.Ordered(this=col("row"))]
+        internal.append(exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=keys)).as_(ORDER_COLUMN))
+    inner = base.copy()
+    inner.set("expressions", internal + [p.copy() for p in base.expressions])
+    outer = (
+        exp.select("*")
+        .from_(inner.subquery("__mix_q"))
+        .where(exp.column("__mix_group").is_(exp.Null()).not_())
+        .order_by(exp.column("__mix_file_id"), exp.column("__mix_row"))
+    )
+    query = outer.sql("duckdb")
+    try:
+        desc = con.execute(f"SELECT * FROM ({query}) LIMIT 0", params).description
+    except duckdb.Error as exc:
+        raise _duck_error(sql, exc, tree) from None
+    n_internal = len(internal)
+    user_columns = [d[0] for d in desc[n_internal:]]
+    return MixPlan(
+        sql=query, params=params, spec=spec, statement=sql, user_columns=user_columns, matches=matches,
+        root=root, leaves=leaves, natural=natural, prior_natural=prior_natural, unit_node=unit_node,
+        base_sql=base.sql("duckdb"),
+    )
+
+
+def _fmt(v) -> str:
+    """Display form of a group value in a leaf path."""
+    if v is None:
+        return "NULL"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _leaves_of(node: _Node) -> list:
+    out = []
+    for g in node.groups:
+        out.extend(_leaves_of(g.child) if g.child is not None else [g])
+    return out
+
+
+# --------------------------------------------------------------------------- execution
+def execute_plan(catalog, plan: MixPlan):
+    """Run the plan's query; validate data-dependent errors; resolve NATURAL weights.
+
+    Returns ``(pointers, spec)``: the pointer table (``MIX_COLUMNS`` [+ ``__mix_order``] + user
+    columns, ordered by file and row) and the final spec.
+    """
+    sql = plan.statement
+    try:
+        table = catalog.con.sql(plan.sql, params=plan.params).to_arrow_table()
+    except duckdb.Error as exc:
+        raise SQLError(f"DuckDB failed running the MIX query: {str(exc).splitlines()[0]}", sql) from None
+    n_matches = len(plan.matches)
+    match_ids = table.column("__mix_group").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    counts = np.bincount(match_ids, minlength=n_matches) if len(match_ids) else np.zeros(n_matches, np.int64)
+    leaf_of = np.array([m[0] for m in plan.matches], dtype=np.int32)
+    if n_matches and not np.array_equal(leaf_of, np.arange(n_matches, dtype=np.int32)):
+        group = leaf_of[match_ids] if len(match_ids) else np.zeros(0, np.int32)
+        table = table.set_column(0, "__mix_group", pa.array(group, pa.int32()))
+    elif table.schema.field("__mix_group").type != pa.int32():
+        table = table.set_column(0, "__mix_group", table.column(0).cast(pa.int32()))
+    n_leaves = len(plan.leaves)
+    group_ids = table.column("__mix_group").to_numpy(zero_copy_only=False)
+    leaf_rows = np.bincount(group_ids, minlength=n_leaves) if len(group_ids) else np.zeros(n_leaves, np.int64)
+
+    # -- data-dependent checks
+    grp_rows: dict = {}
+    value_rows: dict = {}
+    for mid, (leaf, trail) in enumerate(plan.matches):
+        for gr, vi in trail:
+            grp_rows[id(gr)] = grp_rows.get(id(gr), 0) + int(counts[mid])
+            if vi is not None:
+                value_rows[(id(gr), vi)] = value_rows.get((id(gr), vi), 0) + int(counts[mid])
+
+    def check(node: _Node):
+        for gr in node.groups:
+            if grp_rows.get(id(gr), 0) == 0:
+                if gr.child is not None:
+                    raise _err(sql, f"group {gr.path!r} has no rows, so its nested MIX BY has nothing to mix",
+                               gr.value_nodes[0] if gr.value_nodes else gr.origin)
+                if gr.other:
+                    raise _err(sql, "OTHER matches no row: every selected row is in a listed group; remove OTHER",
+                               gr.origin)
+            if not gr.other and gr.value_nodes:
+                for vi, vn in enumerate(gr.value_nodes):
+                    n = value_rows.get((id(gr), vi), 0) if len(gr.values) > 1 else grp_rows.get(id(gr), 0)
+                    if n == 0:
+                        raise _err(sql, f"group value {gr.values[vi]!r} matches no selected row of MIX BY "
+                                        f"{node.key_sql_node.sql('duckdb')}", vn,
+                                   _value_suggestion(catalog, plan, node, gr.values[vi]))
+            if gr.child is not None:
+                check(gr.child)
+
+    check(plan.root)
+
+    # -- tokens
+    spec = plan.spec
+    leaf_tokens = None
+    ntok = table.column("__mix_n_tokens")
+    if spec.unit == "tokens":
+        if ntok.null_count:
+            src = table.filter(ntok.is_null()).column("__mix_source")[0].as_py()
+            raise _err(sql, f"unit = 'tokens' but n_tokens is NULL for {ntok.null_count} selected rows "
+                            f"(source {src!r} has no token counts); register it with a tokenizer or use "
+                            "unit = 'samples'", plan.unit_node)
+        tok = ntok.to_numpy(zero_copy_only=False).astype(np.float64)
+        leaf_tokens = np.bincount(group_ids, weights=tok, minlength=n_leaves) if len(tok) else np.zeros(n_leaves)
+
+    if plan.natural:
+        measure = leaf_tokens if spec.unit == "tokens" else leaf_rows.astype(np.float64)
+        weights = [0.0] * n_leaves
+        _natural_weights(plan.root, 1.0, measure, weights, force=plan.prior_natural)
+        groups = tuple(Group(g.id, g.path, float(weights[g.id]), g.values) for g in spec.groups)
+        spec = MixSpec(**{**spec.__dict__, "groups": groups})
+    return table, spec
+
+
+def _natural_weights(node: _Node, scale: float, measure, out: list, force: bool) -> float:
+    def total(gr) -> float:
+        if gr.child is None:
+            return float(measure[gr.leaf])
+        return sum(total(c) for c in gr.child.groups)
+
+    use_data = node.natural or force
+    raw = [total(g) if use_data else g.weight for g in node.groups]
+    s = sum(raw)
+    for g, r in zip(node.groups, raw):
+        share = scale * (r / s if s > 0 else 0.0)
+        if g.child is not None:
+            _natural_weights(g.child, share, measure, out, force)
+        else:
+            out[g.leaf] = share
+    return s
+
+
+def _value_suggestion(catalog, plan: MixPlan, node: _Node, value):
+    if not isinstance(value, str):
+        return None
+    try:
+        rows = catalog.con.execute(
+            f"SELECT DISTINCT CAST(__k AS VARCHAR) FROM (SELECT {node.key.sql('duckdb')} AS __k FROM "
+            f"({plan.base_sql})) WHERE __k IS NOT NULL LIMIT 1000", plan.params).fetchall()
+    except duckdb.Error:
+        return None
+    hit = D.suggest(value, [r[0] for r in rows])
+    return repr(hit) if hit else None
+
+
+# --------------------------------------------------------------------------- other statements
+def registration_request(sql: str) -> RegistrationRequest:
+    """CREATE/REFRESH/DROP SOURCE and SHOW SOURCES -> a RegistrationRequest."""
+    tree = D.parse(sql)
+    if isinstance(tree, D.CreateSource):
+        opts = {o.this.name: _pyvalue(o.expression) for o in tree.expressions or []}
+        fmt = tree.args.get("format")
+        return RegistrationRequest("create_source", tree.this.name, tree.args["pattern"].this,
+                                   fmt.name if fmt is not None else None, opts)
+    if isinstance(tree, D.RefreshSource):
+        return RegistrationRequest("refresh_source", tree.this.name)
+    if isinstance(tree, D.DropSource):
+        return RegistrationRequest("drop_source", tree.this.name, if_exists=bool(tree.args.get("exists")))
+    if isinstance(tree, D.ShowSources):
+        return RegistrationRequest("show_sources")
+    raise ProgrammingError("not a source statement (CREATE SOURCE, REFRESH SOURCE, DROP SOURCE, SHOW SOURCES)")
+
+
+def explain(catalog, sql: str, params=None) -> pa.Table:
+    """EXPLAIN MIX: one row per leaf group (see :mod:`mixsql.explain`)."""
+    from .explain import explain_table
+
+    return explain_table(catalog, sql, params)
+
+
+__all__ = ["MixPlan", "RegistrationRequest", "plan", "execute_plan", "registration_request", "explain",
+           "SETTINGS", "known_algorithms"]

@@ -1,0 +1,703 @@
+"""Register data collections into a catalog: CREATE / REFRESH / DROP / SHOW SOURCES.
+
+Python API (the SQL statements and ``mixsql register`` call these)::
+
+    create_source(catalog, name, pattern, format=None, options=None, progress=True) -> dict
+    refresh_source(catalog, name, progress=True) -> dict
+    drop_source(catalog, name) -> None
+    show_sources(catalog) -> pa.Table
+    check_file(path, size, mtime_ns, fingerprint=None) -> None   (readers: raises StaleFileError)
+
+``pattern``: a glob (``**`` recursive), a file or a directory (every recognised data file below
+it); relative paths resolve against the CWD, and paths are stored absolute. ``format``: ``jsonl``
+(``.jsonl``/``.jsonl.zst``/``.jsonl.gz``, compression from the extension), ``parquet`` or
+``webdataset`` (``.tar``); detected from the extensions when omitted.
+
+``options`` (all optional; a flat dict as written in ``WITH (...)``):
+
+* property mappings: ``name = 'json.path'`` (jsonl; dotted paths reach nested objects),
+  ``name = 'column'`` (parquet; ``col.field`` reaches struct fields), ``name = 'json.path'``
+  inside the ``.json`` member (webdataset). A type may be declared inline: ``'meta.score::DOUBLE'``.
+  The same mapping may be given as ``properties = {...}``. Without any mapping (and no preset),
+  every top-level non-object field / column other than the text and tokens becomes a property
+  (reserved names are left out and listed in the summary's ``skipped_columns``).
+* ``types``: declared DuckDB types, ``{'quality': 'DOUBLE'}`` or ``'quality DOUBLE, tags VARCHAR[]'``.
+  Undeclared types are inferred from the data (VARCHAR, BIGINT, DOUBLE, BOOLEAN, lists, ...).
+* ``preset``: ``slimpajama`` | ``pile`` | ``fineweb`` (mixsql.presets); user keys override it.
+* ``text``: the text field / column (default ``text``), or the tar member extension (``txt``).
+* ``tokens``: parquet ``list<int>`` column of token ids; ``n_tokens`` = its length.
+* ``n_tokens``: a field / column holding a token count (a hint, used when no tokenizer is given).
+* ``tokenizer``: path to a HF ``tokenizer.json``; ``n_tokens`` is counted at registration.
+* ``on_error``: ``fail`` (default) or ``skip`` (skip malformed records, count them in the summary).
+* ``required``: properties that must be present in every record (list or ``'a, b'``).
+* ``workers``: worker processes (default: all cores).
+
+Without a tokenizer, a tokens column or a count hint, ``n_tokens`` is NULL. ``n_bytes`` is the
+UTF-8 byte length of the text. Every change runs in one DuckDB transaction: a failed registration
+leaves the catalog exactly as it was.
+"""
+from __future__ import annotations
+
+import glob as globmod
+import json
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import formats
+from .catalog import (RESERVED_NAMES, Catalog, bump_snapshot, create_samples_view, fetch_one, property_columns,
+                      quote_ident, require_writable)
+from .errors import (IntegrityError, OperationalError, ProgrammingError, RegistrationError,
+                     StaleFileError)
+from .presets import get_preset
+
+OPTION_KEYS = frozenset({"text", "tokens", "tokenizer", "on_error", "required", "preset", "types",
+                         "properties", "n_tokens", "workers", "format"})
+FORMAT_ALIASES = {"jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "jsonl.zst": "jsonl",
+                  "jsonl.gz": "jsonl", "parquet": "parquet", "pq": "parquet",
+                  "webdataset": "webdataset", "wds": "webdataset", "tar": "webdataset"}
+PARALLEL_MIN_BYTES = 8 << 20   # below this total size, scan in-process (no pool start-up)
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
+
+__all__ = ["create_source", "refresh_source", "drop_source", "show_sources", "check_file",
+           "normalize_options", "list_files"]
+
+
+# ----------------------------------------------------------------------------- options
+
+def _split_top(s: str) -> list[str]:
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        if ch in "([<":
+            depth += 1
+        elif ch in ")]>":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return [x.strip() for x in out if x.strip()]
+
+
+def _canonical_type(con: duckdb.DuckDBPyConnection, typ: str, prop: str) -> str:
+    try:
+        return str(con.sql(f"SELECT NULL::{typ} AS x").types[0])
+    except duckdb.Error:
+        raise ProgrammingError(
+            f"property {prop!r}: unknown type {typ!r}; use a DuckDB type such as VARCHAR, BIGINT, "
+            "DOUBLE, BOOLEAN or VARCHAR[]") from None
+
+
+def _as_list(v) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [x.strip() for x in v.split(",") if x.strip()]
+    return [str(x) for x in v]
+
+
+def _check_prop_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ProgrammingError(f"property name {name!r} is not a plain identifier (letters, digits, _)")
+    if name.lower() in RESERVED_NAMES:
+        raise ProgrammingError(
+            f"property name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_NAMES))}); "
+            f"map the field under another name, e.g. {name}_ = '...' or subset = '...'")
+
+
+def normalize_options(con: duckdb.DuckDBPyConnection, fmt: str, options: dict | None) -> dict:
+    """Validate ``options`` and return the JSON-able form stored in ``sources.options``.
+
+    Result keys: text, tokens, tokenizer, n_tokens, on_error, required, preset, properties
+    (name -> path; None = auto-discover), types (name -> canonical DuckDB type).
+    """
+    options = dict(options or {})
+    preset_name = options.get("preset")
+    base = get_preset(preset_name) if preset_name else {}
+    props: dict[str, str] = dict(base.get("properties", {}))
+    types: dict[str, str] = dict(base.get("types", {}))
+    user_props = dict(options.get("properties") or {})
+    for k, v in options.items():
+        if k not in OPTION_KEYS:
+            user_props[k] = v
+    for name, path in user_props.items():
+        if not isinstance(path, str) or not path.strip():
+            raise ProgrammingError(f"property {name!r}: the mapping must be a non-empty path string, got {path!r}")
+        path = path.strip()
+        if "::" in path:
+            path, typ = (x.strip() for x in path.split("::", 1))
+            types[name] = typ
+        props[name] = path
+    utypes = options.get("types") or {}
+    if isinstance(utypes, str):
+        parsed = {}
+        for item in _split_top(utypes):
+            bits = item.split(None, 1)
+            if len(bits) != 2:
+                raise ProgrammingError(f"types: expected 'name TYPE', got {item!r}")
+            parsed[bits[0]] = bits[1]
+        utypes = parsed
+    types.update(utypes)
+    for name in list(props) + list(types):
+        _check_prop_name(name)
+    auto = not props
+    for name in types:
+        if name not in props and not auto:
+            raise ProgrammingError(f"types: {name!r} is not a mapped property (mapped: {', '.join(props)})")
+    types = {n: _canonical_type(con, t, n) for n, t in types.items()}
+    on_error = str(options.get("on_error", "fail")).lower()
+    if on_error not in ("fail", "skip"):
+        raise ProgrammingError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    required = _as_list(options.get("required"))
+    for r in required:
+        if not auto and r not in props:
+            raise ProgrammingError(f"required property {r!r} is not mapped (mapped: {', '.join(props)})")
+    text = options.get("text", base.get("text"))
+    if text is None:
+        text = "txt" if fmt == "webdataset" else "text"
+    tokenizer = options.get("tokenizer")
+    if tokenizer:
+        tp = Path(tokenizer).expanduser().resolve()
+        if not tp.is_file():
+            raise ProgrammingError(f"tokenizer file {tokenizer!r} not found (expected a HF tokenizer.json)")
+        tokenizer = str(tp)
+    tokens = options.get("tokens")
+    if tokens and fmt != "parquet":
+        raise ProgrammingError("the tokens option (pre-tokenized column) is only supported for parquet")
+    workers = options.get("workers")
+    return {
+        "text": str(text),
+        "tokens": tokens or None,
+        "tokenizer": tokenizer or None,
+        "n_tokens": options.get("n_tokens", base.get("n_tokens")) or None,
+        "on_error": on_error,
+        "required": required,
+        "preset": preset_name or None,
+        "properties": None if auto else props,
+        "types": types,
+        **({"workers": int(workers)} if workers else {}),
+    }
+
+
+# ----------------------------------------------------------------------------- files
+
+def list_files(pattern: str, fmt: str | None) -> tuple[str, list[tuple[str, str]]]:
+    """(format, [(absolute path, compression)]) matched by ``pattern``; errors when nothing matches."""
+    pat = os.path.expanduser(str(pattern))
+    if not os.path.isabs(pat):
+        pat = os.path.join(os.getcwd(), pat)
+    if os.path.isdir(pat):
+        cands = [p for p in globmod.glob(os.path.join(pat, "**", "*"), recursive=True) if os.path.isfile(p)]
+        keep = []
+        for p in cands:
+            try:
+                f, _ = formats.detect(p)
+            except ValueError:
+                continue
+            if fmt is None or f == fmt:
+                keep.append(p)
+        paths = keep
+    else:
+        paths = [p for p in globmod.glob(pat, recursive=True) if os.path.isfile(p)]
+    paths = sorted({os.path.abspath(p) for p in paths})
+    if not paths:
+        raise RegistrationError(f"pattern {pattern!r} matches no files",
+                                hint=f"(resolved to {pat}) check the path; use ** for recursive globs")
+    out = []
+    seen = set()
+    for p in paths:
+        if fmt is None:
+            try:
+                f, comp = formats.detect(p)
+            except ValueError:
+                raise RegistrationError("cannot tell the file format from the extension", path=p,
+                                        hint="give FORMAT jsonl|parquet|webdataset or narrow the glob") from None
+            seen.add(f)
+        else:
+            comp = formats.compression_of(p) if fmt == "jsonl" else "none"
+        out.append((p, comp))
+    if len(seen) > 1:
+        raise RegistrationError(f"pattern {pattern!r} matches files of several formats ({', '.join(sorted(seen))})",
+                                hint="register each format as its own source, or give FORMAT")
+    return (fmt or seen.pop()), out
+
+
+def _stat(path: str) -> tuple[int, int, str]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, formats.fingerprint(path, st.st_size)
+
+
+def check_file(path: str, size: int, mtime_ns: int, fingerprint: str | None = None) -> None:
+    """Raise StaleFileError when ``path`` no longer matches what was registered."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise StaleFileError(path, "the file no longer exists") from None
+    if st.st_size != size:
+        raise StaleFileError(path, f"size {st.st_size} != registered {size}")
+    if st.st_mtime_ns != mtime_ns:
+        raise StaleFileError(path, f"mtime_ns {st.st_mtime_ns} != registered {mtime_ns}")
+    if fingerprint is not None and fingerprint != "test" and formats.fingerprint(path, size) != fingerprint:
+        raise StaleFileError(path, "content fingerprint differs")
+
+
+# ----------------------------------------------------------------------------- scanning
+
+def _mp_context():
+    method = os.environ.get("MIXSQL_MP_CONTEXT")
+    if not method:
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return mp.get_context(method)
+
+
+class _Progress:
+    def __init__(self, enabled: bool, n_files: int, label: str):
+        self.bar = None
+        self.t0 = time.perf_counter()
+        self.samples = 0
+        self.raw = 0
+        if not enabled:
+            return
+        try:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+        except ImportError:  # pragma: no cover
+            return
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("files"), TextColumn("{task.fields[samples]:,} samples"),
+                            TextColumn("{task.fields[rate]:.1f} MB/s"), TimeElapsedColumn(),
+                            console=console, transient=False)
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=n_files, samples=0, rate=0.0)
+
+    def update(self, res: dict) -> None:
+        t = res.get("table")
+        self.samples += t.num_rows if t is not None else 0
+        self.raw += res.get("raw_bytes", 0)
+        if self.bar is not None:
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.task, advance=1, samples=self.samples, rate=self.raw / dt / 1e6)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _scan_all(tasks: list[formats.ScanTask], workers: int | None, progress: bool, label: str) -> list[dict]:
+    """Scan every task (process pool when worth it); results in task order. Raises on the first error."""
+    bar = _Progress(progress, len(tasks), label)
+    results: list[dict | None] = [None] * len(tasks)
+    try:
+        sizes = [os.path.getsize(t.path) for t in tasks]
+        n = workers or os.cpu_count() or 1
+        n = max(1, min(n, len(tasks)))
+        if n > 1 and sum(sizes) >= PARALLEL_MIN_BYTES:
+            order = sorted(range(len(tasks)), key=lambda i: -sizes[i])
+            with ProcessPoolExecutor(max_workers=n, mp_context=_mp_context()) as ex:
+                futs = {ex.submit(formats.scan_file, tasks[i]): i for i in order}
+                for fut in as_completed(futs):
+                    i = futs[fut]
+                    res = fut.result()
+                    if res["error"]:
+                        for f in futs:
+                            f.cancel()
+                        _raise_scan_error(res)
+                    results[i] = res
+                    bar.update(res)
+        else:
+            for i, t in enumerate(tasks):
+                t.use_threads = True
+                res = formats.scan_file(t)
+                if res["error"]:
+                    _raise_scan_error(res)
+                results[i] = res
+                bar.update(res)
+    finally:
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _raise_scan_error(res: dict):
+    e = res["error"]
+    raise RegistrationError(e["message"], path=res["path"], line=e["line"], hint=e["hint"])
+
+
+# ----------------------------------------------------------------------------- types
+
+def _arrow_type_of(con, duck_type: str) -> pa.DataType:
+    return con.sql(f"SELECT NULL::{duck_type} AS x").to_arrow_table().schema.field(0).type
+
+
+def _duck_type_of(arrow_type: pa.DataType) -> str:
+    if pa.types.is_null(arrow_type):
+        return "VARCHAR"
+    return str(duckdb.from_arrow(pa.table({"x": pa.array([], arrow_type)})).types[0])
+
+
+def _plain(col):
+    if isinstance(col, pa.ChunkedArray) and pa.types.is_dictionary(col.type):
+        return pc.cast(col, col.type.value_type)
+    return col
+
+
+def _compatible(existing: str, new: str) -> bool:
+    if existing == new:
+        return True
+    if new in _INT_TYPES and existing in _INT_TYPES | {"DOUBLE", "HUGEINT"}:
+        return True
+    return new == "FLOAT" and existing == "DOUBLE"
+
+
+def _resolve_types(con, results: list[dict], paths: list[str], declared: dict[str, str],
+                   prop_names: list[str]) -> dict[str, str]:
+    """Property -> DuckDB type: declared, or unified from the per-file Arrow types."""
+    out = {}
+    for name in prop_names:
+        if name in declared:
+            out[name] = declared[name]
+            continue
+        seen: list[tuple[pa.DataType, str]] = []
+        for res, path in zip(results, paths):
+            t = res["table"]
+            if t is None or name not in t.column_names:
+                continue
+            typ = t.schema.field(name).type
+            if pa.types.is_dictionary(typ):
+                typ = typ.value_type
+            if not pa.types.is_null(typ) and all(typ != s for s, _ in seen):
+                seen.append((typ, path))
+        if not seen:
+            out[name] = "VARCHAR"
+            continue
+        try:
+            unified = pa.unify_schemas([pa.schema([pa.field(name, s)]) for s, _ in seen],
+                                       promote_options="permissive").field(name).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            (t1, p1), (t2, p2) = seen[0], seen[1]
+            raise RegistrationError(
+                f"property {name!r} is {t1} in {p1} but {t2} in another file", path=p2,
+                hint=f"declare its type, e.g. types = {{'{name}': 'VARCHAR'}}") from None
+        out[name] = _duck_type_of(unified)
+    return out
+
+
+def _check_against_catalog(con, types: dict[str, str]) -> list[tuple[str, str]]:
+    """Compare with existing columns; return the columns to add. Raise on a type conflict."""
+    existing = {n.lower(): (n, t) for n, t in property_columns(con)}
+    add = []
+    for name, typ in types.items():
+        if name.lower() in existing:
+            ename, etyp = existing[name.lower()]
+            if not _compatible(etyp, typ):
+                raise RegistrationError(
+                    f"property {name!r} would be {typ} but the catalog already has column {ename!r} of type {etyp}",
+                    hint=f"declare types = {{'{name}': '{etyp}'}} or map the field under another name")
+            types[name] = etyp
+        else:
+            add.append((name, typ))
+    return add
+
+
+def _cast_file_table(con, table: pa.Table, file_id: int, path: str, types: dict[str, str],
+                     required: list[str], arrow_types: dict[str, pa.DataType]) -> pa.Table:
+    n = table.num_rows
+    cols = {
+        "file_id": pa.array(np.full(n, file_id, dtype=np.int32)),
+        "row": table.column("row"),
+        "loc_offset": table.column("loc_offset"),
+        "loc_length": pc.cast(table.column("loc_length"), pa.int32()),
+        "n_bytes": pc.cast(table.column("n_bytes"), pa.int64()),
+        "n_tokens": pc.cast(table.column("n_tokens"), pa.int64()),
+    }
+    for name, typ in types.items():
+        target = arrow_types[name]
+        col = _plain(table.column(name)) if name in table.column_names else pa.nulls(n, target)
+        if name in required and col.null_count:
+            bad = int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0])
+            raise RegistrationError(f"required property {name!r} is missing in sample row {bad}", path=path,
+                                    hint="fix the data or drop it from required")
+        if col.type != target:
+            try:
+                col = pc.cast(col, target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise RegistrationError(f"property {name!r} cannot be converted to {typ} ({exc})", path=path,
+                                        hint="declare a matching type or fix the data") from None
+        cols[name] = col
+    return pa.table(cols)
+
+
+# ----------------------------------------------------------------------------- core
+
+def _tasks(fmt: str, files: list[tuple[str, str]], opts: dict) -> list[formats.ScanTask]:
+    return [formats.ScanTask(path=p, format=fmt, compression=c, text=opts["text"],
+                             properties=dict(opts["properties"] or {}), auto=opts["properties"] is None,
+                             tokens=opts["tokens"], n_tokens=opts["n_tokens"], tokenizer=opts["tokenizer"],
+                             on_error=opts["on_error"], required=list(opts["required"]),
+                             types=dict(opts["types"])) for p, c in files]
+
+
+def _index_files(catalog: Catalog, source_id: int, fmt: str, files: list[tuple[str, str]], opts: dict,
+                 progress: bool, label: str):
+    """Scan ``files``; return (results, stats, types, skipped_columns) without touching the DB."""
+    stats = [_stat(p) for p, _ in files]
+    results = _scan_all(_tasks(fmt, files, opts), opts.get("workers"), progress, label) if files else []
+    skipped_cols: list[str] = []
+    if opts["properties"] is None:  # auto-discovery: names from the data, in first-seen order
+        names: dict[str, None] = {}
+        for r in results:
+            if r["table"] is not None:
+                for c in r["table"].column_names[5:]:
+                    names.setdefault(c)
+        keep = []
+        for c in names:
+            if c.lower() in RESERVED_NAMES or not _NAME_RE.match(c):
+                skipped_cols.append(c)
+            else:
+                keep.append(c)
+        opts["properties"] = {c: c for c in keep}
+        for r in results:
+            if r["table"] is not None and skipped_cols:
+                t = r["table"]
+                r["table"] = t.drop_columns([c for c in skipped_cols if c in t.column_names])
+        for c in opts["required"]:
+            if c not in opts["properties"]:
+                raise RegistrationError(f"required property {c!r} is not present in the data")
+    names = list(opts["properties"])
+    types = _resolve_types(catalog.con, results, [p for p, _ in files], opts["types"], names)
+    return results, stats, types, skipped_cols
+
+
+def _write(catalog: Catalog, source_id: int, files: list[tuple[str, str]], results, stats,
+           types: dict[str, str], required: list[str], next_file_id: int) -> tuple[int, int, int, int | None]:
+    """Insert files and sample rows (inside the caller's transaction). Returns totals."""
+    con = catalog.con
+    arrow_types = {n: _arrow_type_of(con, t) for n, t in types.items()}
+    tables = []
+    file_rows = []
+    tot_s = tot_b = 0
+    tot_t: int | None = 0
+    for k, ((path, comp), res, (size, mtime, fp)) in enumerate(zip(files, results, stats)):
+        fid = next_file_id + k
+        t = res["table"]
+        ns = t.num_rows if t is not None else 0
+        nb = int(pc.sum(t.column("n_bytes")).as_py() or 0) if ns else 0
+        if ns:
+            tables.append(_cast_file_table(con, t, fid, path, types, required, arrow_types))
+            ntok = t.column("n_tokens")
+            if ntok.null_count or tot_t is None:
+                tot_t = None
+            else:
+                tot_t += int(pc.sum(ntok).as_py() or 0)
+        file_rows.append((fid, source_id, path, comp, size, mtime, fp, ns, nb))
+        tot_s += ns
+        tot_b += nb
+    if file_rows:
+        con.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", file_rows)
+    if tables:
+        big = pa.concat_tables(tables)
+        names = ", ".join(quote_ident(c) for c in big.column_names)
+        con.register("__mixsql_new_rows", big)
+        try:
+            con.execute(f"INSERT INTO sample_index ({names}) SELECT {names} FROM __mixsql_new_rows")
+        finally:
+            con.unregister("__mixsql_new_rows")
+    return len(file_rows), tot_s, tot_b, tot_t
+
+
+def _in_transaction(catalog: Catalog, fn):
+    con = catalog.con
+    with catalog.lock:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            out = fn(con)
+            con.execute("COMMIT")
+            return out
+        except BaseException as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            if isinstance(exc, duckdb.Error):
+                raise OperationalError(f"catalog update failed and was rolled back: {exc}") from exc
+            raise
+
+
+def _summary(name, fmt, results, files, t0, snapshot, types, skipped_cols, **extra) -> dict:
+    secs = time.perf_counter() - t0
+    samples = sum(r["table"].num_rows for r in results if r["table"] is not None)
+    raw = sum(r["raw_bytes"] for r in results)
+    nbytes = sum(int(pc.sum(r["table"].column("n_bytes")).as_py() or 0) for r in results
+                 if r["table"] is not None and r["table"].num_rows)
+    skipped = {r["path"]: r["skipped_lines"] for r in results if r["skipped"]}
+    out = {
+        "source": name, "format": fmt, "files": len(files), "samples": samples, "bytes": nbytes,
+        "raw_bytes": raw, "skipped": sum(r["skipped"] for r in results), "skipped_lines": skipped,
+        "properties": types, "skipped_columns": skipped_cols, "snapshot": snapshot,
+        "seconds": round(secs, 4), "mb_per_s": round(raw / secs / 1e6, 2) if secs > 0 else None,
+        "samples_per_s": round(samples / secs, 1) if secs > 0 else None,
+    }
+    out.update(extra)
+    return out
+
+
+def create_source(catalog: Catalog, name: str, pattern: str, format: str | None = None,
+                  options: dict | None = None, progress: bool = True) -> dict:
+    """Register every file matched by ``pattern`` as source ``name``; returns a summary dict
+    (source, format, files, samples, bytes, raw_bytes, skipped, skipped_lines, properties,
+    skipped_columns, snapshot, seconds, mb_per_s, samples_per_s)."""
+    t0 = time.perf_counter()
+    require_writable(catalog)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ProgrammingError(f"source name {name!r} must be a plain identifier (letters, digits, _)")
+    con = catalog.con
+    taken = fetch_one(con.execute("SELECT name FROM sources WHERE lower(name) = lower(?)", [name]))
+    if taken:
+        raise IntegrityError(f"source {taken[0]!r} already exists; run REFRESH SOURCE {taken[0]} to index "
+                             f"new or changed files, or DROP SOURCE {taken[0]} first")
+    fmt = None
+    if format:
+        fmt = FORMAT_ALIASES.get(str(format).lower())
+        if fmt is None:
+            raise ProgrammingError(f"unknown format {format!r}; use jsonl, parquet or webdataset")
+    fmt, files = list_files(pattern, fmt)
+    opts = normalize_options(con, fmt, options)
+    source_id = con.execute("SELECT coalesce(max(source_id), 0) + 1 FROM sources").fetchall()[0][0]
+    results, stats, types, skipped_cols = _index_files(catalog, source_id, fmt, files, opts, progress,
+                                                       f"registering {name}")
+    add = _check_against_catalog(con, types)
+    opts["types"] = types
+
+    def txn(con):
+        for col, typ in add:
+            con.execute(f"ALTER TABLE sample_index ADD COLUMN {quote_ident(col)} {typ}")
+        next_fid = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM files").fetchall()[0][0]
+        con.execute("INSERT INTO sources (source_id, name, format, pattern, options, properties) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [source_id, name, fmt, str(pattern), json.dumps(opts), json.dumps(types)])
+        nf, ns, nb, nt = _write(catalog, source_id, files, results, stats, types, opts["required"], next_fid)
+        con.execute("UPDATE sources SET n_files = ?, n_samples = ?, n_bytes = ?, n_tokens = ? "
+                    "WHERE source_id = ?", [nf, ns, nb, nt, source_id])
+        if add:
+            create_samples_view(con)
+        return bump_snapshot(con)
+
+    snap = _in_transaction(catalog, txn)
+    return _summary(name, fmt, results, files, t0, snap, types, skipped_cols,
+                    new_files=len(files), changed_files=0, removed_files=0, unchanged_files=0)
+
+
+def _source_row(con, name: str):
+    row = fetch_one(con.execute("SELECT source_id, name, format, pattern, options, properties FROM sources "
+                                "WHERE lower(name) = lower(?)", [name]))
+    if row is None:
+        known = [r[0] for r in con.execute("SELECT name FROM sources ORDER BY name").fetchall()]
+        raise ProgrammingError(f"no source named {name!r}" + (f" (sources: {', '.join(known)})" if known else
+                                                               " (the catalog has no sources)"))
+    return row
+
+
+def refresh_source(catalog: Catalog, name: str, progress: bool = True) -> dict:
+    """Re-index new or changed files of source ``name`` and drop vanished ones.
+
+    Unchanged files (same size, mtime_ns and fingerprint) keep their file_id and rows.
+    The summary adds new_files, changed_files, removed_files, unchanged_files.
+    """
+    t0 = time.perf_counter()
+    require_writable(catalog)
+    con = catalog.con
+    source_id, sname, fmt, pattern, opts_json, props_json = _source_row(con, name)
+    opts = json.loads(opts_json)
+    types = json.loads(props_json)
+    opts["types"] = types
+    _, matched = list_files(pattern, fmt)
+    known = {r[1]: r for r in con.execute(
+        "SELECT file_id, path, size, mtime_ns, fingerprint FROM files WHERE source_id = ?", [source_id]).fetchall()}
+    todo, gone, new, changed, unchanged = [], [], 0, 0, 0
+    matched_paths = set()
+    for path, comp in matched:
+        matched_paths.add(path)
+        old = known.get(path)
+        if old is not None:
+            size, mtime, fp = _stat(path)
+            if (old[2], old[3], old[4]) == (size, mtime, fp):
+                unchanged += 1
+                continue
+            gone.append(old[0])
+            changed += 1
+        else:
+            new += 1
+        todo.append((path, comp))
+    removed = [r[0] for p, r in known.items() if p not in matched_paths]
+    gone.extend(removed)
+    results, stats, types, _ = _index_files(catalog, source_id, fmt, todo, opts, progress, f"refreshing {sname}")
+    _check_against_catalog(con, types)
+
+    def txn(con):
+        if gone:
+            ids = ",".join(str(int(i)) for i in gone)
+            con.execute(f"DELETE FROM sample_index WHERE file_id IN ({ids})")
+            con.execute(f"DELETE FROM files WHERE file_id IN ({ids})")
+        next_fid = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM files").fetchall()[0][0]
+        _write(catalog, source_id, todo, results, stats, types, opts["required"], next_fid)
+        tot = con.execute("SELECT count(*), coalesce(sum(n_samples), 0), coalesce(sum(n_bytes), 0) "
+                          "FROM files WHERE source_id = ?", [source_id]).fetchall()[0]
+        ntok = con.execute("SELECT CASE WHEN count(n_tokens) = count(*) THEN sum(n_tokens) END "
+                           "FROM sample_index WHERE file_id IN (SELECT file_id FROM files WHERE source_id = ?)",
+                           [source_id]).fetchall()[0][0]
+        con.execute("UPDATE sources SET n_files = ?, n_samples = ?, n_bytes = ?, n_tokens = ?, "
+                    "refreshed_at = current_timestamp WHERE source_id = ?", [*tot, ntok, source_id])
+        return bump_snapshot(con) if (todo or gone) else catalog.snapshot
+
+    snap = _in_transaction(catalog, txn)
+    return _summary(sname, fmt, results, todo, t0, snap, types, [], new_files=new, changed_files=changed,
+                    removed_files=len(removed), unchanged_files=unchanged)
+
+
+def drop_source(catalog: Catalog, name: str) -> None:
+    """Remove source ``name``, its files and samples; property columns no other source uses go too."""
+    require_writable(catalog)
+    con = catalog.con
+    source_id, sname, *_ = _source_row(con, name)
+    others = set()
+    for (props,) in con.execute("SELECT properties FROM sources WHERE source_id <> ?", [source_id]).fetchall():
+        others.update(n.lower() for n in json.loads(props))
+
+    def txn(con):
+        con.execute("DELETE FROM sample_index WHERE file_id IN (SELECT file_id FROM files WHERE source_id = ?)",
+                    [source_id])
+        con.execute("DELETE FROM files WHERE source_id = ?", [source_id])
+        con.execute("DELETE FROM sources WHERE source_id = ?", [source_id])
+        dropped = False
+        for col, _ in property_columns(con):
+            if col.lower() not in others:
+                con.execute(f"ALTER TABLE sample_index DROP COLUMN {quote_ident(col)}")
+                dropped = True
+        if dropped:
+            create_samples_view(con)
+        bump_snapshot(con)
+
+    _in_transaction(catalog, txn)
+
+
+def show_sources(catalog: Catalog) -> pa.Table:
+    """One row per source: name, format, pattern, n_files, n_samples, n_bytes, n_tokens,
+    properties (JSON name -> type), options (JSON), registered_at, refreshed_at."""
+    return catalog.con.sql(
+        "SELECT name, format, pattern, n_files, n_samples, n_bytes, n_tokens, properties, options, "
+        "registered_at, refreshed_at FROM sources ORDER BY name").to_arrow_table()

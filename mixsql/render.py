@@ -1,0 +1,130 @@
+"""Render result sets: aligned rich tables (REPL, ``--format table``), CSV and JSON.
+
+All functions take a PEP 249 ``description`` plus rows (tuples), so they work for DuckDB
+results, MIX streams and EXPLAIN MIX alike.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import decimal
+import math
+import uuid
+from collections.abc import Iterable
+from typing import IO, Any
+
+import orjson
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .dbapi import NUMBER
+
+NULL_TEXT = "NULL"
+MAX_CELL = 80   # characters shown per cell in tables (full values go to csv/json)
+
+
+def format_value(value: Any, max_width: int | None = MAX_CELL) -> str:
+    """One cell as text: NULL for None, short floats, hex for bytes, truncated long strings."""
+    if value is None:
+        return NULL_TEXT
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            text = str(value)
+        else:
+            text = f"{value:.6g}" if (abs(value) >= 1e15 or (0 < abs(value) < 1e-4)) else f"{value:.6f}".rstrip("0").rstrip(".")
+            if text in ("", "-"):
+                text = "0"
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        text = "\\x" + bytes(value).hex()
+    else:
+        text = str(value)
+    text = text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    if max_width is not None and len(text) > max_width:
+        text = text[: max_width - 1] + "…"
+    return text
+
+
+def result_table(description: list[tuple], rows: Iterable[tuple], title: str | None = None) -> Table:
+    """A rich Table: header with column names and types, numbers right-aligned, NULL dimmed."""
+    table = Table(box=box.SIMPLE_HEAD, title=title, show_edge=False, pad_edge=False,
+                  header_style="bold")
+    numeric = []
+    for d in description:
+        is_num = isinstance(d[1], str) and d[1] == NUMBER
+        numeric.append(is_num)
+        header = Text(str(d[0]), style="bold")
+        if d[1] is not None:
+            header.append("\n" + str(d[1]).lower(), style="dim")
+        table.add_column(header, justify="right" if is_num else "left", overflow="ellipsis",
+                         no_wrap=True, min_width=min(max(len(str(d[0])), 4), 12))
+    for row in rows:
+        cells = []
+        for v in row:
+            cells.append(Text(NULL_TEXT, style="dim") if v is None else Text(format_value(v)))
+        table.add_row(*cells)
+    return table
+
+
+def footer(n_rows: int, elapsed: float | None = None, more: bool = False) -> str:
+    """``3 rows (0.012 s)``; ``more`` marks a truncated display."""
+    text = f"{n_rows} row{'s' if n_rows != 1 else ''}"
+    if more:
+        text = f"first {text} shown (more available: add LIMIT, or use mixsql sql --format csv)"
+    if elapsed is not None:
+        text += f" ({elapsed:.3f} s)"
+    return text
+
+
+def print_table(console: Console, description: list[tuple], rows: list[tuple],
+                elapsed: float | None = None, more: bool = False, title: str | None = None) -> None:
+    """Print a result table followed by its row count and elapsed time."""
+    console.print(result_table(description, rows, title=title))
+    console.print(footer(len(rows), elapsed, more), style="dim")
+
+
+def write_csv(out: IO[str], description: list[tuple], rows: Iterable[tuple]) -> int:
+    """Write a header and the rows as CSV; returns the number of rows written."""
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow([d[0] for d in description])
+    n = 0
+    for row in rows:
+        w.writerow(["" if v is None else format_value(v, None) if isinstance(v, (bytes, float)) else v
+                    for v in row])
+        n += 1
+    return n
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, (datetime.date, datetime.time, datetime.datetime)):
+        return v.isoformat()
+    if isinstance(v, datetime.timedelta):
+        return v.total_seconds()
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    return str(v)
+
+
+def json_row(names: list[str], row: tuple) -> bytes:
+    return orjson.dumps(dict(zip(names, row)), default=_json_default,
+                        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def write_json(out: IO[str], description: list[tuple], rows: Iterable[tuple]) -> int:
+    """Write a JSON array of row objects, one per line (streams; valid JSON at the end)."""
+    names = [d[0] for d in description]
+    n = 0
+    out.write("[")
+    for row in rows:
+        out.write(("\n" if n == 0 else ",\n") + json_row(names, row).decode())
+        n += 1
+    out.write("\n]\n" if n else "]\n")
+    return n

@@ -1,0 +1,559 @@
+"""PyTorch integration: ``MixDataset`` (an ``IterableDataset``), ``mix_collate`` and ``MixDataLoader``.
+
+Who reads what
+    Chunk *k* of the statement goes to data-parallel rank ``k % dp_world`` and, inside that rank,
+    to DataLoader worker ``(k // dp_world) % num_workers`` (``mixsql.topology``). ``dp_rank`` /
+    ``dp_world`` come from ``torch.distributed`` (global rank // ``replicas``, so tensor/pipeline
+    peers get identical data) unless given; workers come from ``get_worker_info()``.
+
+What is yielded
+    ``seq_len=None``: one dict per sample ``{"text", "group"}`` (+ ``columns=`` from the chunk).
+    ``seq_len=N``: packed ``{"input_ids" (LongTensor N+1), "group_ids" (per token), "group",
+    "length"}``; with ``unit = 'tokens'`` (or ``by_group=True``) every sequence holds one group's
+    tokens. Leftover tokens carry to the worker's next chunk; at the end of the stream each
+    worker delivers its leftovers as final sequences padded with ``pad_id`` (``length`` < N+1,
+    ``mix_collate`` turns it into ``mask``).
+
+Exactly-once resume
+    Every item carries a compact resume token (worker, task, buffer key, tokens). ``MixDataLoader``
+    (or direct iteration of the dataset in the main process) records the tokens of the items it
+    *handed to the training loop*, never what workers prefetched. ``state_dict()`` converts them
+    into a canonical, worker-count-independent description of the remaining work: partially
+    consumed chunks (with their carry-in and how many tokens/samples of the chunk were consumed),
+    chunks below the frontier that nobody started, the frontier, and one engine state to seek
+    from (restoring costs O(groups) plus skipping the few chunks between the slowest and the
+    fastest worker; never a replay of the stream).
+    Guarantee: after ``load_state_dict`` the remaining data is exactly the data not yet consumed,
+    every token/sample once. With the same ``num_workers`` (and ranks) the remaining batches are
+    identical to an uninterrupted run; with a different ``num_workers`` the same tokens are
+    delivered (nothing lost or duplicated) but sequence boundaries and order may differ.
+    Changing the number of data-parallel ranks on resume is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .errors import InterfaceError, ProgrammingError
+from .packing import MIXED, Packer
+from .readers import DEFAULT_CACHE_BYTES, ChunkReader
+from .tokenize import get_tokenizer
+
+STATE_VERSION = 1
+
+
+# --------------------------------------------------------------------------- topology helpers
+def _owner_worker(k: int, dp_world: int, num_workers: int) -> int:
+    return (k // dp_world) % num_workers
+
+
+def _suffix(start: int, dp_rank: int, dp_world: int, num_workers: int, worker: int, stop: int | None = None):
+    """Chunks >= start (and < stop) owned by (dp_rank, worker)."""
+    k = start + ((dp_rank - start) % dp_world)
+    while stop is None or k < stop:
+        if _owner_worker(k, dp_world, num_workers) == worker:
+            yield k
+        k += dp_world
+
+
+def initial_state(dp_rank: int = 0, dp_world: int = 1, engine_state: dict | None = None) -> dict:
+    return {"version": STATE_VERSION, "dp_rank": dp_rank, "dp_world": dp_world, "pending": [],
+            "holes": [], "frontier": 0, "base": 0, "engine": engine_state, "end": None}
+
+
+def _explicit_tasks(state: dict, num_workers: int, worker: int) -> list[dict]:
+    """The pending entries and holes of ``state`` that ``worker`` (of ``num_workers``) redoes,
+    sorted by chunk (carry-only entries first)."""
+    D = state["dp_world"]
+    tasks = []
+    for i, p in enumerate(state["pending"]):
+        c = p.get("chunk")
+        w = (p.get("worker", i) % num_workers) if c is None else _owner_worker(c, D, num_workers)
+        if w == worker:
+            tasks.append({"chunk": c, "carry": p.get("carry") or {}, "drop": p.get("drop") or {}})
+    for h in state["holes"]:
+        if _owner_worker(h, D, num_workers) == worker:
+            tasks.append({"chunk": h, "carry": {}, "drop": {}})
+    tasks.sort(key=lambda t: -1 if t["chunk"] is None else t["chunk"])
+    return tasks
+
+
+def _merge_carry(a: dict, b: dict) -> dict:
+    if not a:
+        return dict(b)
+    if not b:
+        return dict(a)
+    out = {k: {"ids": list(v["ids"]), "groups": list(v["groups"])} for k, v in a.items()}
+    for k, v in b.items():
+        if k in out:
+            out[k]["ids"] += v["ids"]
+            out[k]["groups"] += v["groups"]
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- consumption tracker
+class _Tracker:
+    """Turns the resume tokens of consumed items into a canonical state (see module doc)."""
+
+    def __init__(self, state: dict, num_workers: int):
+        self.start = state
+        self.W = max(1, num_workers)
+        self.cur: dict[int, dict] = {}     # worker -> {"t", "info", "n": {key: consumed}}
+        self.next_worker = state.get("next_worker", 0) if state.get("workers") == self.W else 0
+
+    def observe(self, tok) -> None:
+        w, t, key, n, info = tok
+        cur = self.cur.get(w)
+        if cur is None or cur["t"] != t:
+            if info is None:  # cannot happen: the first item of a task carries its info
+                raise InterfaceError("resume token stream out of order; consume items in DataLoader order")
+            cur = self.cur[w] = {"t": t, "info": info, "n": {}}
+        cur["n"][key] = cur["n"].get(key, 0) + n
+        self.next_worker = (w + 1) % self.W
+
+    def state(self) -> dict:
+        s = self.start
+        D, r = s["dp_world"], s["dp_rank"]
+        K_old = s["frontier"]
+        pending, holes = [], []
+        suffix_next: dict[int, int | None] = {}   # worker -> first unstarted suffix chunk (None: ended)
+        frontier = K_old
+        engines = [(s["base"], s["engine"])]
+        end = s.get("end")
+        for w in range(self.W):
+            tasks = _explicit_tasks(s, self.W, w)
+            cur = self.cur.get(w)
+            if cur is None:
+                rest, nxt = tasks, K_old
+            else:
+                info, t = cur["info"], cur["t"]
+                carry_in, drop = info["carry"], dict(info["drop"])
+                carry = {}
+                for key, v in carry_in.items():
+                    k = cur["n"].get(key, 0)
+                    if k < len(v["ids"]):
+                        carry[key] = {"ids": v["ids"][k:], "groups": v["groups"][k:]}
+                for key, k in cur["n"].items():
+                    extra = k - len(carry_in.get(key, {"ids": ()})["ids"])
+                    if extra > 0:
+                        drop[key] = drop.get(key, 0) + extra
+                entry = {"chunk": info["chunk"], "carry": carry, "drop": drop, "worker": w}
+                if entry["chunk"] is not None or carry:
+                    pending.append(entry)
+                if info.get("eng") is not None:
+                    engines.append(tuple(info["eng"]))
+                if info.get("end") is not None:
+                    end = info["end"] if end is None else min(end, info["end"])
+                rest = tasks[t + 1:] if t < len(tasks) else []
+                if info["kind"] == "flush":
+                    nxt = None
+                elif info["kind"] == "suffix":
+                    nxt = info["chunk"] + 1
+                    frontier = max(frontier, nxt)
+                else:
+                    nxt = K_old
+            for task in rest:
+                if task["carry"] or task["drop"] or task["chunk"] is None:
+                    pending.append({**task, "worker": w})
+                else:
+                    holes.append(task["chunk"])
+            suffix_next[w] = nxt
+        for w, nxt in suffix_next.items():
+            if nxt is not None:
+                holes.extend(_suffix(nxt, r, D, self.W, w, stop=frontier))
+        if end is not None:
+            holes = [h for h in holes if h < end]
+            pending = [p for p in pending if p["chunk"] is None or p["chunk"] < end or p["carry"]]
+        needed = [p["chunk"] for p in pending if p["chunk"] is not None] + holes + [frontier]
+        low = min(needed)
+        base, eng = max((e for e in engines if e[0] <= low), key=lambda e: e[0])
+        return {"version": STATE_VERSION, "dp_rank": r, "dp_world": D, "pending": pending,
+                "holes": sorted(set(holes)), "frontier": frontier, "base": base, "engine": eng, "end": end,
+                "workers": self.W, "next_worker": self.next_worker}
+
+
+# --------------------------------------------------------------------------- the dataset
+def _dp_from_dist(replicas: int) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if world % replicas:
+            raise InterfaceError(f"world size {world} is not a multiple of replicas={replicas}")
+        return rank // replicas, world // replicas
+    return 0, 1
+
+
+class MixDataset(IterableDataset):
+    """Stream a MIX statement as training samples or packed token sequences (see module doc).
+
+    ``stream_factory`` (advanced/testing) replaces ``MixStream.open(catalog, sql, params)``:
+    a zero-argument callable returning an object with ``files`` (files table), ``spec`` and
+    ``engine(state) -> MixEngine``.
+    """
+
+    def __init__(self, sql: str | None = None, catalog: Any = "./mixsql_catalog", server: Any = None,
+                 tokenizer: Any = None, seq_len: int | None = None, params: Any = None, replicas: int = 1,
+                 dp_rank: int | None = None, dp_world: int | None = None, by_group: bool | None = None,
+                 eos_id: int | None = None, bos_id: int | None = None, pad_id: int | None = None,
+                 columns: Sequence[str] = (), cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: int = 2,
+                 stream_factory: Callable[[], Any] | None = None):
+        super().__init__()
+        if sql is None and stream_factory is None:
+            raise InterfaceError("MixDataset needs a MIX statement: MixDataset(sql, catalog=...)")
+        self.sql, self.catalog, self.server, self.params = sql, catalog, server, params
+        self.tokenizer_spec, self.seq_len = tokenizer, seq_len
+        self.replicas = int(replicas)
+        if self.replicas < 1:
+            raise InterfaceError("replicas must be >= 1")
+        if dp_rank is None or dp_world is None:
+            r, wd = _dp_from_dist(self.replicas)
+            dp_rank = r if dp_rank is None else dp_rank
+            dp_world = wd if dp_world is None else dp_world
+        if not 0 <= dp_rank < dp_world:
+            raise InterfaceError(f"dp_rank {dp_rank} is outside 0..{dp_world - 1}")
+        self.dp_rank, self.dp_world = int(dp_rank), int(dp_world)
+        self.by_group, self.eos_id, self.bos_id, self.pad_id = by_group, eos_id, bos_id, pad_id
+        self.columns = tuple(columns)
+        self.cache_bytes, self.prefetch_depth = cache_bytes, prefetch
+        self.stream_factory = stream_factory
+        self._state = initial_state(self.dp_rank, self.dp_world)
+        self._tracker: _Tracker | None = None
+        self._stream = None
+        self._engine = None
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What was consumed by direct iteration in this process (use MixDataLoader.state_dict()
+        with DataLoader workers)."""
+        return {"mixsql": self._tracker.state() if self._tracker else self._state,
+                "statement": self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        st = state.get("mixsql", state)
+        if state.get("statement") not in (None, self._fingerprint()):
+            raise ProgrammingError("this checkpoint was taken with a different MIX statement or parameters; "
+                                   "resume with the same statement")
+        if st.get("version") != STATE_VERSION:
+            raise ProgrammingError(f"unsupported mixsql state version {st.get('version')!r}")
+        if (st["dp_rank"], st["dp_world"]) != (self.dp_rank, self.dp_world):
+            raise ProgrammingError(
+                f"checkpoint is for data-parallel rank {st['dp_rank']} of {st['dp_world']}, this process is "
+                f"rank {self.dp_rank} of {self.dp_world}; resume with the same number of data-parallel ranks"
+            )
+        self._state = st
+        self._tracker = None
+
+    def _fingerprint(self) -> str:
+        text = f"{self.sql}\x00{self.params!r}\x00{self.seq_len}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # -- iteration --------------------------------------------------------------------------
+    def _open(self):
+        if self._stream is None:
+            if self.stream_factory is not None:
+                self._stream = self.stream_factory()
+            elif self.server is not None:
+                self._stream = _ServerStream(self.server, self.sql, self.params, self.catalog,
+                                             self.dp_rank)
+            else:
+                from .catalog import Catalog
+                from .stream import MixStream
+
+                cat = self.catalog
+                if not hasattr(cat, "con"):
+                    cat = Catalog(cat, read_only=True)
+                self._stream = MixStream.open(cat, self.sql, self.params)
+        return self._stream
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        if info is not None:
+            # a worker process: the resume tokens travel to MixDataLoader through mix_collate
+            st, W = self._state, info.num_workers
+            w = (info.id + st.get("next_worker", 0)) % W if st.get("workers") == W else info.id
+            return self._items(st, W, w)
+        if getattr(self, "_emit_tokens", False):  # MixDataLoader with num_workers=0
+            return self._items(self._state, 1, 0)
+        return self._direct()
+
+    def _direct(self) -> Iterator[dict]:
+        self._tracker = tracker = _Tracker(self._state, 1)
+        for item in self._items(self._state, 1, 0):
+            tracker.observe(item.pop("_mix"))
+            yield item
+
+    def _items(self, state: dict, W: int, w: int) -> Iterator[dict]:
+        stream = self._open()
+        spec = stream.spec
+        names = {g.id: g.path for g in spec.groups}
+        packed = self.seq_len is not None
+        tok = get_tokenizer(self.tokenizer_spec, eos_id=self.eos_id, bos_id=self.bos_id) if packed else None
+        by_group = self.by_group if self.by_group is not None else spec.unit == "tokens"
+        eos = self.eos_id if self.eos_id is not None else (tok.eos_id if tok else None)
+        bos = self.bos_id  # BOS is prepended only when asked for explicitly
+        reader = ChunkReader(stream.files, cache_bytes=self.cache_bytes)
+        engine = stream.engine(state["engine"])
+        self._engine = engine
+        D, r, K = state["dp_world"], state["dp_rank"], state["frontier"]
+        end = state.get("end")
+        explicit = _explicit_tasks(state, W, w)
+
+        def tasks():
+            for t, task in enumerate(explicit):
+                yield t, "explicit", task
+            t = len(explicit)
+            for k in _suffix(K, r, D, W, w):
+                if end is not None and k >= end:
+                    break
+                yield t, "suffix", {"chunk": k, "carry": {}, "drop": {}}
+                t += 1
+            yield t, "flush", {"chunk": None, "carry": {}, "drop": {}}
+
+        def with_chunks():
+            """Position the engine and fetch each task's pointer chunk (in this thread)."""
+            nonlocal end
+            for t, kind, task in tasks():
+                c = task["chunk"]
+                table = eng = None
+                if c is not None and (end is None or c < end):
+                    while engine.next_index < c:
+                        if not engine.skip_chunk():
+                            end = engine.next_index
+                            break
+                    if end is None or c < end:
+                        eng = [engine.next_index, engine.state_dict()]
+                        table = engine.next_chunk()
+                        if table is None:
+                            end, eng = c, None
+                if kind == "suffix" and table is None:
+                    # the stream ended: only this worker's leftovers remain
+                    yield t, "flush", {"chunk": None, "carry": {}, "drop": {}}, None, None
+                    return
+                yield t, kind, task, table, eng
+
+        running: dict = {}
+        try:
+            for (t, kind, task, _table, eng), data in reader.prefetch(
+                    with_chunks(), depth=self.prefetch_depth, table=lambda x: x[3]):
+                carry_in = _merge_carry(running, task["carry"])
+                info = {"kind": kind, "chunk": task["chunk"] if data is not None else None,
+                        "carry": carry_in, "drop": dict(task["drop"]), "eng": eng,
+                        "end": end if kind == "flush" else None}
+                if kind == "explicit" and data is None and task["chunk"] is not None:
+                    info["chunk"] = None  # a pending chunk beyond the end of the stream
+                first = [info]
+
+                def token(key, n):
+                    i = first.pop() if first else None
+                    return (w, t, key, n, i)
+
+                if not packed:
+                    skip = task["drop"].get(MIXED, 0)
+                    if data is None:
+                        continue
+                    texts = data.column("text").to_pylist()
+                    gids = data.column("group_id").to_pylist()
+                    extra = {c: data.column(c).to_pylist() for c in self.columns}
+                    for i in range(skip, len(texts)):
+                        item = {"text": texts[i], "group": names.get(gids[i], str(gids[i]))}
+                        for c in self.columns:
+                            item[c] = extra[c][i]
+                        item["_mix"] = token(MIXED, 1)
+                        yield item
+                    continue
+                packer = Packer(self.seq_len, eos, bos, by_group=by_group, pad_id=self.pad_id, drop=task["drop"])
+                out = packer.load_carry(carry_in)
+                for p in out:
+                    yield self._packed(p, names, token)
+                if data is not None:
+                    gids = data.column("group_id").to_numpy(zero_copy_only=False)
+                    ids = self._token_ids(data, tok)
+                    for doc, g in zip(ids, gids):
+                        for p in packer.add(doc, int(g)):
+                            yield self._packed(p, names, token)
+                if kind == "flush":
+                    for p in packer.flush():
+                        yield self._packed(p, names, token)
+                    running = {}
+                else:
+                    running = packer.carry()
+        finally:
+            reader.close()
+
+    @staticmethod
+    def _token_ids(data, tok) -> list:
+        if "tokens" in data.column_names:
+            toks = data.column("tokens").to_pylist()
+            if "text" in data.column_names:
+                missing = [i for i, v in enumerate(toks) if v is None]
+                if missing:
+                    texts = data.column("text").to_pylist()
+                    enc = tok.encode_batch([texts[i] for i in missing])
+                    for i, e in zip(missing, enc):
+                        toks[i] = e
+            return toks
+        return tok.encode_batch(data.column("text").to_pylist())
+
+    @staticmethod
+    def _packed(p, names, token) -> dict:
+        g = p.groups[: p.length]
+        if p.key != MIXED:
+            gid = int(p.key)
+        else:
+            vals, counts = np.unique(g, return_counts=True)
+            gid = int(vals[np.argmax(counts)])
+        return {"input_ids": torch.from_numpy(p.ids.astype(np.int64)),
+                "group_ids": torch.from_numpy(p.groups.astype(np.int64)),
+                "group": names.get(gid, str(gid)), "length": p.length, "_mix": token(p.key, p.length)}
+
+    # -- feedback ---------------------------------------------------------------------------
+    def feedback(self, step: int, group_loss_sums: Sequence[float], group_token_counts: Sequence[float]) -> None:
+        """Report per-group loss sums and token counts (drives USING ADO / loss_average mixtures).
+
+        With ``server=`` the report goes to the Flight server; otherwise it is applied to this
+        process's engine (single-process runs, ``num_workers=0``). Static mixtures refuse it."""
+        if self.server is not None:
+            stream = self._open()
+            fb = getattr(stream, "feedback", None)
+            if fb is None:
+                raise InterfaceError("the server client does not accept feedback")
+            fb(step, list(group_loss_sums), list(group_token_counts))
+            return
+        spec = self._open().spec
+        if spec.algorithm is None:
+            raise ProgrammingError(
+                "feedback() needs a dynamic mixture (MIX BY ... USING ADO (...) or loss_average); "
+                "this statement's weights are " + spec.weighting
+            )
+        if self._engine is None:
+            raise InterfaceError("feedback() in-process needs an iterating dataset (num_workers=0); "
+                                 "with DataLoader workers or several ranks use server=...")
+        apply = getattr(self._engine, "feedback", None)
+        if apply is not None:
+            apply(step, list(group_loss_sums), list(group_token_counts))
+            return
+        from .algorithms import ALGORITHMS
+
+        algo = getattr(self, "_algo", None)
+        if algo is None:
+            algo = self._algo = ALGORITHMS[spec.algorithm.name](spec, **spec.algorithm.kwargs())
+        weights = algo.update(step, list(group_loss_sums), list(group_token_counts))
+        if weights is not None:
+            self._engine.set_weights(weights, at_chunk=self._engine.next_index)
+
+
+class _ServerEngine:
+    """MixEngine interface over a Flight server job: chunk k is fetched by index."""
+
+    def __init__(self, client, job: str, rank: int, state: dict | None):
+        self.client, self.job, self.rank = client, job, rank
+        self.next_index = int((state or {}).get("next_index", 0))
+
+    def skip_chunk(self) -> bool:
+        self.next_index += 1
+        return True
+
+    def next_chunk(self):
+        t = self.client.get_chunk(self.job, self.next_index, rank=self.rank)
+        if t is not None:
+            self.next_index += 1
+        return t
+
+    def state_dict(self) -> dict:
+        return {"next_index": self.next_index}
+
+
+class _ServerStream:
+    """Stream adapter for ``MixDataset(server=...)``: the server executes the statement; data
+    files are read locally, located through the catalog's files table."""
+
+    def __init__(self, server, sql, params, catalog, rank):
+        from .catalog import Catalog
+        from .client import MixClient  # the server engineer's client
+        from .spec import MixSpec
+
+        self.client = MixClient(server) if isinstance(server, str) else server
+        info = self.client.register(sql, params)
+        self.job = info["job"]
+        spec = info["spec"]
+        self.spec = MixSpec.from_json(spec if isinstance(spec, str) else __import__("json").dumps(spec))
+        cat = catalog if hasattr(catalog, "files_table") else Catalog(catalog, read_only=True)
+        try:
+            self.files = cat.files_table()
+        finally:
+            if cat is not catalog:
+                cat.close()
+        self.rank = rank
+
+    def engine(self, state=None):
+        return _ServerEngine(self.client, self.job, self.rank, state)
+
+    def feedback(self, step, loss_sums, token_counts):
+        return self.client.feedback(self.job, step, loss_sums, token_counts)
+
+
+# --------------------------------------------------------------------------- batching
+def mix_collate(items: list[dict]) -> dict:
+    """Batch MixDataset items: tensors are stacked (``mask`` from ``length``), the rest become lists.
+
+    Resume tokens travel under ``"_mix"``; MixDataLoader removes them."""
+    out: dict = {}
+    if items and "input_ids" in items[0]:
+        out["input_ids"] = torch.stack([it["input_ids"] for it in items])
+        out["group_ids"] = torch.stack([it["group_ids"] for it in items])
+        lengths = torch.tensor([it["length"] for it in items], dtype=torch.long)
+        out["length"] = lengths
+        out["mask"] = torch.arange(out["input_ids"].shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    for key in (items[0].keys() if items else ()):
+        if key not in out and key not in ("input_ids", "group_ids", "length"):
+            out[key] = [it[key] for it in items]
+    return out
+
+
+class MixDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`MixDataset` whose ``state_dict()`` records exactly the batches
+    handed to the training loop (see the module doc for the resume guarantee)."""
+
+    def __init__(self, dataset: MixDataset, batch_size: int | None = 1, num_workers: int = 0,
+                 collate_fn=mix_collate, **kwargs):
+        if kwargs.get("persistent_workers"):
+            raise InterfaceError("MixDataLoader does not support persistent_workers (workers restart on resume)")
+        super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn, **kwargs)
+        self._tracker: _Tracker | None = None
+
+    def __iter__(self):
+        if self._tracker is not None:  # re-iterating continues after what was consumed
+            self.dataset.load_state_dict({"mixsql": self._tracker.state()})
+        self._tracker = _Tracker(self.dataset._state, max(1, self.num_workers))
+        tracker = self._tracker
+        self.dataset._emit_tokens = True
+        try:
+            it = super().__iter__()
+        finally:
+            self.dataset._emit_tokens = False
+        for batch in it:
+            toks = batch.pop("_mix", None) if isinstance(batch, dict) else None
+            if toks is None:
+                raise InterfaceError("MixDataLoader needs mix_collate (or a collate keeping the '_mix' tokens)")
+            for tok in toks:
+                tracker.observe(tok)
+            yield batch
+
+    def state_dict(self) -> dict:
+        st = self._tracker.state() if self._tracker else self.dataset._state
+        return {"mixsql": st, "statement": self.dataset._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state)
+        self._tracker = None
+
+
+__all__ = ["MixDataset", "MixDataLoader", "mix_collate", "initial_state"]

@@ -1,0 +1,126 @@
+"""ChunkReader on real files of every format: plain/zst/gz JSONL, Parquet (text and tokens), tar."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from mixsql.errors import StaleFileError
+from mixsql.readers import ChunkReader
+
+DOCS = [f"document {i} " + "é" * (i % 5) + "z" * (i % 11) for i in range(60)]
+
+
+def _files_row(fid, path, fmt, compression="none", options=None):
+    st = os.stat(path)
+    return {"file_id": fid, "path": str(path), "compression": compression, "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "fingerprint": "x", "source": "s", "format": fmt,
+            "options": json.dumps(options or {})}
+
+
+def _chunk(fids, offs, lens, rows=None):
+    n = len(fids)
+    return pa.table({"chunk": pa.array([0] * n, pa.int64()), "position": pa.array(range(n), pa.int32()),
+                     "row": pa.array(rows if rows is not None else range(n), pa.int64()),
+                     "group_id": pa.array([0] * n, pa.int32()), "file_id": pa.array(fids, pa.int32()),
+                     "loc_offset": pa.array(offs, pa.int64()), "loc_length": pa.array(lens, pa.int32())})
+
+
+def _jsonl(docs, nested=False):
+    blob, locs, off = bytearray(), [], 0
+    for d in docs:
+        line = json.dumps({"meta": {"body": d}} if nested else {"text": d, "x": 1}).encode()
+        locs.append((off, len(line)))
+        blob += line + b"\n"
+        off += len(line) + 1
+    return bytes(blob), locs
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd", "gzip"])
+def test_jsonl_plain_and_compressed(tmp_path, compression):
+    blob_a, locs_a = _jsonl(DOCS[:30])
+    blob_b, locs_b = _jsonl(DOCS[30:], nested=True)
+    enc = {"none": lambda b: b, "zstd": lambda b: zstandard.ZstdCompressor().compress(b), "gzip": gzip.compress}
+    pa_, pb = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    pa_.write_bytes(enc[compression](blob_a))
+    pb.write_bytes(enc[compression](blob_b))
+    files = pa.Table.from_pylist([_files_row(1, pa_, "jsonl", compression),
+                                  _files_row(2, pb, "jsonl", compression, {"text": "meta.body"})])
+    rng = np.random.Generator(np.random.PCG64(3))
+    picks = [(1 + int(i >= 30), i) for i in rng.permutation(60)[:25]]
+    offs = [(locs_a if f == 1 else locs_b)[i % 30][0] for f, i in picks]
+    lens = [(locs_a if f == 1 else locs_b)[i % 30][1] for f, i in picks]
+    reader = ChunkReader(files, cache_bytes=1 << 20)
+    out = reader.read(_chunk([f for f, _ in picks], offs, lens))
+    assert out.column("text").to_pylist() == [DOCS[i] for _, i in picks]
+    assert out.column("position").to_pylist() == list(range(25))
+    # second read of the same chunk works from the cache
+    assert reader.read(_chunk([f for f, _ in picks], offs, lens)).column("text").to_pylist() == [DOCS[i] for _, i in picks]
+
+
+def test_parquet_text_and_tokens(tmp_path):
+    path = tmp_path / "p.parquet"
+    toks = [[i, i + 1, i + 2] for i in range(60)]
+    pq.write_table(pa.table({"content": DOCS, "ids": pa.array(toks, pa.list_(pa.int32()))}), path, row_group_size=16)
+    files = pa.Table.from_pylist([_files_row(1, path, "parquet", options={"text": "content"}),
+                                  _files_row(2, path, "parquet", options={"tokens": "ids"})])
+    sel = [50, 3, 17, 16, 40]
+    offs, lens = [i // 16 for i in sel], [i % 16 for i in sel]
+    reader = ChunkReader(files)
+    out = reader.read(_chunk([1] * 5, offs, lens))
+    assert out.column("text").to_pylist() == [DOCS[i] for i in sel]
+    out = reader.read(_chunk([2] * 5, offs, lens))
+    assert "text" not in out.column_names
+    assert out.column("tokens").to_pylist() == [toks[i] for i in sel]
+    assert out.schema.field("tokens").type == pa.list_(pa.int32())
+
+
+def test_webdataset_tar(tmp_path):
+    path = tmp_path / "shard.tar"
+    with tarfile.open(path, "w") as tf:
+        for i, d in enumerate(DOCS[:10]):
+            for ext, data in (("json", b"{}"), ("txt", d.encode())):
+                ti = tarfile.TarInfo(f"{i:05d}.{ext}")
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    locs = {}
+    with tarfile.open(path) as tf:
+        for m in tf.getmembers():
+            if m.name.endswith(".txt"):
+                locs[int(m.name[:5])] = (m.offset_data, m.size)
+    files = pa.Table.from_pylist([_files_row(7, path, "webdataset")])
+    sel = [9, 0, 4]
+    out = ChunkReader(files).read(_chunk([7] * 3, [locs[i][0] for i in sel], [locs[i][1] for i in sel]))
+    assert out.column("text").to_pylist() == [DOCS[i] for i in sel]
+
+
+def test_stale_file_detected(tmp_path):
+    blob, locs = _jsonl(DOCS[:5])
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(blob)
+    files = pa.Table.from_pylist([_files_row(1, path, "jsonl")])
+    path.write_bytes(blob + b'{"text": "appended"}\n')
+    with pytest.raises(StaleFileError, match="a.jsonl.*REFRESH SOURCE"):
+        ChunkReader(files).read(_chunk([1], [locs[0][0]], [locs[0][1]]))
+    path.unlink()
+    with pytest.raises(StaleFileError, match="no longer exists"):
+        ChunkReader(files).read(_chunk([1], [locs[0][0]], [locs[0][1]]))
+
+
+def test_prefetch_yields_in_order(tmp_path):
+    blob, locs = _jsonl(DOCS)
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(blob)
+    reader = ChunkReader(pa.Table.from_pylist([_files_row(1, path, "jsonl")]))
+    chunks = [_chunk([1] * 6, [o for o, _ in locs[i:i + 6]], [n for _, n in locs[i:i + 6]]) for i in range(0, 60, 6)]
+    got = [t.column("text").to_pylist() for _, t in reader.prefetch(iter(chunks), depth=3)]
+    reader.close()
+    assert got == [DOCS[i:i + 6] for i in range(0, 60, 6)]

@@ -1,0 +1,171 @@
+"""The REPL driven through prompt-toolkit's pipe input (real key sequences, real catalog)."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+
+import pytest
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+from pygments.token import Keyword
+
+import mixsql
+from mixsql.repl import MixCompleter, MixSqlLexer, Repl, SchemaCache, default_history_path, statement_complete
+
+UP = "\x1b[A"
+CTRL_C = "\x03"
+
+
+def run_repl(catalog, keys: str, history=None, on_start=None, **kw) -> str:
+    out = io.StringIO()
+    with create_pipe_input() as inp:
+        inp.send_text(keys)
+        repl = Repl(catalog=catalog, input=inp, output=DummyOutput(), stdout=out,
+                    history=history if history is not None else InMemoryHistory(),
+                    width=160, complete_while_typing=False, **kw)
+        if on_start:
+            on_start(repl)
+        assert repl.run(banner=False) == 0
+    return out.getvalue()
+
+
+def test_multiline_statement_and_result_table(langs_catalog):
+    out = run_repl(langs_catalog, "SELECT language,\n  count(*) AS n\nFROM samples\n"
+                                  "GROUP BY 1 ORDER BY 1\n;\n.quit\n")
+    assert "language" in out and "JavaScript" in out and "50" in out
+    assert "3 rows (" in out and " s)" in out
+
+
+def test_several_statements_on_one_line(langs_catalog):
+    out = run_repl(langs_catalog, "SELECT 1 AS one; SELECT 2 AS two;\n.quit\n")
+    assert "one" in out and "two" in out
+
+
+def test_error_display_with_caret_and_shell_survives(langs_catalog):
+    out = run_repl(langs_catalog, "SELEC 1;\nSELECT 5 AS five;\n.quit\n")
+    assert "Error:" in out and "SELEC 1\n" in out and "^^^^^" in out
+    assert "five" in out
+
+
+def test_completion_of_keyword_column_and_group_value(langs_catalog):
+    keys = ("sel\t langu\t, count(*) AS n FROM samp\t WHERE language = 'Pyt\t GROUP BY 1;\n"
+            ".quit\n")
+    out = run_repl(langs_catalog, keys)
+    assert "Python" in out and "20" in out and "1 row" in out
+
+
+def test_completer_contexts(langs_catalog):
+    with mixsql.connect(langs_catalog) as con:
+        comp = MixCompleter(SchemaCache(con))
+
+        def texts(text):
+            return [c.text for c in comp.get_completions(Document(text), None)]
+
+        assert "samples" in texts("SELECT * FROM sa")
+        assert "language" in texts("SELECT lang")
+        assert "SELECT" in texts("SEL") and "select" in texts("sel")
+        assert "MIX" in texts("SELECT * FROM samples MI")
+        values = texts("SELECT * FROM samples MIX BY language WITH (")
+        assert set(values) >= {"JavaScript", "HTML", "Python"}
+        assert texts("SELECT * FROM samples MIX BY language WITH (JavaScript 0.5, Py") == ["Python"]
+        assert texts("SELECT * FROM samples WHERE license IN ('MIT', 'C") == ["'CC'"]
+        assert ".schema" in texts(".sc")
+        assert "samples" in texts(".schema sam")
+        assert texts("SELECT * FROM samples MIX BY quality WITH (") == []  # not VARCHAR: no values
+
+
+def test_history_persists_across_sessions(langs_catalog, tmp_path):
+    hist = tmp_path / "hist"
+    run_repl(langs_catalog, "SELECT 41 + 1 AS answer;\n.quit\n", history=FileHistory(str(hist)))
+    assert "SELECT 41 + 1 AS answer;" in hist.read_text()
+    out = run_repl(langs_catalog, UP + UP + "\n.quit\n", history=FileHistory(str(hist)))
+    assert "answer" in out and "42" in out
+
+
+def test_default_history_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIXSQL_HISTORY", raising=False)
+    assert default_history_path(tmp_path) == tmp_path / ".mixsql_history"
+    monkeypatch.setenv("MIXSQL_HISTORY", str(tmp_path / "h"))
+    assert default_history_path(tmp_path) == tmp_path / "h"
+
+
+def test_ctrl_c_at_prompt_clears_input(langs_catalog):
+    out = run_repl(langs_catalog, "SELECT 'never' AS x" + CTRL_C + "SELECT 7 AS seven;\n.quit\n")
+    assert "seven" in out and "never" not in out
+
+
+def test_ctrl_c_cancels_running_statement(langs_catalog):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("SIGINT is delivered to the main thread only")
+
+    def interrupt_when_busy(repl):
+        def fire():
+            if repl.busy.wait(20):
+                os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=fire, daemon=True).start()
+
+    slow = ("SELECT count(*) FROM range(1000000000000) a, range(10) b "
+            "WHERE a.range % 7 = b.range;\n")
+    out = run_repl(langs_catalog, slow + "SELECT 'alive' AS status;\n.quit\n", on_start=interrupt_when_busy)
+    assert "Cancelled" in out
+    assert "alive" in out
+
+
+def test_dot_commands(langs_catalog):
+    out = run_repl(langs_catalog, ".help\n.tables\n.schema samples\n.schema nope\n.maxrows 2\n"
+                                  "SELECT * FROM range(5);\n.bogus\n.quit\nSELECT 'after quit';\n")
+    assert ".sources" in out and ".schema" in out           # help
+    assert "samples" in out and "sources" in out            # tables
+    assert "language" in out and "VARCHAR" in out           # schema samples
+    assert "no table named 'nope'" in out
+    assert "first 2 rows shown" in out
+    assert "unknown command .bogus" in out
+    assert "after quit" not in out
+
+
+def test_dot_sources(langs_catalog):
+    pytest.importorskip("mixsql.registration")
+    out = run_repl(langs_catalog, ".sources\n.quit\n")
+    assert "corpus" in out and "1 row" in out
+
+
+def test_explain_mix_rendered_as_table(langs_catalog):
+    pytest.importorskip("mixsql.planner")
+    out = run_repl(langs_catalog, "EXPLAIN MIX SELECT * FROM samples\n"
+                                  "MIX BY language WITH (JavaScript 0.5, HTML 0.3, Python 0.2);\n.quit\n")
+    assert "EXPLAIN MIX" in out and "Python" in out and "rows (" in out
+
+
+def test_mix_statement_in_repl(langs_catalog):
+    pytest.importorskip("mixsql.stream")
+    out = run_repl(langs_catalog, "SELECT language FROM samples MIX BY language WITH "
+                                  "(JavaScript 0.5, HTML 0.3, Python 0.2) SETTINGS (chunk_size = 10);\n.quit\n",
+                   max_rows=20)
+    assert "chunk" in out and "position" in out and "first 20 rows shown" in out
+
+
+def test_mix_error_shows_caret(langs_catalog):
+    pytest.importorskip("mixsql.stream")
+    out = run_repl(langs_catalog, "SELECT * FROM samples MIX BY langauge WITH (Python 1);\n.quit\n")
+    assert "Error:" in out and "^" in out and "language" in out
+
+
+def test_statement_complete():
+    assert statement_complete("SELECT 1;")
+    assert statement_complete("SELECT 1; -- trailing comment")
+    assert not statement_complete("SELECT 1")
+    assert not statement_complete("SELECT ';'")
+    assert not statement_complete("SELECT 1 /* ; */")
+    assert statement_complete(".tables") and statement_complete("") and statement_complete("quit")
+
+
+def test_lexer_highlights_mix_keywords():
+    toks = [(t, v) for t, v in MixSqlLexer().get_tokens("SELECT * FROM samples MIX BY source WITH NATURAL "
+                                                        "SETTINGS (seed = 1)")]
+    kinds = {v.upper(): t for t, v in toks if v.strip()}
+    for word in ("SELECT", "MIX", "NATURAL", "SETTINGS"):
+        assert kinds[word] in Keyword, word
