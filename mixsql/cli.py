@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--token $TOKEN --tls-cert cert.pem --tls-key key.pem\n")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     v.add_argument("--port", type=int, default=8815, help="port (default 8815)")
-    v.add_argument("--token", default=os.environ.get("MIXSQL_TOKEN"),
-                   help="shared secret clients must present (default $MIXSQL_TOKEN)")
+    v.add_argument("--token", default=None,
+                   help="shared secret clients must present (default $MIXSQL_TOKEN; generated when "
+                        "binding a non-loopback address without one)")
     v.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain")
     v.add_argument("--tls-key", metavar="PEM", help="TLS private key")
     return p
@@ -309,8 +310,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UserError("TLS needs both --tls-cert and --tls-key")
-    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    serve(args.catalog, host=args.host, port=args.port, token=args.token, tls=tls)
+    serve(args.catalog, host=args.host, port=args.port, token=args.token,
+          tls_cert=args.tls_cert, tls_key=args.tls_key)
     return 0
 
 

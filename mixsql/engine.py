@@ -263,6 +263,12 @@ def _to_numpy(col: pa.ChunkedArray | pa.Array, dtype) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
 
+def _combine(col):
+    if isinstance(col, pa.ChunkedArray):
+        return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col
+
+
 class _Step:
     """One composed chunk: per-group draws and the engine state after it."""
 
@@ -322,12 +328,36 @@ class MixEngine:
                                            tokens[members] if tokens is not None else None))
         self._n = counts.astype(np.int64)
         self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
-        # output projection, taken once per chunk
+        # output projection: numpy pointer columns + per-file dictionaries; user columns via take
         user = [c for c in pointers.column_names
                 if not c.startswith("__mix_") and c not in CHUNK_COLUMNS]
         self.user_columns = user
-        self._src = pointers.select(["__mix_source", "__mix_file", "__mix_row", *user, "__mix_file_id",
-                                     "__mix_offset", "__mix_length", "__mix_n_bytes", "__mix_n_tokens"])
+        self._user = pointers.select(user).combine_chunks() if user else None
+        self._np = {c: _to_numpy(pointers.column(c), dt) if N else np.zeros(0, dt)
+                    for c, dt in (("__mix_row", np.int64), ("__mix_file_id", np.int32),
+                                  ("__mix_offset", np.int64), ("__mix_length", np.int32),
+                                  ("__mix_n_bytes", np.int64))}
+        ntok = pointers.column("__mix_n_tokens")
+        self._ntok_nulls = ntok.null_count > 0
+        self._ntok_col = ntok.combine_chunks() if self._ntok_nulls else None
+        self._np["__mix_n_tokens"] = (tokens if tokens is not None else
+                                      (_to_numpy(ntok, np.int64) if not self._ntok_nulls and N else np.zeros(N, np.int64)))
+        fid = self._np["__mix_file_id"]
+        if N and bool(np.all(np.diff(fid) >= 0)):
+            first = np.flatnonzero(np.concatenate([[True], fid[1:] != fid[:-1]]))
+            codes = (np.cumsum(np.concatenate([[False], fid[1:] != fid[:-1]]))).astype(np.int32)
+        elif N:
+            _, first, codes = np.unique(fid, return_index=True, return_inverse=True)
+            codes = codes.astype(np.int32)
+        else:
+            first, codes = np.zeros(0, np.int64), np.zeros(0, np.int32)
+        self._file_code = codes
+        first_rows = pa.array(first, pa.int64())
+        self._file_paths = _combine(pointers.column("__mix_file").take(first_rows)).cast(pa.string())
+        src = _combine(pointers.column("__mix_source").take(first_rows)).cast(pa.string()).dictionary_encode()
+        self._file_source = src.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+        self._sources = src.dictionary
+        self._names = [*CHUNK_HEAD, *user, *CHUNK_TAIL]
         self._fingerprint = hashlib.sha1(f"{spec.to_json()}|{N}|{counts.tolist()}".encode()).hexdigest()[:16]
         self._reset(batch_size or getattr(spec, "batch_size", None))
         if state is not None:
@@ -671,10 +701,7 @@ class MixEngine:
         step.end = True
 
     def _token_array(self) -> np.ndarray:
-        ta = getattr(self, "_tok_all", None)
-        if ta is None:
-            ta = self._tok_all = _to_numpy(self._src.column("__mix_n_tokens"), np.int64)
-        return ta
+        return self._np["__mix_n_tokens"]
 
     def _commit(self, step: _Step) -> None:
         self._count = step.count
@@ -752,37 +779,38 @@ class MixEngine:
             yield t
 
     def _table(self, k: int, idx: np.ndarray, gids: np.ndarray, epochs: np.ndarray) -> pa.Table:
-        t = self._src.take(pa.array(idx, pa.int64()))
         n = len(idx)
-        cols = t.columns
-        nu = len(self.user_columns)
-
-        def dict_enc(a):
-            if isinstance(a, pa.ChunkedArray):
-                a = a.combine_chunks() if a.num_chunks != 1 else a.chunk(0)
-            return a if pa.types.is_dictionary(a.type) else a.dictionary_encode()
-
-        def cast(a, typ):
-            return a if a.type == typ else pc.cast(a, typ)
-
+        P = self._np
+        code = self._file_code[idx]
+        ucode, inv = np.unique(code, return_inverse=True)
+        inv = inv.astype(np.int32)
+        files = pa.DictionaryArray.from_arrays(inv, self._file_paths.take(pa.array(ucode)))
+        fsrc = self._file_source[ucode]
+        usrc, sinv = np.unique(fsrc, return_inverse=True)
+        source = pa.DictionaryArray.from_arrays(sinv.astype(np.int32)[inv], self._sources.take(pa.array(usrc)))
+        if self._ntok_nulls:
+            ntok = self._ntok_col.take(pa.array(idx))
+        else:
+            ntok = pa.array(P["__mix_n_tokens"][idx])
+        user = self._user.take(pa.array(idx)).columns if self._user is not None else []
+        gid32 = gids.astype(np.int32, copy=False)
         arrays = [
             pa.array(np.full(n, k, np.int64)),
             pa.array(np.arange(n, dtype=np.int32)),
-            pa.DictionaryArray.from_arrays(pa.array(gids, pa.int32()), self._paths),
-            dict_enc(cols[0]),
-            dict_enc(cols[1]),
-            cast(cols[2], pa.int64()),
-            *cols[3:3 + nu],
-            pa.array(gids, pa.int32()),
-            cast(cols[3 + nu], pa.int32()),
-            cast(cols[4 + nu], pa.int64()),
-            cast(cols[5 + nu], pa.int32()),
-            cast(cols[6 + nu], pa.int64()),
-            cast(cols[7 + nu], pa.int64()),
-            pa.array(epochs, pa.int32()),
+            pa.DictionaryArray.from_arrays(gid32, self._paths),
+            source,
+            files,
+            pa.array(P["__mix_row"][idx]),
+            *user,
+            pa.array(gid32),
+            pa.array(P["__mix_file_id"][idx]),
+            pa.array(P["__mix_offset"][idx]),
+            pa.array(P["__mix_length"][idx]),
+            pa.array(P["__mix_n_bytes"][idx]),
+            ntok,
+            pa.array(epochs.astype(np.int32, copy=False)),
         ]
-        names = [*CHUNK_HEAD, *self.user_columns, *CHUNK_TAIL]
-        return pa.Table.from_arrays(arrays, names=names)
+        return pa.Table.from_arrays(arrays, names=self._names)
 
     # --- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -15,7 +15,6 @@ fallback that pinpoints a malformed line or a type change inside a block.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import tarfile
@@ -377,7 +376,7 @@ class _JsonlScanner:
         idx = np.flatnonzero(keep)
         table = None
         try:
-            table = self._read(data, int(max(1 << 20, (lengths.max() if len(lengths) else 0) + 2)))
+            table = self._read(data, int(max(8 << 20, (lengths.max() if len(lengths) else 0) + 2)))
             if table.num_rows != len(idx):
                 table = None
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):

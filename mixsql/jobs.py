@@ -172,8 +172,10 @@ class Job:
 
     def _generate_to(self, k: int) -> None:
         """Generate chunks in order until chunk k exists or the stream ends (lock held)."""
-        while self.frontier <= k and self.doc["end"] is None:
+        while self.frontier <= k:
             idx = self.frontier
+            if self.doc["end"] is not None and idx >= self.doc["end"]:
+                break
             if idx % self.snapshot_every == 0:
                 self._snapshot(idx)
             if idx + 1 > self.doc["lease"]:  # persist before serving anything past the lease
@@ -183,8 +185,9 @@ class Job:
             self._apply_log(self.engine, idx)
             table = self.engine.next_chunk()
             if table is None:
-                self.doc["end"] = idx
-                self.save()
+                if self.doc["end"] != idx:
+                    self.doc["end"] = idx
+                    self.save()
                 break
             self.cache[idx] = table
             while len(self.cache) > self.window:

@@ -22,6 +22,7 @@ Semantics fixed here:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,12 +188,21 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
     for key, what in (("group", "GROUP BY"), ("having", "HAVING"), ("distinct", "DISTINCT"),
                       ("qualify", "QUALIFY"), ("offset", "OFFSET"), ("sample", "USING SAMPLE")):
         if tree.args.get(key):
-            raise _err(sql, f"{what} cannot be combined with MIX BY: MIX needs one row per sample "
-                            "(aggregate in a plain query, or move it into a subquery/join)", tree.args[key])
+            msg = (f"{what} cannot be combined with MIX BY: MIX needs one row per sample "
+                   "(aggregate in a plain query, or move it into a subquery/join)")
+            span = D.node_span(tree.args[key])
+            if span is None:  # keyword-only nodes carry no position: find the keyword itself
+                m = re.search(r"\b" + what.split()[0] + r"\b", sql, re.IGNORECASE)
+                span = (m.start(), m.end() - 1) if m else None
+            raise D.error_at(sql, msg, span[0] if span else None, span[1] if span else None)
     for proj in tree.expressions:
         agg = next((a for a in proj.find_all(exp.AggFunc) if not a.find_ancestor(exp.Window)), None)
         if agg is not None:
-            raise _err(sql, "aggregate functions cannot be used with MIX BY: MIX needs one row per sample", agg)
+            span = D.node_span(agg)
+            m = re.search(r"(\w+)\s*\(\s*$", sql[:span[0]]) if span else None
+            start = m.start(1) if m else (span[0] if span else None)
+            raise D.error_at(sql, f"aggregate function {agg.sql('duckdb')} cannot be used with MIX BY: "
+                                  "MIX needs one row per sample", start, span[1] if span else None)
     sources = [tree.args["from_"].this] if tree.args.get("from_") else []
     sources += [j.this for j in tree.args.get("joins") or []]
     samples_tbl = next((t for t in sources if isinstance(t, exp.Table) and t.name.lower() == "samples"
@@ -565,9 +575,11 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
     col = lambda name: exp.Column(this=exp.to_identifier(name, quoted=True), table=q.copy())  # noqa: E731
     internal = [
         group_expr.as_("__mix_group"),
-        col("source").as_("__mix_source"),
+        # source and file names are filled in from file_id by execute_plan (far cheaper than
+        # materialising one string per row in DuckDB)
+        exp.cast(exp.Null(), "VARCHAR").as_("__mix_source"),
         col("file_id").as_("__mix_file_id"),
-        col("file").as_("__mix_file"),
+        exp.cast(exp.Null(), "VARCHAR").as_("__mix_file"),
         col("row").as_("__mix_row"),
         col("loc_offset").as_("__mix_offset"),
         col("loc_length").as_("__mix_length"),
@@ -586,7 +598,6 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
         exp.select("*")
         .from_(inner.subquery("__mix_q"))
         .where(exp.column("__mix_group").is_(exp.Null()).not_())
-        .order_by(exp.column("__mix_file_id"), exp.column("__mix_row"))
     )
     query = outer.sql("duckdb")
     try:
@@ -630,6 +641,7 @@ def execute_plan(catalog, plan: MixPlan):
         table = catalog.con.sql(plan.sql, params=plan.params).to_arrow_table()
     except duckdb.Error as exc:
         raise SQLError(f"DuckDB failed running the MIX query: {str(exc).splitlines()[0]}", sql) from None
+    table = _finish_pointers(catalog, table)
     n_matches = len(plan.matches)
     match_ids = table.column("__mix_group").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     counts = np.bincount(match_ids, minlength=n_matches) if len(match_ids) else np.zeros(n_matches, np.int64)
@@ -693,6 +705,26 @@ def execute_plan(catalog, plan: MixPlan):
         groups = tuple(Group(g.id, g.path, float(weights[g.id]), g.values) for g in spec.groups)
         spec = MixSpec(**{**spec.__dict__, "groups": groups})
     return table, spec
+
+
+def _finish_pointers(catalog, table: pa.Table) -> pa.Table:
+    """Order rows by (file_id, row) (deterministic) and fill __mix_source / __mix_file."""
+    fid = table.column("__mix_file_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    row = table.column("__mix_row").to_numpy(zero_copy_only=False).astype(np.int64)
+    key = (fid << 40) | row
+    if len(key) > 1 and not (np.diff(key) > 0).all():
+        table = table.take(pa.array(np.argsort(key, kind="stable")))
+        fid = table.column("__mix_file_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    files = catalog.con.sql(
+        "SELECT f.file_id, f.path, s.name FROM files f JOIN sources s USING (source_id) ORDER BY f.file_id"
+    ).fetchall()
+    ids = np.array([f[0] for f in files], dtype=np.int64)
+    pos = np.searchsorted(ids, fid) if len(ids) else np.zeros(len(fid), np.int64)
+    idx = pa.array(pos.astype(np.int32))
+    paths = pa.array([f[1] for f in files], pa.string())
+    names = pa.array([f[2] for f in files], pa.string())
+    table = table.set_column(table.schema.get_field_index("__mix_source"), "__mix_source", names.take(idx))
+    return table.set_column(table.schema.get_field_index("__mix_file"), "__mix_file", paths.take(idx))
 
 
 def _natural_weights(node: _Node, scale: float, measure, out: list, force: bool) -> float:

@@ -4,6 +4,8 @@ Python API (the SQL statements and ``mixsql register`` call these)::
 
     create_source(catalog, name, pattern, format=None, options=None, progress=True) -> dict
     refresh_source(catalog, name, progress=True) -> dict
+    register_source(catalog, name, pattern, format=None, options=None, progress=True) -> dict
+        (create, or refresh when the source exists: what ``mixsql register`` does)
     drop_source(catalog, name) -> None
     show_sources(catalog) -> pa.Table
     check_file(path, size, mtime_ns, fingerprint=None) -> None   (readers: raises StaleFileError)
@@ -69,7 +71,7 @@ PARALLEL_MIN_BYTES = 8 << 20   # below this total size, scan in-process (no pool
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 
-__all__ = ["create_source", "refresh_source", "drop_source", "show_sources", "check_file",
+__all__ = ["create_source", "refresh_source", "register_source", "drop_source", "show_sources", "check_file",
            "normalize_options", "list_files"]
 
 
@@ -383,7 +385,7 @@ def _resolve_types(con, results: list[dict], paths: list[str], declared: dict[st
             if not pa.types.is_null(typ) and all(typ != s for s, _ in seen):
                 seen.append((typ, path))
         if not seen:
-            out[name] = "VARCHAR"
+            out[name] = None  # only NULLs: adopt the catalog's column type, else VARCHAR
             continue
         try:
             unified = pa.unify_schemas([pa.schema([pa.field(name, s)]) for s, _ in seen],
@@ -402,6 +404,8 @@ def _check_against_catalog(con, types: dict[str, str]) -> list[tuple[str, str]]:
     existing = {n.lower(): (n, t) for n, t in property_columns(con)}
     add = []
     for name, typ in types.items():
+        if typ is None:
+            typ = types[name] = existing[name.lower()][1] if name.lower() in existing else "VARCHAR"
         if name.lower() in existing:
             ename, etyp = existing[name.lower()]
             if not _compatible(etyp, typ):
@@ -571,6 +575,7 @@ def create_source(catalog: Catalog, name: str, pattern: str, format: str | None 
         raise IntegrityError(f"source {taken[0]!r} already exists; run REFRESH SOURCE {taken[0]} to index "
                              f"new or changed files, or DROP SOURCE {taken[0]} first")
     fmt = None
+    format = format or (options or {}).get("format")
     if format:
         fmt = FORMAT_ALIASES.get(str(format).lower())
         if fmt is None:
@@ -667,6 +672,20 @@ def refresh_source(catalog: Catalog, name: str, progress: bool = True) -> dict:
     snap = _in_transaction(catalog, txn)
     return _summary(sname, fmt, results, todo, t0, snap, types, [], new_files=new, changed_files=changed,
                     removed_files=len(removed), unchanged_files=unchanged)
+
+
+def register_source(catalog: Catalog, name: str, pattern: str, format: str | None = None,
+                    options: dict | None = None, progress: bool = True) -> dict:
+    """``mixsql register``: create the source, or refresh it when it already exists with the same
+    pattern (a different pattern is an IntegrityError suggesting DROP SOURCE)."""
+    require_writable(catalog)
+    row = fetch_one(catalog.con.execute("SELECT name, pattern FROM sources WHERE lower(name) = lower(?)", [name]))
+    if row is None:
+        return create_source(catalog, name, pattern, format=format, options=options, progress=progress)
+    if str(pattern) != row[1]:
+        raise IntegrityError(f"source {row[0]!r} is registered from {row[1]!r}, not {str(pattern)!r}; "
+                             f"run DROP SOURCE {row[0]} first to re-register it from another location")
+    return refresh_source(catalog, name, progress=progress)
 
 
 def drop_source(catalog: Catalog, name: str) -> None:

@@ -51,17 +51,19 @@ def format_value(value: Any, max_width: int | None = MAX_CELL) -> str:
 
 def result_table(description: list[tuple], rows: Iterable[tuple], title: str | None = None) -> Table:
     """A rich Table: header with column names and types, numbers right-aligned, NULL dimmed."""
+    rows = [tuple(r) for r in rows]
     table = Table(box=box.SIMPLE_HEAD, title=title, show_edge=False, pad_edge=False,
                   header_style="bold")
     numeric = []
-    for d in description:
+    for i, d in enumerate(description):
         is_num = isinstance(d[1], str) and d[1] == NUMBER
         numeric.append(is_num)
+        natural = max([len(str(d[0]))] + [len(format_value(r[i])) for r in rows[:200] if i < len(r)])
         header = Text(str(d[0]), style="bold")
         if d[1] is not None:
             header.append("\n" + str(d[1]).lower(), style="dim")
         table.add_column(header, justify="right" if is_num else "left", overflow="ellipsis",
-                         no_wrap=True, min_width=min(max(len(str(d[0])), 4), 12))
+                         no_wrap=True, min_width=min(natural, 16))
     for row in rows:
         cells = []
         for v in row:

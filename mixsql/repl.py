@@ -67,6 +67,7 @@ Ctrl-D leaves. Tab completes keywords, tables, columns and group values.
   EXPLAIN MIX SELECT * FROM samples MIX BY source WITH NATURAL LIMIT 1e9 TOKENS;
   CREATE SOURCE web FROM 'data/*.jsonl.zst' FORMAT jsonl WITH (language = 'meta.lang');
 """
+INTERNAL_TABLES = frozenset({"sample_index", "catalog_meta"})  # queryable, but not offered by completion
 GROUP_VALUE_LIMIT = 200   # VARCHAR columns with at most this many distinct values complete as groups
 
 
@@ -216,8 +217,9 @@ class MixCompleter(Completer):
         if not word:
             return
         lw = word.lower()
+        tables = sorted(t for t in self.schema.tables() if t not in INTERNAL_TABLES)
         if _AFTER_FROM.search(text):
-            for t in sorted(self.schema.tables()):
+            for t in tables:
                 if t.lower().startswith(lw):
                     yield Completion(t, -len(word), display_meta="table")
             return
@@ -225,7 +227,7 @@ class MixCompleter(Completer):
             if c.lower().startswith(lw):
                 yield Completion(c if re.fullmatch(_IDENT, c) else quote_ident(c), -len(word),
                                  display_meta="column")
-        for t in sorted(self.schema.tables()):
+        for t in tables:
             if t.lower().startswith(lw):
                 yield Completion(t, -len(word), display_meta="table")
         upper = word.isupper() or not word.islower()
@@ -433,7 +435,9 @@ class Repl:
             for name, text in DOT_COMMANDS.items():
                 self.console.print(Text(f"  {name:<18} {text}"))
         elif cmd == ".sources":
-            self.run_statement("SHOW SOURCES")
+            self.run_statement(
+                "SELECT name, format, n_files, n_samples, n_bytes, n_tokens, properties, pattern "
+                "FROM sources ORDER BY name")
         elif cmd == ".tables":
             names = sorted(self.schema.tables())
             self.console.print(Text("  ".join(names) if names else "(no tables)"))

@@ -51,7 +51,7 @@ def test_mix_fetches_are_lazy_and_deterministic(cur, langs_catalog):
     cur.arraysize = 7
     more = cur.fetchmany()
     rest = list(cur)
-    again = mixsql.connect(langs_catalog, read_only=True).cursor().execute(MIX).fetchall()
+    again = cur.connection.cursor().execute(MIX).fetchall()
     assert [first, *some, *more, *rest] == again
 
 

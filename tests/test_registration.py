@@ -360,3 +360,25 @@ def test_check_file_detects_missing_and_changed(tmp_path):
     os.remove(p)
     with pytest.raises(StaleFileError, match="no longer exists"):
         check_file(str(p), st.st_size, st.st_mtime_ns)
+
+
+def test_register_source_creates_then_refreshes(cat, tmp_path):
+    p = tmp_path / "d"
+    p.mkdir()
+    (p / "a.jsonl").write_text('{"text": "a"}\n')
+    s = registration.register_source(cat, "d", str(p), progress=False)
+    assert s["new_files"] == 1
+    (p / "b.jsonl").write_text('{"text": "b"}\n')
+    s = registration.register_source(cat, "d", str(p), progress=False)
+    assert (s["new_files"], s["unchanged_files"]) == (1, 1)
+    with pytest.raises(IntegrityError, match="DROP SOURCE d"):
+        registration.register_source(cat, "d", str(tmp_path), progress=False)
+
+
+def test_all_null_property_adopts_existing_column_type(cat, tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"text": "a", "q": 0.5}\n')
+    b.write_text('{"text": "b", "q": null}\n')
+    create_source(cat, "a", str(a), progress=False)
+    s = create_source(cat, "b", str(b), options={"q": "q"}, progress=False)
+    assert s["properties"] == {"q": "DOUBLE"}

@@ -5,6 +5,7 @@ import io
 import os
 import signal
 import threading
+import time
 
 import pytest
 from prompt_toolkit.document import Document
@@ -20,13 +21,22 @@ UP = "\x1b[A"
 CTRL_C = "\x03"
 
 
-def run_repl(catalog, keys: str, history=None, on_start=None, **kw) -> str:
+def run_repl(catalog, keys: str | list[str], history=None, on_start=None, pace: float = 0.3, **kw) -> str:
+    """Run a Repl on piped keys. A list of pieces is typed piece by piece, ``pace`` seconds
+    apart, like a person waiting for Tab completion to appear."""
     out = io.StringIO()
     with create_pipe_input() as inp:
-        inp.send_text(keys)
         repl = Repl(catalog=catalog, input=inp, output=DummyOutput(), stdout=out,
                     history=history if history is not None else InMemoryHistory(),
                     width=160, complete_while_typing=False, **kw)
+        if isinstance(keys, str):
+            inp.send_text(keys)
+        else:
+            def feed():
+                for piece in keys:
+                    inp.send_text(piece)
+                    time.sleep(pace)
+            threading.Thread(target=feed, daemon=True).start()
         if on_start:
             on_start(repl)
         assert repl.run(banner=False) == 0
@@ -52,8 +62,8 @@ def test_error_display_with_caret_and_shell_survives(langs_catalog):
 
 
 def test_completion_of_keyword_column_and_group_value(langs_catalog):
-    keys = ("sel\t langu\t, count(*) AS n FROM samp\t WHERE language = 'Pyt\t GROUP BY 1;\n"
-            ".quit\n")
+    keys = ["sel\t", " langu\t", ", count(*) AS n FROM samp\t", " WHERE language = 'Pyt\t",
+            " GROUP BY 1;\n", ".quit\n"]
     out = run_repl(langs_catalog, keys)
     assert "Python" in out and "20" in out and "1 row" in out
 

@@ -145,8 +145,9 @@ def test_malformed_requests_get_clear_errors_and_server_keeps_serving(server):
         c.feedback("../etc/passwd", 0, [1, 1, 1], [1, 1, 1])
     with pytest.raises(ProgrammingError, match="non-negative integer, got -1"):
         c.get_chunk(job, -1)
+    endless = c.register_job(STATIC.replace("'redistribute'", "'repeat'"))
     with pytest.raises(ProgrammingError, match="too far ahead"):
-        c.get_chunk(job, 10**9)
+        c.get_chunk(endless, 10**9)
     with pytest.raises(ProgrammingError, match="belongs to dp_rank 0"):
         c.get_chunk(job, 2, rank=1, worker=0)
     with pytest.raises(ProgrammingError, match=r"(?s)unknown column 'langage'.*\^.*Did you mean 'language'"):

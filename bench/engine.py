@@ -1,0 +1,158 @@
+"""Mixture-engine figures: statement to first chunk, steady-state composition, restore cost.
+
+``run(quick)`` reports:
+
+* ``first_chunk_s_{1M,10M[,100M]}``  statement text -> first chunk through the real path
+  (``MixStream.open``: planner + DuckDB query over a metadata-only catalog built directly into
+  the catalog schema under ``bench/.data/engine/``, then ``MixEngine`` + ``next_chunk``), with
+  the split ``plan_execute_s_*`` (planner + DuckDB) and ``engine_first_chunk_s_*`` (engine
+  construction + first chunk, from the pointer table). 100M only when not quick.
+* ``pointers_per_s``  steady-state ``next_chunk`` rate (chunk 512, 3 groups, full chunk
+  tables) and ``compose_pointers_per_s`` (``skip_chunk``: composition only). Target > 1M/s.
+* ``restore_s_chunk0`` vs ``restore_s_chunk100000``: engine construction from a state dict +
+  first chunk after it (``load_state_dict_s_*`` alone). Target: equal (O(groups), no replay).
+
+Run: ``python -m bench.engine [--quick]``.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / ".data" / "engine"
+SQL = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
+       "SETTINGS (chunk_size = 512, seed = 1, on_exhausted = 'repeat')")
+ROWS_PER_FILE = 10_000
+
+
+def build_catalog(n: int) -> Path:
+    """Metadata-only catalog of n samples (3 languages, 10k samples per file), cached."""
+    from mixsql.catalog import Catalog, bump_snapshot, create_samples_view
+
+    path = DATA / f"cat_{n}"
+    if (path / "done").exists():
+        return path
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+    cat = Catalog(path)
+    con = cat.con
+    nf = -(-n // ROWS_PER_FILE)
+    con.execute("BEGIN")
+    con.execute("ALTER TABLE sample_index ADD COLUMN lang VARCHAR")
+    con.execute("INSERT INTO sources (source_id, name, format, pattern, options, properties, n_files, n_samples, n_bytes) "
+                "VALUES (1, 'web', 'jsonl', '/data/*.jsonl', '{}', '{\"lang\": \"VARCHAR\"}', ?, ?, ?)",
+                [nf, n, n * 199])
+    con.execute(f"INSERT INTO files SELECT i + 1, 1, '/data/web/part-' || lpad(i::VARCHAR, 6, '0') || '.jsonl', "
+                f"'none', {ROWS_PER_FILE * 200}, 0, 'bench', {ROWS_PER_FILE}, {ROWS_PER_FILE * 199} FROM range({nf}) t(i)")
+    con.execute(f"INSERT INTO sample_index SELECT (i // {ROWS_PER_FILE} + 1)::INTEGER, i % {ROWS_PER_FILE}, "
+                f"(i % {ROWS_PER_FILE}) * 200, 199, 199, 40 + i % 23, "
+                "CASE WHEN hash(i) % 10 < 5 THEN 'en' WHEN hash(i) % 10 < 8 THEN 'de' ELSE 'fr' END "
+                f"FROM range({n}) t(i)")
+    create_samples_view(con)
+    bump_snapshot(con)
+    con.execute("COMMIT")
+    con.execute("CHECKPOINT")
+    cat.close()
+    (path / "done").write_text("ok")
+    return path
+
+
+def first_chunk(n: int) -> dict:
+    from mixsql.engine import MixEngine
+    from mixsql.stream import MixStream
+
+    cat = build_catalog(n)
+    gc.collect()
+    t0 = time.perf_counter()
+    s = MixStream.open(cat, SQL)
+    t1 = time.perf_counter()
+    eng = s.engine()
+    c = eng.next_chunk()
+    t2 = time.perf_counter()
+    assert c is not None and c.num_rows == 512
+    # engine alone once more (pointer table already in memory)
+    t3 = time.perf_counter()
+    MixEngine(s.pointers, s.spec).next_chunk()
+    t4 = time.perf_counter()
+    tag = f"{n // 1_000_000}M"
+    return {f"first_chunk_s_{tag}": round(t2 - t0, 3), f"plan_execute_s_{tag}": round(t1 - t0, 3),
+            f"engine_first_chunk_s_{tag}": round(t4 - t3, 3)}, s
+
+
+def steady(s, chunks: int) -> dict:
+    from mixsql.engine import MixEngine
+
+    eng = MixEngine(s.pointers, s.spec)
+    for _ in range(20):
+        eng.next_chunk()
+    t0 = time.perf_counter()
+    rows = 0
+    for _ in range(chunks):
+        rows += eng.next_chunk().num_rows
+    t1 = time.perf_counter()
+    for _ in range(chunks):
+        eng.skip_chunk()
+    t2 = time.perf_counter()
+    return {"pointers_per_s": int(rows / (t1 - t0)), "compose_pointers_per_s": int(chunks * 512 / (t2 - t1))}
+
+
+def restore(s) -> dict:
+    from mixsql.engine import MixEngine
+
+    eng = MixEngine(s.pointers, s.spec)
+    st0 = json.dumps(eng.state_dict())
+    t0 = time.perf_counter()
+    for _ in range(100_000):
+        eng.skip_chunk()
+    skip_s = time.perf_counter() - t0
+    assert eng.next_index == 100_000
+    st1 = json.dumps(eng.state_dict())
+    ref = eng.next_chunk()
+    out = {"state_bytes_chunk100000": len(st1), "reach_chunk100000_by_skipping_s": round(skip_s, 2)}
+    for tag, st in (("chunk0", st0), ("chunk100000", st1)):
+        best, best_load = 1e9, 1e9
+        for _ in range(3):
+            gc.collect()
+            t0 = time.perf_counter()
+            e = MixEngine(s.pointers, s.spec, state=json.loads(st))
+            c = e.next_chunk()
+            t1 = time.perf_counter()
+            e.load_state_dict(json.loads(st))
+            t2 = time.perf_counter()
+            best, best_load = min(best, t1 - t0), min(best_load, t2 - t1)
+        if tag == "chunk100000":
+            assert c.equals(ref)
+        out[f"restore_s_{tag}"] = round(best, 4)
+        out[f"load_state_dict_s_{tag}"] = round(best_load, 6)
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    res = {"cores": os.cpu_count(), "statement": SQL,
+           "source": "metadata-only catalogs built via DuckDB into mixsql's catalog schema; real planner"}
+    sizes = [1_000_000, 10_000_000] + ([] if quick else [100_000_000])
+    keep = None
+    for n in sizes:
+        r, s = first_chunk(n)
+        res.update(r)
+        if n == 1_000_000:
+            keep = s
+        else:
+            del s
+        gc.collect()
+    res.update(steady(keep, 2000 if quick else 10000))
+    res.update(restore(keep))
+    return res
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    print(json.dumps(run("--quick" in argv), indent=2))
+
+
+if __name__ == "__main__":
+    main()
