@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -247,29 +246,10 @@ def _has_code(stmt: str) -> bool:
     return False
 
 
-_LEAD = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
-_MIX_WORD = re.compile(r"\bMIX\s+BY\b", re.I)
-
-
-def _fallback_classify(sql: str) -> str:
-    """Keyword classifier used only while ``mixsql.dialect`` is not installed."""
-    head = " ".join(sql[_LEAD.match(sql).end():].split()[:3]).upper()
-    for prefix, kind in (("EXPLAIN MIX", "explain_mix"), ("CREATE SOURCE", "create_source"),
-                         ("REFRESH SOURCE", "refresh_source"), ("DROP SOURCE", "drop_source"),
-                         ("SHOW SOURCES", "show_sources")):
-        if head.startswith(prefix):
-            return kind
-    return "mix" if _MIX_WORD.search(sql) else "duckdb"
-
-
 def classify(sql: str) -> str:
     """``dialect.classify`` (imported lazily: the dialect pulls in sqlglot)."""
-    try:
-        from .dialect import classify as _classify
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.dialect":
-            raise
-        return _fallback_classify(sql)
+    from .dialect import classify as _classify
+
     return _classify(sql)
 
 

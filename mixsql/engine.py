@@ -359,7 +359,7 @@ class MixEngine:
         self._sources = src.dictionary
         self._names = [*CHUNK_HEAD, *user, *CHUNK_TAIL]
         self._fingerprint = hashlib.sha1(f"{spec.to_json()}|{N}|{counts.tolist()}".encode()).hexdigest()[:16]
-        self._reset(batch_size or getattr(spec, "batch_size", None))
+        self._reset(batch_size or spec.batch_size)
         if state is not None:
             self.load_state_dict(state)
 

@@ -15,9 +15,10 @@ Semantics fixed here:
   ``e`` (found by a DISTINCT query at plan time), weighted by its available share.
 * Plain ``LIMIT n`` in a MIX statement is ``LIMIT n SAMPLES``: a budget on the mixed stream.
 * ``ORDER BY`` is the consumption order inside each group (ties broken by file and row).
-* ``AT STEP n`` is a training step; with ``SETTINGS (batch_size = b)`` it starts at chunk
-  ``ceil(n * b / chunk_size)``, without batch_size one step is one chunk. The spec's
-  ``ScheduleStep.step`` holds that chunk index.
+* ``AT STEP n`` is a training step (``ScheduleStep.step``). With ``SETTINGS (batch_size = b)``
+  (samples, or tokens under ``unit = 'tokens'``, per global step) the engine starts it at chunk
+  ``ceil(n * b / chunk_size)``, deterministically; without batch_size the schedule follows the
+  training step reported through ``feedback()``.
 """
 from __future__ import annotations
 
@@ -553,8 +554,7 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
                 g.leaf = j
             static_weights(sub, 1.0, w)
             by_path = {g.path: w[j] for j, g in enumerate(sub_leaves)}
-            chunk = int(step) if batch is None else math.ceil(int(step) * batch / chunk_size)
-            steps.append(ScheduleStep(chunk, tuple(by_path[p] for p in paths)))
+            steps.append(ScheduleStep(int(step), tuple(by_path[p] for p in paths)))
         for j, g in enumerate(leaves):
             g.leaf = j
         schedule = tuple(steps)
@@ -567,7 +567,7 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
         budget=budget, ordered=tree.args.get("order") is not None,
         shuffle=Shuffle(block=settings.get("shuffle_block", Shuffle.block),
                         window=settings.get("shuffle_window", Shuffle.window)),
-        schedule=schedule, algorithm=algorithm,
+        schedule=schedule, algorithm=algorithm, batch_size=settings.get("batch_size"),
     )
 
     # -- the DuckDB query

@@ -50,7 +50,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class ScheduleStep:
-    step: int                         # training step at which these weights start
+    step: int                         # training step at which these weights start (not a chunk index)
     weights: tuple[float, ...]        # absolute leaf weights, indexed by Group.id, sum 1
 
 
@@ -90,6 +90,10 @@ class MixSpec:
     shuffle: Shuffle = field(default_factory=Shuffle)
     schedule: tuple[ScheduleStep, ...] = ()
     algorithm: Algorithm | None = None
+    # Samples (unit samples) or tokens (unit tokens) one global training step consumes. When set,
+    # SCHEDULE steps map onto chunk indices deterministically (engine.schedule_chunk); otherwise
+    # the schedule advances with the training step reported through feedback.
+    batch_size: int | None = None
 
     def weights(self) -> tuple[float, ...]:
         return tuple(g.weight for g in self.groups)
@@ -116,4 +120,5 @@ class MixSpec:
                 Algorithm(d["algorithm"]["name"], tuple((k, v) for k, v in d["algorithm"]["args"]))
                 if d["algorithm"] else None
             ),
+            batch_size=d.get("batch_size"),
         )

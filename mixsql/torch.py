@@ -32,7 +32,6 @@ Exactly-once resume
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np

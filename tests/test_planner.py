@@ -152,7 +152,8 @@ def test_settings_budget_schedule_algorithm(cat):
     assert spec.shuffle.block == 4 and spec.shuffle.window == 8
     assert spec.budget.amount == 2000 and spec.budget.kind == "tokens"
     assert spec.weighting == "schedule"
-    assert [(s.step, s.weights) for s in spec.schedule] == [(0, (0.9, 0.1)), (200, (0.5, 0.5))]
+    assert [(s.step, s.weights) for s in spec.schedule] == [(0, (0.9, 0.1)), (100, (0.5, 0.5))]
+    assert spec.batch_size == 64
     _, _, spec = run(cat, "SELECT * FROM samples MIX BY language USING ADO (prior = NATURAL, update_every = 10) LIMIT 40")
     assert spec.algorithm.name == "ado" and spec.algorithm.kwargs() == {"prior": "natural", "update_every": 10}
     assert spec.budget.kind == "samples" and spec.budget.amount == 40
