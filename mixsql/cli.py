@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("sources", "list registered sources")
 
+    d = add("demo", "the quickstart job: write a small corpus, register it, run a MIX query, "
+                    "stream packed batches")
+    d.add_argument("--seq-len", type=int, default=256, help="tokens per packed sequence (default 256)")
+    d.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default 8)")
+
     v = add("serve", "serve the catalog to training ranks over Arrow Flight",
             epilog="example:\n  mixsql serve --catalog /data/catalog --host 0.0.0.0 --port 8815 "
                    "--token $TOKEN --tls-cert cert.pem --tls-key key.pem\n")
@@ -315,9 +320,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.catalog, seq_len=args.seq_len, batch_size=args.batch_size)
+    return 0
+
+
 COMMANDS = {
     None: cmd_repl, "repl": cmd_repl, "sql": cmd_sql, "explain": cmd_explain,
-    "register": cmd_register, "sources": cmd_sources, "serve": cmd_serve,
+    "register": cmd_register, "sources": cmd_sources, "serve": cmd_serve, "demo": cmd_demo,
 }
 
 
