@@ -8,8 +8,8 @@
   (same shard partition, same order);
 * ``manifest.json``                 seed, sizes and per-domain documents / bytes / words.
 
-``tokenize_corpus(out_dir, tokenizer)`` adds ``tokenized/part-NNNNN.parquet`` (``tokens``
-list<int32>, ``redpajama_set_name``, ``n_tokens``).
+``tokenize_corpus(out_dir, tokenizer)`` adds ``tokenized/part-NNNNN.parquet`` (``text``,
+``tokens`` list<int32>, ``redpajama_set_name``, ``n_tokens``).
 
 Domain byte shares follow SlimPajama's published token proportions (``DOMAINS``); document
 lengths are log-normal per domain and span three orders of magnitude (Pile-like: books and
@@ -224,7 +224,8 @@ def iter_docs(corpus_dir: str | os.PathLike):
 
 
 def tokenize_corpus(corpus_dir: str | os.PathLike, tokenizer) -> Path:
-    """Write ``tokenized/`` next to ``parquet/``: pre-tokenized ids (list<int32>) per document."""
+    """Write ``tokenized/`` next to ``parquet/``: pre-tokenized ids (list<int32>) per document
+    (the text is kept too, as in most pre-tokenized releases; readers project ``tokens``)."""
     corpus = Path(corpus_dir)
     out = corpus / "tokenized"
     out.mkdir(exist_ok=True)
@@ -236,7 +237,8 @@ def tokenize_corpus(corpus_dir: str | os.PathLike, tokenizer) -> Path:
         np.cumsum([len(x) for x in ids], out=offsets[1:])
         flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
         col = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))
-        pq.write_table(pa.table({"tokens": col, "redpajama_set_name": t.column("redpajama_set_name"),
+        pq.write_table(pa.table({"text": t.column("text"), "tokens": col,
+                                 "redpajama_set_name": t.column("redpajama_set_name"),
                                  "n_tokens": pa.array(np.diff(offsets).astype(np.int64))}),
                        out / p.name, row_group_size=1024)
     return out

@@ -38,10 +38,14 @@ ADO_SQL = ("SELECT * FROM samples MIX BY domain USING ADO (update_every = 1000) 
 CLIENT = r"""
 import json, sys, threading, time
 from mixsql.client import MixClient
-loc, job, ranks, world, conns, interval, duration, start = sys.argv[1:9]
+loc, job, ranks, world, conns, interval, duration = sys.argv[1:8]
 ranks = [int(x) for x in ranks.split(",")]
-world, conns, interval, duration, start = int(world), int(conns), float(interval), float(duration), float(start)
+world, conns, interval, duration = int(world), int(conns), float(interval), float(duration)
 clients = [MixClient(loc) for _ in range(conns)]
+for c in clients:
+    c.ping()
+print("ready", flush=True)
+start = float(sys.stdin.readline())
 lat, tokens, errors = [], [0], []
 lock = threading.Lock()
 def rank_loop(i, r):
@@ -106,11 +110,17 @@ def _pct(xs, q):
 
 
 def _phase(loc, job, clients, procs, conns, interval, duration, env):
-    start = time.time() + 2.0                 # let every process import before the clock starts
     per = [list(range(p, clients, procs)) for p in range(procs)]
     ps = [subprocess.Popen([sys.executable, "-c", CLIENT, loc, job, ",".join(map(str, rs)), str(clients),
-                            str(conns), str(interval), str(duration), str(start)],
+                            str(conns), str(interval), str(duration)], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rs in per]
+    for p in ps:                              # every process imported and connected
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"bench client failed to start: {p.stderr.read()[-2000:]}")
+    start = time.time() + 0.5
+    for p in ps:
+        p.stdin.write(f"{start}\n")
+        p.stdin.flush()
     lat, tokens, errors = [], 0, []
     for p in ps:
         out, err = p.communicate(timeout=duration + 120)

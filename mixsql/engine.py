@@ -67,10 +67,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .errors import ProgrammingError
-from .shuffle import GroupSequence
+from .shuffle import GroupSequence, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, MixSpec
 
 
@@ -269,6 +268,37 @@ def _combine(col):
     return col
 
 
+def _file_dictionaries(pointers: pa.Table, N: int):
+    """(per-row file code, file paths by code, source code by file code, source names).
+
+    Uses the planner's dictionary-encoded ``__mix_file`` / ``__mix_source`` directly; plain
+    string columns are coded by file_id (O(N), no sort)."""
+    fcol, scol = _combine(pointers.column("__mix_file")), _combine(pointers.column("__mix_source"))
+    if N and pa.types.is_dictionary(fcol.type) and pa.types.is_dictionary(scol.type) \
+            and fcol.null_count == 0 and scol.null_count == 0:
+        codes = fcol.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        paths = fcol.dictionary.cast(pa.string())
+        file_source = np.zeros(len(paths), np.int32)
+        file_source[codes] = scol.indices.to_numpy(zero_copy_only=False)
+        return codes, paths, file_source, scol.dictionary.cast(pa.string())
+    if not N:
+        return np.zeros(0, np.int32), pa.array([], pa.string()), np.zeros(0, np.int32), pa.array([], pa.string())
+    fid = _to_numpy(pointers.column("__mix_file_id"), np.int64)
+    lo = int(fid.min())
+    seen = np.zeros(int(fid.max()) - lo + 1, bool)
+    seen[fid - lo] = True
+    ids = np.flatnonzero(seen)
+    lut = np.zeros(len(seen), np.int32)
+    lut[ids] = np.arange(len(ids), dtype=np.int32)
+    codes = lut[fid - lo]
+    first = np.zeros(len(ids), np.int64)
+    first[codes[::-1]] = np.arange(N - 1, -1, -1)   # first row of each file
+    first_rows = pa.array(first, pa.int64())
+    paths = fcol.take(first_rows).cast(pa.string())
+    src = scol.take(first_rows).cast(pa.string()).dictionary_encode()
+    return codes, paths, src.indices.to_numpy(zero_copy_only=False).astype(np.int32), src.dictionary
+
+
 class _Step:
     """One composed chunk: per-group draws and the engine state after it."""
 
@@ -303,7 +333,7 @@ class MixEngine:
         self.n_groups = G = len(spec.groups)
         self.n_rows = N = pointers.num_rows
         self._paths = pa.array([g.path for g in spec.groups], pa.string())
-        gid = _to_numpy(pointers.column("__mix_group"), np.int64) if N else np.zeros(0, np.int64)
+        gid = _to_numpy(pointers.column("__mix_group"), np.int32) if N else np.zeros(0, np.int32)
         if N and (gid.min() < 0 or gid.max() >= G):
             raise ProgrammingError(f"__mix_group values must lie in 0..{G - 1}")
         self._tokens_needed = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
@@ -342,21 +372,7 @@ class MixEngine:
         self._ntok_col = ntok.combine_chunks() if self._ntok_nulls else None
         self._np["__mix_n_tokens"] = (tokens if tokens is not None else
                                       (_to_numpy(ntok, np.int64) if not self._ntok_nulls and N else np.zeros(N, np.int64)))
-        fid = self._np["__mix_file_id"]
-        if N and bool(np.all(np.diff(fid) >= 0)):
-            first = np.flatnonzero(np.concatenate([[True], fid[1:] != fid[:-1]]))
-            codes = (np.cumsum(np.concatenate([[False], fid[1:] != fid[:-1]]))).astype(np.int32)
-        elif N:
-            _, first, codes = np.unique(fid, return_index=True, return_inverse=True)
-            codes = codes.astype(np.int32)
-        else:
-            first, codes = np.zeros(0, np.int64), np.zeros(0, np.int32)
-        self._file_code = codes
-        first_rows = pa.array(first, pa.int64())
-        self._file_paths = _combine(pointers.column("__mix_file").take(first_rows)).cast(pa.string())
-        src = _combine(pointers.column("__mix_source").take(first_rows)).cast(pa.string()).dictionary_encode()
-        self._file_source = src.indices.to_numpy(zero_copy_only=False).astype(np.int32)
-        self._sources = src.dictionary
+        self._file_code, self._file_paths, self._file_source, self._sources = _file_dictionaries(pointers, N)
         self._names = [*CHUNK_HEAD, *user, *CHUNK_TAIL]
         self._fingerprint = hashlib.sha1(f"{spec.to_json()}|{N}|{counts.tolist()}".encode()).hexdigest()[:16]
         self._reset(batch_size or spec.batch_size)
@@ -366,22 +382,18 @@ class MixEngine:
     # --- construction helpers ---------------------------------------------------------------
     @staticmethod
     def _base_order(pointers: pa.Table, gid: np.ndarray) -> np.ndarray:
-        """Row indices sorted by group, then ORDER BY key (if any), then (file_id, row)."""
-        if len(gid) == 0:
+        """Row indices sorted by group, then ORDER BY rank (if any), then (file_id, row): a
+        function of the values only (the table may come in any row order)."""
+        N = len(gid)
+        if N == 0:
             return np.zeros(0, np.int64)
         if ORDER_COLUMN in pointers.column_names:
-            keys = [("__mix_group", "ascending"), (ORDER_COLUMN, "ascending"),
-                    ("__mix_file_id", "ascending"), ("__mix_row", "ascending")]
-            return _to_numpy(pc.sort_indices(pointers, sort_keys=keys, ), np.int64)
-        f = _to_numpy(pointers.column("__mix_file_id"), np.int64)
-        r = _to_numpy(pointers.column("__mix_row"), np.int64)
-        df, dr = np.diff(f), np.diff(r)
-        if bool(np.all((df > 0) | ((df == 0) & (dr > 0)))):
-            # already in (file, row) order (the planner's ORDER BY): O(N) stable radix split by group
-            small = gid.astype(np.int16) if gid.max() < 32767 else gid
-            return np.argsort(small, kind="stable").astype(np.int64, copy=False)
-        keys = [("__mix_group", "ascending"), ("__mix_file_id", "ascending"), ("__mix_row", "ascending")]
-        return _to_numpy(pc.sort_indices(pointers, sort_keys=keys), np.int64)
+            key = _to_numpy(pointers.column(ORDER_COLUMN), np.int64)
+        else:
+            key = (_to_numpy(pointers.column("__mix_file_id"), np.int64) << 40) | \
+                _to_numpy(pointers.column("__mix_row"), np.int64)
+        perm = pointer_order(gid, key)
+        return np.arange(N, dtype=np.int64) if perm is None else perm
 
     def _initial_weights(self) -> np.ndarray:
         sch = self.spec.schedule

@@ -216,8 +216,8 @@ class Job:
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise JobError(f"chunk index must be a non-negative integer, got {k!r}")
         top = self.doc["topology"]
-        if rank is not None or worker is not None:
-            r, w = rank or 0, worker or 0
+        if rank is not None and worker is not None:  # ownership is checked when both are given
+            r, w = rank, worker
             own = _owner(k, top["dp_world"], top["num_workers"])
             if (r, w) != own:
                 raise JobError(
@@ -248,8 +248,8 @@ class Job:
                     self.regen_cache[k] = table
                     while len(self.regen_cache) > 64:
                         self.regen_cache.popitem(last=False)
-            if rank is not None or worker is not None:
-                key = f"{rank or 0}/{worker or 0}"
+            if rank is not None:
+                key = f"{rank}/{'*' if worker is None else worker}"
                 cons = self.doc["consumption"]
                 cons[key] = max(cons.get(key, -1), k)
             return table

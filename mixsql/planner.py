@@ -34,6 +34,7 @@ from sqlglot import exp
 
 from . import dialect as D
 from .errors import ProgrammingError, SQLError
+from .shuffle import pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, Algorithm, Budget, Group, MixSpec, ScheduleStep, Shuffle
 
 SETTINGS = {
@@ -42,6 +43,13 @@ SETTINGS = {
     "shuffle_block": "int>0", "shuffle_window": "int>0", "batch_size": "int>0",
 }
 MAX_DISCOVERED = 10_000
+# samples columns that are pointer columns too: a user column selecting one shares its array
+_SHARED = {"source": "__mix_source", "file": "__mix_file", "row": "__mix_row", "n_bytes": "__mix_n_bytes",
+           "n_tokens": "__mix_n_tokens", "file_id": "__mix_file_id", "loc_offset": "__mix_offset",
+           "loc_length": "__mix_length"}
+_SHARED_TYPES = {"__mix_source": "VARCHAR", "__mix_file": "VARCHAR", "__mix_row": "BIGINT",
+                 "__mix_n_bytes": "BIGINT", "__mix_n_tokens": "BIGINT", "__mix_file_id": "INTEGER",
+                 "__mix_offset": "BIGINT", "__mix_length": "INTEGER"}
 _NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
             "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "REAL")
 
@@ -102,6 +110,11 @@ class MixPlan:
     prior_natural: bool = False
     unit_node: Any = field(default=None, repr=False)
     base_sql: str = ""             # user's selection without MIX modifiers (for suggestions)
+    # user output columns that are the same value as a pointer column (``SELECT *``'s row,
+    # file, ...): not fetched from DuckDB, filled from the pointer column by execute_plan
+    shared: dict = field(default_factory=dict, repr=False)   # user column -> MIX column
+    fetch_sql: str = ""            # query for the user columns not in ``shared`` (+ pointers)
+    pointer_sql: str = ""          # query for the pointer columns only (execute_plan(user_columns=False))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -573,13 +586,11 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
     # -- the DuckDB query
     q = exp.to_identifier(qual)
     col = lambda name: exp.Column(this=exp.to_identifier(name, quoted=True), table=q.copy())  # noqa: E731
+    # __mix_source / __mix_file are filled in from file_id by execute_plan (dictionary-encoded:
+    # far cheaper than materialising one string per row in DuckDB)
     internal = [
         group_expr.as_("__mix_group"),
-        # source and file names are filled in from file_id by execute_plan (far cheaper than
-        # materialising one string per row in DuckDB)
-        exp.cast(exp.Null(), "VARCHAR").as_("__mix_source"),
         col("file_id").as_("__mix_file_id"),
-        exp.cast(exp.Null(), "VARCHAR").as_("__mix_file"),
         col("row").as_("__mix_row"),
         col("loc_offset").as_("__mix_offset"),
         col("loc_length").as_("__mix_length"),
@@ -592,24 +603,69 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
             o.set("this", resolve(o.this))
         keys += [exp.Ordered(this=col("file_id")), exp.Ordered(this=col("row"))]
         internal.append(exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=keys)).as_(ORDER_COLUMN))
-    inner = base.copy()
-    inner.set("expressions", internal + [p.copy() for p in base.expressions])
-    outer = (
-        exp.select("*")
-        .from_(inner.subquery("__mix_q"))
-        .where(exp.column("__mix_group").is_(exp.Null()).not_())
-    )
-    query = outer.sql("duckdb")
+
+    def query_for(projection) -> str:
+        inner = base.copy()
+        inner.set("expressions", [e.copy() for e in internal] + [p.copy() for p in projection])
+        return (exp.select("*").from_(inner.subquery("__mix_q"))
+                .where(exp.column("__mix_group").is_(exp.Null()).not_())).sql("duckdb")
+
+    query = query_for(base.expressions)
     try:
         desc = con.execute(f"SELECT * FROM ({query}) LIMIT 0", params).description
     except duckdb.Error as exc:
         raise _duck_error(sql, exc, tree) from None
     n_internal = len(internal)
     user_columns = [d[0] for d in desc[n_internal:]]
+    # user columns equal to a pointer column are not fetched twice (SELECT * has eight of them)
+    single = len(sources) == 1 and qual.lower() in known
+    projection = list(base.expressions)
+    if single:
+        expanded = []
+        for p_ in projection:
+            star = isinstance(p_, exp.Star) or (isinstance(p_, exp.Column) and isinstance(p_.this, exp.Star)
+                                                and p_.table.lower() == qual.lower())
+            if star and not any(p_.args.get(k) for k in p_.args if k not in ("this", "table")) and \
+                    not (isinstance(p_.this, exp.Star) and any(p_.this.args.values())):
+                expanded += [col(c) for c in known[qual.lower()]]
+            else:
+                expanded.append(p_)
+        projection = expanded
+    shared: dict = {}
+    fetch_sql = query
+    if single and len(projection) == len(user_columns) and len(set(user_columns)) == len(user_columns):
+        keep = []
+        for i, (name, p_) in enumerate(zip(user_columns, projection)):
+            e = p_.this if isinstance(p_, exp.Alias) else p_
+            target = _SHARED.get(e.name.lower()) if isinstance(e, exp.Column) and not isinstance(e.this, exp.Star) \
+                and e.table.lower() in ("", qual.lower()) and e.name.lower() not in aliases else None
+            if target is not None and str(desc[n_internal + i][1]).upper() == _SHARED_TYPES[target]:
+                shared[name] = target
+            else:
+                keep.append(p_)
+        if shared:
+            fetch_sql = query_for(keep)
+    # pointers only: straight from sample_index (no joins, so DuckDB keeps (file, row) insertion
+    # order) when WHERE / MIX BY / ORDER BY need no view-only column (source, file); else the
+    # full query with DuckDB pruning the unused projection
+    internal_names = ", ".join(f'"{e.alias}"' for e in internal)
+    pointer_sql = f"SELECT {internal_names} FROM ({query})"
+    if len(sources) == 1 and isinstance(tree.args["from_"].this, exp.Table) and tree.args["from_"].this is samples_tbl \
+            and "samples" not in ctes:
+        lean = base.copy()
+        lean.args["from_"].set("this", exp.to_table("sample_index").as_(qual))
+        try:
+            lean.set("expressions", [e.copy() for e in internal])
+            candidate = (exp.select("*").from_(lean.subquery("__mix_q"))
+                         .where(exp.column("__mix_group").is_(exp.Null()).not_())).sql("duckdb")
+            con.execute(f"SELECT * FROM ({candidate}) LIMIT 0", params).fetchall()
+            pointer_sql = candidate
+        except duckdb.Error:
+            pass
     return MixPlan(
         sql=query, params=params, spec=spec, statement=sql, user_columns=user_columns, matches=matches,
         root=root, leaves=leaves, natural=natural, prior_natural=prior_natural, unit_node=unit_node,
-        base_sql=base.sql("duckdb"),
+        base_sql=base.sql("duckdb"), shared=shared, fetch_sql=fetch_sql, pointer_sql=pointer_sql,
     )
 
 
@@ -630,30 +686,51 @@ def _leaves_of(node: _Node) -> list:
 
 
 # --------------------------------------------------------------------------- execution
-def execute_plan(catalog, plan: MixPlan):
+def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = True):
     """Run the plan's query; validate data-dependent errors; resolve NATURAL weights.
 
-    Returns ``(pointers, spec)``: the pointer table (``MIX_COLUMNS`` [+ ``__mix_order``] + user
-    columns, ordered by file and row) and the final spec.
+    ``user_columns``: ``True`` (default) returns the user's whole projection (what the DB-API's
+    MIX result rows show), ``False`` only the pointer columns (what training reads: the query
+    then touches only sample_index's pointer columns and the MIX BY/WHERE/ORDER BY inputs), or a
+    sequence of user column names (a subset, in the given order).
+
+    Returns ``(pointers, spec)``: the pointer table (``MIX_COLUMNS`` [+ ``__mix_order``] + the
+    requested user columns) in canonical order, by ``__mix_group``, then ``__mix_order`` when
+    ordered, then ``(__mix_file_id, __mix_row)`` (whatever order DuckDB produced rows in), and the
+    final spec. ``__mix_source`` / ``__mix_file`` are dictionary-encoded strings.
+    ``canonical=False`` skips that reordering (rows stay in DuckDB's order, which varies between
+    runs): for callers that only hand the table to :class:`~mixsql.engine.MixEngine`, which
+    derives its order from the values alone (one sort instead of two).
     """
     sql = plan.statement
+    want = _wanted(plan, user_columns)
+    ordered = plan.spec.ordered
+    internal = [c for c in MIX_COLUMNS if c not in _FILLED] + ([ORDER_COLUMN] if ordered else [])
+    fetch = [c for c in want if c not in plan.shared]
+    if want == list(plan.user_columns) and plan.fetch_sql:
+        query = plan.fetch_sql
+    elif not want and plan.pointer_sql:
+        query = plan.pointer_sql
+    else:
+        cols = ", ".join(f'"{c}"' for c in internal + fetch)
+        query = f"SELECT {cols} FROM ({plan.sql})"
     try:
-        table = catalog.con.sql(plan.sql, params=plan.params).to_arrow_table()
+        table = catalog.con.sql(query, params=plan.params).to_arrow_table()
     except duckdb.Error as exc:
         raise SQLError(f"DuckDB failed running the MIX query: {str(exc).splitlines()[0]}", sql) from None
-    table = _finish_pointers(catalog, table)
     n_matches = len(plan.matches)
-    match_ids = table.column("__mix_group").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    match_ids = _np(table.column("__mix_group"), np.int32)
     counts = np.bincount(match_ids, minlength=n_matches) if len(match_ids) else np.zeros(n_matches, np.int64)
     leaf_of = np.array([m[0] for m in plan.matches], dtype=np.int32)
-    if n_matches and not np.array_equal(leaf_of, np.arange(n_matches, dtype=np.int32)):
-        group = leaf_of[match_ids] if len(match_ids) else np.zeros(0, np.int32)
-        table = table.set_column(0, "__mix_group", pa.array(group, pa.int32()))
-    elif table.schema.field("__mix_group").type != pa.int32():
-        table = table.set_column(0, "__mix_group", table.column(0).cast(pa.int32()))
+    if n_matches and len(match_ids) and not np.array_equal(leaf_of, np.arange(n_matches, dtype=np.int32)):
+        group_ids = leaf_of[match_ids]
+    else:
+        group_ids = match_ids
     n_leaves = len(plan.leaves)
-    group_ids = table.column("__mix_group").to_numpy(zero_copy_only=False)
-    leaf_rows = np.bincount(group_ids, minlength=n_leaves) if len(group_ids) else np.zeros(n_leaves, np.int64)
+    leaf_rows = np.bincount(leaf_of, weights=counts, minlength=n_leaves).astype(np.int64) if n_matches \
+        else np.zeros(n_leaves, np.int64)
+    table = _finish_pointers(catalog, table, group_ids, ordered, internal + fetch, want, plan.shared, canonical)
+    group_ids = _np(table.column("__mix_group"), np.int32)
 
     # -- data-dependent checks
     grp_rows: dict = {}
@@ -707,24 +784,76 @@ def execute_plan(catalog, plan: MixPlan):
     return table, spec
 
 
-def _finish_pointers(catalog, table: pa.Table) -> pa.Table:
-    """Order rows by (file_id, row) (deterministic) and fill __mix_source / __mix_file."""
-    fid = table.column("__mix_file_id").to_numpy(zero_copy_only=False).astype(np.int64)
-    row = table.column("__mix_row").to_numpy(zero_copy_only=False).astype(np.int64)
-    key = (fid << 40) | row
-    if len(key) > 1 and not (np.diff(key) > 0).all():
-        table = table.take(pa.array(np.argsort(key, kind="stable")))
-        fid = table.column("__mix_file_id").to_numpy(zero_copy_only=False).astype(np.int64)
+_FILLED = ("__mix_source", "__mix_file")
+
+
+def _wanted(plan: MixPlan, user_columns) -> list[str]:
+    if user_columns is True:
+        return list(plan.user_columns)
+    if user_columns is False or user_columns is None:
+        return []
+    names = list(user_columns)
+    unknown = [c for c in names if c not in plan.user_columns]
+    if unknown:
+        raise ProgrammingError(f"user_columns {unknown} are not in the statement's projection "
+                               f"(it selects {plan.user_columns})")
+    return names
+
+
+def _np(col, dtype) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+def _finish_pointers(catalog, table: pa.Table, group: np.ndarray, ordered: bool, names: list[str],
+                     want: list[str], shared: dict, canonical: bool = True) -> pa.Table:
+    """Canonical row order (group, [order,] file_id, row), __mix_group set to leaf ids,
+    __mix_source / __mix_file filled (dictionary-encoded), columns in contract order."""
+    fid = _np(table.column("__mix_file_id"), np.int64)
+    perm = None
+    if canonical:
+        if ordered:
+            key = _np(table.column(ORDER_COLUMN), np.int64)
+        else:
+            key = (fid << 40) | _np(table.column("__mix_row"), np.int64)
+        perm = pointer_order(group, key)
+
+    def reorder(c):
+        if perm is None:   # one contiguous chunk: the engine then reads it without copying
+            return c.combine_chunks() if isinstance(c, pa.ChunkedArray) and c.num_chunks != 1 else c
+        if c.null_count == 0 and (pa.types.is_integer(c.type) or pa.types.is_floating(c.type)):
+            return pa.array(_np(c, c.type.to_pandas_dtype())[perm], c.type)
+        return (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c).take(pa.array(perm))
+
+    n_int = len(names) - len([c for c in want if c not in shared])
+    cols = {name: reorder(table.column(i)) for i, name in enumerate(names[:n_int]) if name != "__mix_group"}
+    cols["__mix_group"] = pa.array((group if perm is None else group[perm]).astype(np.int32, copy=False))
+    fetched = [reorder(table.column(i)) for i in range(n_int, len(names))]
+    if perm is not None:
+        fid = fid[perm]
     files = catalog.con.sql(
         "SELECT f.file_id, f.path, s.name FROM files f JOIN sources s USING (source_id) ORDER BY f.file_id"
     ).fetchall()
     ids = np.array([f[0] for f in files], dtype=np.int64)
-    pos = np.searchsorted(ids, fid) if len(ids) else np.zeros(len(fid), np.int64)
-    idx = pa.array(pos.astype(np.int32))
-    paths = pa.array([f[1] for f in files], pa.string())
-    names = pa.array([f[2] for f in files], pa.string())
-    table = table.set_column(table.schema.get_field_index("__mix_source"), "__mix_source", names.take(idx))
-    return table.set_column(table.schema.get_field_index("__mix_file"), "__mix_file", paths.take(idx))
+    if len(ids) and ids.min() >= 0:
+        lut = np.full(max(int(ids.max()), int(fid.max(initial=0))) + 1, -1, np.int32)   # file_id -> files row
+        lut[ids] = np.arange(len(ids), dtype=np.int32)
+        pos = lut[fid]
+        if len(pos) and int(pos.min()) < 0:
+            raise SQLError("the catalog's sample_index references files missing from its files table; "
+                           "refresh the affected source (REFRESH SOURCE name)", "")
+    else:
+        pos = (np.searchsorted(ids, fid) if len(ids) else np.zeros(len(fid), np.int64)).astype(np.int32)
+    snames, sidx = np.unique(np.array([f[2] for f in files], dtype=object), return_inverse=True) \
+        if files else (np.zeros(0, object), np.zeros(0, np.int64))
+    cols["__mix_file"] = pa.DictionaryArray.from_arrays(pos, pa.array([f[1] for f in files], pa.string()))
+    cols["__mix_source"] = pa.DictionaryArray.from_arrays(
+        sidx.astype(np.int32)[pos] if len(pos) else np.zeros(0, np.int32), pa.array(list(snames), pa.string()))
+    out = [*MIX_COLUMNS, *([ORDER_COLUMN] if ordered else [])]
+    it = iter(fetched)
+    arrays = [cols[c] for c in out] + [cols[shared[c]] if c in shared else next(it) for c in want]
+    return pa.Table.from_arrays(arrays, names=out + want)
 
 
 def _natural_weights(node: _Node, scale: float, measure, out: list, force: bool) -> float:

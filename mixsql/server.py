@@ -13,8 +13,8 @@ Wire protocol (JSON bodies only; nothing is ever unpickled or executed):
 ``do_get`` (ticket: JSON {job, chunk, rank?, worker?})
     Chunk ``chunk`` as Arrow record batches (the engine's chunk table). Past the end of the
     stream: an empty stream whose schema metadata has ``mixsql.end = "true"``. With
-    ``rank``/``worker`` the server checks that the chunk belongs to that rank under the job's
-    topology (``topology.owner``) and records the rank's consumption.
+    ``rank`` and ``worker`` the server checks that the chunk belongs to that rank and worker
+    under the job's topology (``topology.owner``); ``rank`` records the rank's consumption.
 
 Errors reach clients as ``FlightServerError("[mixsql:<ErrorClass>] message")`` (the client
 re-raises the mixsql error class); a wrong or missing token is ``FlightUnauthenticatedError``.

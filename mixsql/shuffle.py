@@ -38,6 +38,28 @@ ORDERED_WINDOW = 4096  # window size used to walk ordered groups (no shuffling)
 _BLOCK_PERM, _WINDOW_PERM = 0, 1
 
 
+def pointer_order(group: np.ndarray, key: np.ndarray) -> np.ndarray | None:
+    """Permutation sorting rows by (group, key) -- ``key`` unique per row -- or None when they
+    already are. A stable sort by key (skipped when already sorted; DuckDB's output is made of
+    sorted runs, so it is cheap anyway), then a stable radix split by group. The result depends
+    only on the values, never on the order rows came in."""
+    n = len(key)
+    if n < 2:
+        return None
+    dg = np.diff(group)
+    up = np.diff(key) > 0
+    if not (dg < 0).any() and up[dg == 0].all():
+        return None
+    perm = None if up.all() else np.argsort(key, kind="stable")
+    g = group if perm is None else group[perm]
+    gmax = int(g.max())
+    if gmax > 0:
+        small = np.uint8 if gmax < 256 else np.uint16 if gmax < 65536 else np.int64
+        split = np.argsort(g.astype(small, copy=False), kind="stable")
+        perm = split if perm is None else perm[split]
+    return perm
+
+
 def _rng(*words: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([w % (1 << 64) for w in words])))
 

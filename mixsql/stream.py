@@ -4,6 +4,11 @@
 table, the final spec, the used files (for readers) and the catalog snapshot. ``chunks()``
 yields this process's chunks for a :class:`~mixsql.topology.Topology`; chunks owned by other
 ranks/workers are skipped without materialising them (composition only).
+
+``user_columns`` chooses what the pointer table carries besides ``spec.MIX_COLUMNS``: ``True``
+(default; the DB-API's MIX result rows show the user's projection), ``False`` (pointers only:
+what training reads, and by far the cheapest to open), or a sequence of user column names
+(e.g. torch's ``columns=``). Chunks always carry the pointer columns either way.
 """
 from __future__ import annotations
 
@@ -21,18 +26,23 @@ from .topology import Topology
 
 class MixStream:
     def __init__(self, pointers: pa.Table, spec: MixSpec, files: pa.Table | None = None,
-                 snapshot: int | None = None, statement: str = "", batch_size: int | None = None):
+                 snapshot: int | None = None, statement: str = "", batch_size: int | None = None,
+                 plan=None):
         self.pointers = pointers
         self.spec = spec
         self.files = files
         self.snapshot = snapshot
         self.statement = statement
         self.batch_size = batch_size
+        self.plan = plan   # the planner's MixPlan (user_columns: the statement's projection names)
 
     @classmethod
     def open(cls, catalog: str | os.PathLike | Catalog, sql: str, params=None, *,
-             batch_size: int | None = None) -> "MixStream":
-        """Plan and execute ``sql`` (a MIX statement) against ``catalog`` (path or Catalog)."""
+             batch_size: int | None = None, user_columns=True) -> "MixStream":
+        """Plan and execute ``sql`` (a MIX statement) against ``catalog`` (path or Catalog).
+
+        ``user_columns``: True (all of the statement's projection), False (pointers only), or a
+        sequence of projection column names; see the module docstring."""
         from . import planner  # imported lazily: the planner pulls in the dialect
 
         own = not isinstance(catalog, Catalog)
@@ -40,14 +50,14 @@ class MixStream:
         try:
             with cat.lock:
                 plan = planner.plan(cat, sql, params)
-                pointers, spec = planner.execute_plan(cat, plan)
-                file_ids = np.unique(pointers.column("__mix_file_id").to_numpy()) if pointers.num_rows else []
-                files = cat.files_table(file_ids)
+                # canonical=False: the engine orders rows from their values (one sort, not two)
+                pointers, spec = planner.execute_plan(cat, plan, user_columns=user_columns, canonical=False)
+                files = cat.files_table(_used_file_ids(pointers))
                 snapshot = cat.snapshot
         finally:
             if own:
                 cat.close()
-        return cls(pointers, spec, files, snapshot, sql, batch_size)
+        return cls(pointers, spec, files, snapshot, sql, batch_size, plan)
 
     def engine(self, state: dict | None = None) -> MixEngine:
         return MixEngine(self.pointers, self.spec, state, batch_size=self.batch_size)
@@ -64,3 +74,15 @@ class MixStream:
                 yield t
             elif not eng.skip_chunk():
                 return
+
+
+def _used_file_ids(pointers: pa.Table) -> list[int]:
+    """Distinct file ids of the pointer table, O(N) (no sort)."""
+    if not pointers.num_rows:
+        return []
+    fid = pointers.column("__mix_file_id")
+    fid = (fid.combine_chunks() if isinstance(fid, pa.ChunkedArray) else fid).to_numpy(zero_copy_only=False)
+    lo = int(fid.min())
+    seen = np.zeros(int(fid.max()) - lo + 1, bool)
+    seen[fid - lo] = True
+    return (np.flatnonzero(seen) + lo).tolist()

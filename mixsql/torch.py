@@ -517,6 +517,23 @@ def mix_collate(items: list[dict]) -> dict:
     return out
 
 
+def _worker_context():
+    """The start method for DataLoader workers when the caller names none.
+
+    PyTorch's default (``fork`` on Linux) unless gRPC (Arrow Flight, the server mode) is live in
+    this process: forking a process with gRPC threads can crash the child, so then workers start
+    from a fork server that preloaded torch and mixsql. (A fork server, like spawn, needs the
+    ``if __name__ == "__main__":`` guard in the training script.)"""
+    import multiprocessing
+    import sys
+
+    if "pyarrow._flight" not in sys.modules or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "mixsql.torch"])
+    return ctx
+
+
 class MixDataLoader(DataLoader):
     """A ``DataLoader`` over a :class:`MixDataset` whose ``state_dict()`` records exactly the batches
     handed to the training loop (see the module doc for the resume guarantee)."""
@@ -525,6 +542,8 @@ class MixDataLoader(DataLoader):
                  collate_fn=mix_collate, **kwargs):
         if kwargs.get("persistent_workers"):
             raise InterfaceError("MixDataLoader does not support persistent_workers (workers restart on resume)")
+        if num_workers > 0 and "multiprocessing_context" not in kwargs:
+            kwargs["multiprocessing_context"] = _worker_context()
         super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn, **kwargs)
         self._tracker: _Tracker | None = None
 

@@ -1,0 +1,60 @@
+"""``python -m bench <name> [--quick]``: run one benchmark (or ``all``), print its figures and
+append them to ``bench/RESULTS.md``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+import traceback
+
+NAMES = ("corpus", "registration", "planner", "engine", "throughput", "server", "compare")
+
+
+def run_one(name: str, quick: bool, command: str) -> dict:
+    from . import results
+    t0 = time.perf_counter()
+    try:
+        mod = importlib.import_module(f"bench.{name}")
+    except ImportError as exc:
+        print(f"[bench {name}] not available: {exc}", file=sys.stderr)
+        results.append(name, command, notes=f"not run: bench/{name}.py is not importable ({exc})")
+        return {"error": f"not importable: {exc}"}
+    try:
+        out = mod.run(quick=quick)
+    except Exception as exc:  # one failing bench must not hide the others' figures
+        traceback.print_exc()
+        results.append(name, command, notes=f"FAILED: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    out = dict(out or {})
+    table = out.pop("_table", None)
+    notes = out.pop("_notes", None)
+    out["bench_seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"== {name}")
+    if table:
+        print(table)
+    print(json.dumps(out, indent=1, default=str))
+    results.append(name, command, figures=out, table=table, notes=notes)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("name", choices=NAMES + ("all",))
+    ap.add_argument("--quick", action="store_true", help="small sizes: the whole `all` fits in 15 minutes")
+    a = ap.parse_args(argv)
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    names = [n for n in NAMES if n != "corpus"] if a.name == "all" else [a.name]
+    t0 = time.perf_counter()
+    failed = []
+    for n in names:
+        out = run_one(n, a.quick, command + (f"  [{n}]" if a.name == "all" else ""))
+        if "error" in out:
+            failed.append(n)
+    print(f"bench {a.name}: {time.perf_counter() - t0:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

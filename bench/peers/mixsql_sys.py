@@ -1,0 +1,85 @@
+"""mixsql itself, through its public API: ``create_source`` + ``mixsql.torch.MixDataset``.
+
+Weights are token shares (``unit = 'tokens'``), so no per-sample conversion is needed; mixsql
+packs itself (``seq_len - 1`` so its ``input_ids`` of ``seq_len + 1`` ids match the peers' length).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..corpus import DOMAIN_NAMES, MIX_TARGET
+
+PACKAGE = "mixsql"
+
+
+def mix_sql(seed: int, target: dict = MIX_TARGET) -> str:
+    groups = ",\n    ".join(f"{d} {target[d]}" for d in DOMAIN_NAMES)
+    return (f"SELECT * FROM samples\nMIX BY redpajama_set_name WITH (\n    {groups}\n)\n"
+            f"SETTINGS (seed = {seed}, unit = 'tokens', on_exhausted = 'repeat', max_epochs = 100000)")
+
+
+def convert(corpus: Path, work: Path, mode: str) -> dict:
+    """Registration (read-only index over the original files) instead of a conversion."""
+    from mixsql.catalog import Catalog
+    from mixsql.registration import create_source
+    t0 = time.perf_counter()
+    cat_dir = work / "catalog"
+    if cat_dir.exists():
+        shutil.rmtree(cat_dir)
+    tok = str(corpus / "tokenizer.json")
+    with Catalog(cat_dir) as cat:
+        if mode == "text":
+            s = create_source(cat, "slimpajama", str(corpus / "jsonl" / "*.jsonl.zst"), format="jsonl",
+                              options={"preset": "slimpajama", "tokenizer": tok}, progress=False)
+        else:
+            s = create_source(cat, "slimpajama", str(corpus / "tokenized" / "*.parquet"), format="parquet",
+                              options={"tokens": "tokens"},
+                              progress=False)
+    return {"conversion_s": round(time.perf_counter() - t0, 2), "samples": s.get("samples"),
+            "registration_mb_per_s": s.get("mb_per_s")}
+
+
+class Source:
+    def __init__(self, corpus: Path, work: Path, mode: str, seed: int, state=None, seq_len: int = 512):
+        self.corpus, self.work, self.mode, self.seed, self.state0 = corpus, work, mode, seed, state
+        self.tok = str(corpus / "tokenizer.json")
+        self.sql = mix_sql(seed)
+        self.seq_len = seq_len
+
+    def _dataset(self, seq_len: int):
+        from mixsql.torch import MixDataset
+        ds = MixDataset(self.sql, catalog=str(self.work / "catalog"), tokenizer=self.tok, seq_len=seq_len - 1)
+        if self.state0 is not None:
+            ds.load_state_dict(self.state0)
+        return ds
+
+    def batches(self, num_workers: int, batch_size: int, seq_len: int, tokenizer_path: str):
+        import torch
+
+        from mixsql.torch import MixDataLoader
+
+        from .common import DOM_INDEX, N_DOM
+        dl = MixDataLoader(self._dataset(seq_len), batch_size=batch_size, num_workers=num_workers,
+                           multiprocessing_context="fork" if num_workers else None,
+                           prefetch_factor=4 if num_workers else None)
+        for b in dl:
+            dom = np.zeros((len(b["group"]), N_DOM), dtype=np.int64)
+            lengths = b["length"].tolist()
+            for i, g in enumerate(b["group"]):
+                dom[i, DOM_INDEX[g.split("/")[-1]]] = lengths[i]
+            yield {"input_ids": b["input_ids"], "dom": torch.from_numpy(dom)}
+
+    def sequences(self, seq_len: int):
+        self.ds = self._dataset(seq_len)
+        return iter(self.ds)
+
+    def state(self, consumed):
+        return self.ds.state_dict()
+
+
+def open(corpus, work, mode, seed, state=None):  # noqa: A001
+    return Source(Path(corpus), Path(work), mode, seed, state)

@@ -1,0 +1,108 @@
+"""Smoke tests of the benchmark harness: corpus generator and results writer (never timings)."""
+from __future__ import annotations
+
+import io
+import json
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from bench import corpus, results
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    m = corpus.generate(out, mb=2, seed=3, shard_mb=0.3)
+    return out, m
+
+
+def _read_jsonl_zst(path):
+    with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as r:
+        return [orjson.loads(line) for line in io.TextIOWrapper(r, encoding="utf-8") if line.strip()]
+
+
+def test_zst_shards_are_slimpajama_shaped(small_corpus):
+    out, m = small_corpus
+    shards = sorted((out / "jsonl").glob("*.jsonl.zst"))
+    assert len(shards) == m["n_shards"] >= 8
+    recs = [r for p in shards for r in _read_jsonl_zst(p)]
+    assert len(recs) == m["n_docs"]
+    assert set(recs[0]) == {"text", "meta"}
+    assert {r["meta"]["redpajama_set_name"] for r in recs} == set(corpus.DOMAIN_NAMES)
+    words = recs[0]["text"].split()
+    assert len(words) > 3 and all(w.isprintable() for w in words)
+
+
+def test_domain_proportions_follow_slimpajama(small_corpus):
+    _, m = small_corpus
+    total = sum(d["bytes"] for d in m["domains"].values())
+    assert abs(total - 2e6) / 2e6 < 0.1
+    for name, share in corpus.TARGET_SHARES.items():
+        assert abs(m["domains"][name]["bytes"] / total - share) < 0.02, name
+
+
+def test_lengths_span_orders_of_magnitude(tmp_path):
+    m = corpus.generate(tmp_path, mb=6, seed=1, parquet=False)
+    lo = min(d["min_words"] for d in m["domains"].values())
+    hi = max(d["max_words"] for d in m["domains"].values())
+    assert hi / lo >= 1000
+
+
+def test_deterministic_by_seed(small_corpus, tmp_path):
+    out, _ = small_corpus
+    again = tmp_path / "again"
+    corpus.generate(again, mb=2, seed=3, shard_mb=0.3)
+    for p in sorted((out / "jsonl").glob("*.zst")):
+        assert (again / "jsonl" / p.name).read_bytes() == p.read_bytes()
+    other = tmp_path / "other"
+    corpus.generate(other, mb=2, seed=4, shard_mb=0.3)
+    assert (other / "jsonl" / "chunk-00000.jsonl.zst").read_bytes() != (out / "jsonl" / "chunk-00000.jsonl.zst").read_bytes()
+
+
+def test_parquet_copy_matches_jsonl(small_corpus):
+    out, _ = small_corpus
+    recs = _read_jsonl_zst(out / "jsonl" / "chunk-00002.jsonl.zst")
+    t = pq.read_table(out / "parquet" / "part-00002.parquet")
+    assert t.column("text").to_pylist() == [r["text"] for r in recs]
+    assert t.column("redpajama_set_name").to_pylist() == [r["meta"]["redpajama_set_name"] for r in recs]
+
+
+def test_tokenizer_and_pretokenized_copy(small_corpus):
+    pytest.importorskip("tokenizers")
+    from bench import tokenizer
+    out, _ = small_corpus
+    tok = tokenizer.train(out, out / "tokenizer.json", vocab_size=600)
+    assert tokenizer.eos_id(tok) is not None
+    corpus.tokenize_corpus(out, tokenizer.load(out / "tokenizer.json"))
+    t = pq.read_table(out / "tokenized" / "part-00000.parquet")
+    assert str(t.schema.field("tokens").type) == "list<item: int32>"
+    first = t.slice(0, 1).to_pylist()[0]
+    assert tok.decode(first["tokens"]) == first["text"]
+    assert first["n_tokens"] == len(first["tokens"])
+
+
+def test_metadata_catalog(tmp_path):
+    from mixsql.catalog import Catalog
+    info = corpus.write_metadata_catalog(tmp_path / "cat", 25_000, seed=2, rows_per_file=10_000)
+    assert info["rows"] == 25_000 and info["files"] == 3
+    with Catalog(tmp_path / "cat", read_only=True) as cat:
+        n, k = cat.con.execute("SELECT count(*), count(DISTINCT redpajama_set_name) FROM samples").fetchone()
+        assert (n, k) == (25_000, 7)
+        lo, hi = cat.con.execute("SELECT min(quality), max(quality) FROM samples").fetchone()
+        assert 0 <= lo < hi < 1
+
+
+def test_results_writer(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    text = results.append("compare", "python -m bench compare --quick",
+                          figures={"a": 1.5, "nested": {"b": None}},
+                          table=results.markdown_table([{"system": "x|y", "v": 2.0}]), notes="n1", path=path)
+    results.append("engine", "python -m bench engine", figures={"c": 3}, path=path)
+    body = path.read_text()
+    assert body.startswith("# mixsql benchmark results")
+    assert body.count("\n## ") == 2 and text in body
+    assert "- command: `python -m bench compare --quick`" in body and "- machine: " in body
+    assert "| nested.b | — |" in body and "x\\|y" in body and "n1" in body
