@@ -262,6 +262,12 @@ def _to_numpy(col: pa.ChunkedArray | pa.Array, dtype) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
 
+def _arr(x: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """Zero-copy Arrow array over a contiguous numpy array of ``typ`` (no nulls, no inference)."""
+    x = np.ascontiguousarray(x)
+    return pa.Array.from_buffers(typ, len(x), [None, pa.py_buffer(x)])
+
+
 def _combine(col):
     if isinstance(col, pa.ChunkedArray):
         return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
@@ -374,6 +380,8 @@ class MixEngine:
                                       (_to_numpy(ntok, np.int64) if not self._ntok_nulls and N else np.zeros(N, np.int64)))
         self._file_code, self._file_paths, self._file_source, self._sources = _file_dictionaries(pointers, N)
         self._names = [*CHUNK_HEAD, *user, *CHUNK_TAIL]
+        self._chunk_schema = None
+        self._positions = np.arange(max(1, spec.chunk_size if spec.unit == "samples" else 1024), dtype=np.int32)
         self._fingerprint = hashlib.sha1(f"{spec.to_json()}|{N}|{counts.tolist()}".encode()).hexdigest()[:16]
         self._reset(batch_size or spec.batch_size)
         if state is not None:
@@ -791,38 +799,52 @@ class MixEngine:
             yield t
 
     def _table(self, k: int, idx: np.ndarray, gids: np.ndarray, epochs: np.ndarray) -> pa.Table:
+        """One chunk table: a gather per pointer column, dictionaries compacted to the chunk's
+        files and sources (sorted by code: deterministic); no type inference, no Python loops."""
         n = len(idx)
         P = self._np
         code = self._file_code[idx]
-        ucode, inv = np.unique(code, return_inverse=True)
-        inv = inv.astype(np.int32)
-        files = pa.DictionaryArray.from_arrays(inv, self._file_paths.take(pa.array(ucode)))
+        srt = np.sort(code)
+        ucode = srt[np.concatenate(([True], srt[1:] != srt[:-1]))] if n else srt
+        inv = np.searchsorted(ucode, code).astype(np.int32)
+        files = pa.DictionaryArray.from_arrays(inv, self._file_paths.take(ucode))
         fsrc = self._file_source[ucode]
-        usrc, sinv = np.unique(fsrc, return_inverse=True)
-        source = pa.DictionaryArray.from_arrays(sinv.astype(np.int32)[inv], self._sources.take(pa.array(usrc)))
-        if self._ntok_nulls:
-            ntok = self._ntok_col.take(pa.array(idx))
+        if len(self._sources) == 1:
+            source = pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), self._sources)
         else:
-            ntok = pa.array(P["__mix_n_tokens"][idx])
-        user = self._user.take(pa.array(idx)).columns if self._user is not None else []
+            usrc = np.unique(fsrc)
+            sinv = np.searchsorted(usrc, fsrc).astype(np.int32)
+            source = pa.DictionaryArray.from_arrays(sinv[inv], self._sources.take(usrc))
+        if self._ntok_nulls:
+            ntok = self._ntok_col.take(idx)
+        else:
+            ntok = _arr(P["__mix_n_tokens"][idx], pa.int64())
+        user = self._user.take(idx).columns if self._user is not None else []
         gid32 = gids.astype(np.int32, copy=False)
+        if len(self._positions) < n:
+            self._positions = np.arange(max(n, 2 * len(self._positions)), dtype=np.int32)
         arrays = [
-            pa.array(np.full(n, k, np.int64)),
-            pa.array(np.arange(n, dtype=np.int32)),
+            _arr(np.full(n, k, np.int64), pa.int64()),
+            _arr(self._positions[:n], pa.int32()),
             pa.DictionaryArray.from_arrays(gid32, self._paths),
             source,
             files,
-            pa.array(P["__mix_row"][idx]),
+            _arr(P["__mix_row"][idx], pa.int64()),
             *user,
-            pa.array(gid32),
-            pa.array(P["__mix_file_id"][idx]),
-            pa.array(P["__mix_offset"][idx]),
-            pa.array(P["__mix_length"][idx]),
-            pa.array(P["__mix_n_bytes"][idx]),
+            _arr(gid32, pa.int32()),
+            _arr(P["__mix_file_id"][idx], pa.int32()),
+            _arr(P["__mix_offset"][idx], pa.int64()),
+            _arr(P["__mix_length"][idx], pa.int32()),
+            _arr(P["__mix_n_bytes"][idx], pa.int64()),
             ntok,
-            pa.array(epochs.astype(np.int32, copy=False)),
+            _arr(epochs.astype(np.int32, copy=False), pa.int32()),
         ]
-        return pa.Table.from_arrays(arrays, names=self._names)
+        return pa.Table.from_arrays(arrays, schema=self._schema(arrays))
+
+    def _schema(self, arrays) -> pa.Schema:
+        if self._chunk_schema is None:
+            self._chunk_schema = pa.schema([pa.field(nm, a.type) for nm, a in zip(self._names, arrays)])
+        return self._chunk_schema
 
     # --- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -202,6 +202,15 @@ def test_schedule_switches_at_the_mapped_chunk(two_groups):
         switch = 3 * 20 // 10                                       # AT STEP 3 -> chunk 6
         assert all(x == {"a": 8, "b": 2} for x in comp[:switch])
         assert all(x == {"a": 2, "b": 8} for x in comp[switch:])
+        # without batch_size the reported training step drives the schedule
+        job2 = c.register_job(sql.replace(", batch_size = 20", ""))
+        for k in range(3):
+            c.get_chunk(job2, k)
+            assert c.feedback(job2, k, [1, 1], [1, 1])["at_chunk"] is None
+        c.get_chunk(job2, 3)
+        assert c.feedback(job2, 3, [1, 1], [1, 1])["at_chunk"] == 4
+        comp = [Counter(c.get_chunk(job2, k).column("group").to_pylist()) for k in range(6)]
+        assert comp[3] == {"a": 8, "b": 2} and comp[4] == comp[5] == {"a": 2, "b": 8}
     finally:
         srv.stop()
 
