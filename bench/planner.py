@@ -7,7 +7,9 @@ them), then times, for a nested MIX statement with OTHER, multi-value groups and
 * ``query_s``: DuckDB running the planned query to Arrow (the relational work);
 * ``plan_s``: ``planner.plan`` (parse, validation, binding probes, query build);
 * ``execute_s``: ``planner.execute_plan`` (query + data checks + weight resolution);
-* ``overhead_s = plan_s + execute_s - query_s``: what mixsql adds beyond the DuckDB query.
+* ``overhead_s = plan_s + execute_s - query_s``: what mixsql adds beyond the DuckDB query;
+* ``execute_pointers_s``: ``execute_plan(user_columns=False, canonical=False)``, the training
+  path (pointer columns only, rows left for the engine to order).
 
 Run: ``python -m bench.planner`` (10M rows) or ``python -m bench.planner --quick`` (1M rows).
 """
@@ -89,10 +91,11 @@ def measure(cat: Catalog, sql: str, repeat: int) -> dict:
 
     query_s, table = _time(query, repeat)
     execute_s, (ptrs, spec) = _time(lambda: execute_plan(cat, p), repeat)
+    execute_ptr_s, _ = _time(lambda: execute_plan(cat, p, user_columns=False, canonical=False), repeat)
     return {
         "rows_selected": ptrs.num_rows, "groups": len(spec.groups),
         "plan_s": round(plan_s, 4), "query_s": round(query_s, 4), "execute_s": round(execute_s, 4),
-        "overhead_s": round(plan_s + execute_s - query_s, 4),
+        "overhead_s": round(plan_s + execute_s - query_s, 4), "execute_pointers_s": round(execute_ptr_s, 4),
     }
 
 

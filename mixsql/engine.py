@@ -381,6 +381,8 @@ class MixEngine:
         self._file_code, self._file_paths, self._file_source, self._sources = _file_dictionaries(pointers, N)
         self._names = [*CHUNK_HEAD, *user, *CHUNK_TAIL]
         self._chunk_schema = None
+        self._file_paths_py = self._file_paths.to_pylist()
+        self._inter_cache: dict = {}
         self._positions = np.arange(max(1, spec.chunk_size if spec.unit == "samples" else 1024), dtype=np.int32)
         self._fingerprint = hashlib.sha1(f"{spec.to_json()}|{N}|{counts.tolist()}".encode()).hexdigest()[:16]
         self._reset(batch_size or spec.batch_size)
@@ -684,15 +686,30 @@ class MixEngine:
         total = int(d.sum())
         if total == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32)
-        idx = np.concatenate(idx_parts)
-        epochs = np.concatenate(epoch_parts)
-        gids = np.repeat(gs.astype(np.int32), d)
+        idx = np.concatenate(idx_parts) if len(idx_parts) > 1 else idx_parts[0]
+        epochs = np.concatenate(epoch_parts) if len(epoch_parts) > 1 else epoch_parts[0]
         if len(gs) > 1:
+            perm, gids = self._interleave(gs, d)
+            idx, epochs = idx[perm], epochs[perm]
+        else:
+            gids = np.full(total, gs[0], np.int32)
+        return idx, gids, epochs
+
+    def _interleave(self, gs: np.ndarray, d: np.ndarray):
+        """(permutation, group ids) spreading each group's draws evenly over the chunk; cached
+        per composition (consecutive chunks mostly repeat a few)."""
+        ck = (gs.tobytes(), d.tobytes())
+        hit = self._inter_cache.get(ck)
+        if hit is None:
+            total = int(d.sum())
             first = np.repeat(np.cumsum(d) - d, d)
             key = (np.arange(total) - first + 0.5) / np.repeat(d, d)
             perm = np.argsort(key, kind="stable")
-            idx, gids, epochs = idx[perm], gids[perm], epochs[perm]
-        return idx, gids, epochs
+            hit = (perm, np.repeat(gs.astype(np.int32), d)[perm])
+            if len(self._inter_cache) >= 64:
+                self._inter_cache.pop(next(iter(self._inter_cache)))
+            self._inter_cache[ck] = hit
+        return hit
 
     def _cut_to_budget(self, step: _Step) -> None:
         """Budget in the other unit: keep the interleaved prefix that reaches it."""
@@ -807,7 +824,8 @@ class MixEngine:
         srt = np.sort(code)
         ucode = srt[np.concatenate(([True], srt[1:] != srt[:-1]))] if n else srt
         inv = np.searchsorted(ucode, code).astype(np.int32)
-        files = pa.DictionaryArray.from_arrays(inv, self._file_paths.take(ucode))
+        fp = self._file_paths_py
+        files = pa.DictionaryArray.from_arrays(inv, pa.array([fp[c] for c in ucode.tolist()], pa.string()))
         fsrc = self._file_source[ucode]
         if len(self._sources) == 1:
             source = pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), self._sources)

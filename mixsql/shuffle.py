@@ -149,8 +149,11 @@ class GroupSequence:
         if stop <= start:
             return np.zeros(0, dtype=np.int64)
         _, wstart, _ = self._layout(epoch)
-        w0 = int(np.searchsorted(wstart, start, side="right")) - 1
-        w1 = int(np.searchsorted(wstart, stop - 1, side="right")) - 1
+        w0 = int(wstart.searchsorted(start, side="right")) - 1
+        lo0 = int(wstart[w0])
+        if stop <= int(wstart[w0 + 1]):   # the common case: one window
+            return self._window(epoch, w0)[start - lo0:stop - lo0]
+        w1 = int(wstart.searchsorted(stop - 1, side="right")) - 1
         parts = []
         for w in range(w0, w1 + 1):
             win = self._window(epoch, w)
