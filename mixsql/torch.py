@@ -439,11 +439,12 @@ class MixDataset(IterableDataset):
         if apply is not None:
             apply(step, list(group_loss_sums), list(group_token_counts))
             return
-        from .algorithms import ALGORITHMS
+        from .algorithms import make_algorithm
 
         algo = getattr(self, "_algo", None)
         if algo is None:
-            algo = self._algo = ALGORITHMS[spec.algorithm.name](spec, **spec.algorithm.kwargs())
+            algo = self._algo = make_algorithm(spec.algorithm.name, [g.path for g in spec.groups],
+                                               spec.weights(), spec.algorithm.kwargs())
         weights = algo.update(step, list(group_loss_sums), list(group_token_counts))
         if weights is not None:
             self._engine.set_weights(weights, at_chunk=self._engine.next_index)
