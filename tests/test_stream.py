@@ -43,12 +43,11 @@ def test_topology_filters_chunks(langs_catalog):
 def test_pointer_only_stream_matches_full(langs_catalog):
     full = list(MixStream.open(langs_catalog, SQL).chunks())
     ptr = MixStream.open(langs_catalog, SQL, user_columns=False)
-    assert ptr.plan.user_columns == ["source", "file", "row", "n_bytes", "n_tokens", "language", "quality",
-                                     "file_id", "loc_offset", "loc_length"] or "language" in ptr.plan.user_columns
+    assert "language" in ptr.plan.user_columns
     lean = list(ptr.chunks())
     assert len(full) == len(lean)
     for a, b in zip(full, lean):
         assert "language" not in b.column_names
-        assert a.drop_columns(["language", "quality"]).equals(b)
+        assert a.select(b.column_names).equals(b)
     sub = next(MixStream.open(langs_catalog, SQL, user_columns=["quality"]).chunks())
     assert sub.column("quality").equals(full[0].column("quality"))
