@@ -792,7 +792,9 @@ def _wanted(plan: MixPlan, user_columns) -> list[str]:
         return list(plan.user_columns)
     if user_columns is False or user_columns is None:
         return []
-    names = list(user_columns)
+    from .engine import CHUNK_COLUMNS   # always in chunks: asking for them needs nothing extra
+
+    names = [c for c in dict.fromkeys(user_columns) if c in plan.user_columns or c not in CHUNK_COLUMNS]
     unknown = [c for c in names if c not in plan.user_columns]
     if unknown:
         raise ProgrammingError(f"user_columns {unknown} are not in the statement's projection "
