@@ -353,7 +353,7 @@ class JobManager:
     def _open_stream(self, statement: str, params: Any):
         from .stream import MixStream
 
-        return MixStream.open(self.catalog, statement, params)
+        return MixStream.open(self.catalog, statement, params, user_columns=False)
 
     def register(self, statement: Any, params: Any = None, topology: Any = None) -> dict:
         if not isinstance(statement, str) or not statement.strip():
