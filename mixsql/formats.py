@@ -104,68 +104,47 @@ def fingerprint(path: str, size: int | None = None) -> str:
     return h.hexdigest()
 
 
+# compression -> (new decoder, its error class, what a truncated stream is called)
+_MULTI_FRAME = {
+    "zstd": (lambda: zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError,
+             "truncated zstd file (the compressed stream ends mid-frame)"),
+    "gzip": (lambda: zlib.decompressobj(wbits=47), zlib.error,
+             "truncated gzip file (the compressed stream ends early)"),
+}
+
+
 def _decompressed_chunks(path: str, compression: str):
-    """Yield decompressed byte chunks; raise ScanError for truncated/corrupt input."""
+    """Yield decompressed byte chunks; raise ScanError for truncated/corrupt input.
+
+    Compressed files may hold several concatenated frames (zstd) or members (gzip)."""
     with open(path, "rb") as fh:
         if compression == "none":
-            while True:
-                b = fh.read(BLOCK_BYTES)
-                if not b:
-                    return
+            while b := fh.read(BLOCK_BYTES):
                 yield b
-        elif compression == "zstd":
-            dctx = zstandard.ZstdDecompressor()
-            d = dctx.decompressobj()
-            pending = False  # input fed into a frame that has not ended
-            while True:
-                b = fh.read(READ_BYTES)
-                if not b:
-                    break
-                while b:
-                    try:
-                        out = d.decompress(b)
-                    except zstandard.ZstdError as exc:
-                        raise ScanError(f"corrupt zstd data ({exc})",
-                                        hint="re-download or re-compress the file") from None
-                    pending = True
-                    if out:
-                        yield out
-                    if d.eof:
-                        b = d.unused_data
-                        d = dctx.decompressobj()
-                        pending = False
-                    else:
-                        b = b""
-            if pending:
-                raise ScanError("truncated zstd file (the compressed stream ends mid-frame)",
-                                hint="re-download or re-compress the file")
-        elif compression == "gzip":
-            d = zlib.decompressobj(wbits=47)
-            pending = False
-            while True:
-                b = fh.read(READ_BYTES)
-                if not b:
-                    break
-                while b:
-                    try:
-                        out = d.decompress(b)
-                    except zlib.error as exc:
-                        raise ScanError(f"corrupt gzip data ({exc})",
-                                        hint="re-download or re-compress the file") from None
-                    pending = True
-                    if out:
-                        yield out
-                    if d.eof:
-                        b = d.unused_data
-                        d = zlib.decompressobj(wbits=47)
-                        pending = False
-                    else:
-                        b = b""
-            if pending:
-                raise ScanError("truncated gzip file (the compressed stream ends early)",
-                                hint="re-download or re-compress the file")
-        else:
+            return
+        if compression not in _MULTI_FRAME:
             raise ScanError(f"unknown compression {compression!r}")
+        new_decoder, error, truncated = _MULTI_FRAME[compression]
+        d = new_decoder()
+        pending = False  # input fed into a frame that has not ended
+        while b := fh.read(READ_BYTES):
+            while b:
+                try:
+                    out = d.decompress(b)
+                except error as exc:
+                    raise ScanError(f"corrupt {compression} data ({exc})",
+                                    hint="re-download or re-compress the file") from None
+                pending = True
+                if out:
+                    yield out
+                if d.eof:
+                    b = d.unused_data
+                    d = new_decoder()
+                    pending = False
+                else:
+                    b = b""
+        if pending:
+            raise ScanError(truncated, hint="re-download or re-compress the file")
 
 
 def _blocks(path: str, compression: str):

@@ -88,16 +88,20 @@ def write_jsonl_catalog(
     return Path(catalog_dir)
 
 
-@pytest.fixture
-def langs_catalog(tmp_path):
-    """Mixtera scenario 2: 50 JavaScript, 30 HTML, 20 Python samples in one source."""
+LANGS_PROPERTIES = {"language": "VARCHAR", "license": "VARCHAR", "quality": "DOUBLE"}
+
+
+def langs_records() -> list[dict]:
+    """Mixtera scenario 2: 50 JavaScript, 30 HTML, 20 Python samples."""
     recs = []
     for lang, n in (("JavaScript", 50), ("HTML", 30), ("Python", 20)):
         for i in range(n):
             recs.append({"text": f"{lang} sample {i} " + "x" * (i % 7), "language": lang,
                          "license": "MIT" if i % 3 == 0 else "CC", "quality": (i % 10) / 10})
-    return write_jsonl_catalog(
-        tmp_path / "cat", recs,
-        properties={"language": "VARCHAR", "license": "VARCHAR", "quality": "DOUBLE"},
-        rows_per_file=40,
-    )
+    return recs
+
+
+@pytest.fixture
+def langs_catalog(tmp_path):
+    """The scenario-2 corpus as one source, in files of 40 lines."""
+    return write_jsonl_catalog(tmp_path / "cat", langs_records(), properties=LANGS_PROPERTIES, rows_per_file=40)

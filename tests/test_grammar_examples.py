@@ -11,7 +11,7 @@ from mixsql.catalog import Catalog
 from mixsql.errors import SQLError
 from mixsql.planner import execute_plan, plan, registration_request
 
-from conftest import write_jsonl_catalog  # noqa: E402
+from conftest import LANGS_PROPERTIES, langs_records, write_jsonl_catalog  # noqa: E402
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "grammar" / "examples").glob("*.sql"))
 
@@ -19,15 +19,8 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "grammar" / "example
 @pytest.fixture(scope="module")
 def langs_catalog(tmp_path_factory):
     """Module-wide copy of conftest's langs catalog (read-only use keeps the tests fast)."""
-    recs = []
-    for lang, n in (("JavaScript", 50), ("HTML", 30), ("Python", 20)):
-        for i in range(n):
-            recs.append({"text": f"{lang} sample {i} " + "x" * (i % 7), "language": lang,
-                         "license": "MIT" if i % 3 == 0 else "CC", "quality": (i % 10) / 10})
-    return write_jsonl_catalog(
-        tmp_path_factory.mktemp("grammar") / "cat", recs,
-        properties={"language": "VARCHAR", "license": "VARCHAR", "quality": "DOUBLE"}, rows_per_file=40,
-    )
+    return write_jsonl_catalog(tmp_path_factory.mktemp("grammar") / "cat", langs_records(),
+                               properties=LANGS_PROPERTIES, rows_per_file=40)
 
 
 def expected_error(text: str) -> str | None:
