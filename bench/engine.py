@@ -15,7 +15,10 @@
 * ``restore_s_chunk0`` vs ``restore_s_chunk100000``: engine construction from a state dict +
   first chunk after it (``load_state_dict_s_*`` alone). Target: equal (O(groups), no replay).
 
-Run: ``python -m bench.engine [--quick]``.
+* ``ordered_first_chunk_s_*`` (+ ``_cpu_s_``, ``ordered_plan_execute_s_*``): the same with
+  ``ORDER BY n_tokens DESC, lang`` (1M, 10M).
+
+Run: ``python -m bench.engine [--quick | --ordered]``.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent / ".data" / "engine"
 SQL = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
        "SETTINGS (chunk_size = 512, seed = 1, on_exhausted = 'repeat')")
+SQL_ORDERED = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) ORDER BY n_tokens DESC, lang "
+               "SETTINGS (chunk_size = 512, seed = 1, on_exhausted = 'repeat')")
 ROWS_PER_FILE = 10_000
 
 
@@ -96,6 +101,23 @@ def first_chunk(n: int) -> dict:
     return out, s
 
 
+def ordered_first_chunk(n: int) -> dict:
+    """Statement -> first chunk with ORDER BY (training path: pointers only)."""
+    from mixsql.stream import MixStream
+
+    cat = build_catalog(n)
+    tag = f"{n // 1_000_000}M"
+    gc.collect()
+    t0, c0 = time.perf_counter(), time.process_time()
+    s = MixStream.open(cat, SQL_ORDERED, user_columns=False)
+    t1, c1 = time.perf_counter(), time.process_time()
+    c = s.engine().next_chunk()
+    t2, c2 = time.perf_counter(), time.process_time()
+    assert c is not None and c.num_rows == 512
+    return {f"ordered_first_chunk_s_{tag}": round(t2 - t0, 3), f"ordered_first_chunk_cpu_s_{tag}": round(c2 - c0, 3),
+            f"ordered_plan_execute_s_{tag}": round(t1 - t0, 3), f"ordered_plan_execute_cpu_s_{tag}": round(c1 - c0, 3)}
+
+
 def steady(s, chunks: int) -> dict:
     from mixsql.engine import MixEngine
 
@@ -157,6 +179,7 @@ def run(quick: bool = False) -> dict:
         else:
             del s
         gc.collect()
+        res.update(ordered_first_chunk(n)) if n <= 10_000_000 else None
     res.update(steady(keep, 2000 if quick else 10000))
     res.update(restore(keep))
     return res
@@ -164,6 +187,9 @@ def run(quick: bool = False) -> dict:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if "--ordered" in argv:   # ORDER BY figures only (1M, 10M)
+        print(json.dumps({**ordered_first_chunk(1_000_000), **ordered_first_chunk(10_000_000)}, indent=2))
+        return
     print(json.dumps(run("--quick" in argv), indent=2))
 
 

@@ -1,7 +1,8 @@
 """The mixture engine: a pointer table + a MixSpec -> a deterministic, resumable chunk stream.
 
-Input: the planner's pointer table (``spec.MIX_COLUMNS``, ``__mix_order`` when ordered, user
-columns) and a :class:`~mixsql.spec.MixSpec`. Output: chunks, Arrow tables with the columns of
+Input: the planner's pointer table (``spec.MIX_COLUMNS``, when ordered either ``__mix_order``
+(int64 rank) or the raw ORDER BY key columns ``__mix_order_<i>_<asc|desc>_<nf|nl>`` ranked here
+with :func:`mixsql.shuffle.ordered_permutation`, user columns) and a :class:`~mixsql.spec.MixSpec`. Output: chunks, Arrow tables with the columns of
 ``CHUNK_COLUMNS`` (user columns inserted after ``row``).
 
 Composition (``unit = 'samples'``). Let ``a_g(T)`` be group g's *target* after ``T`` samples:
@@ -50,7 +51,8 @@ other unit cuts the interleaved rows, including the sample that reaches a token 
 Determinism: chunk k is a pure function of (pointer table, spec, weight changes recorded for
 chunks <= k). All randomness is ``numpy.random.Generator(PCG64)`` seeded from
 ``(spec.seed, group, epoch[, window])``. ``state_dict()`` holds per-group counts (which give
-cursor and epoch), delivered tokens, targets, dry flags, weights in force and the weight log:
+cursor and epoch), delivered tokens, targets, dry flags, weights in force and the *pending*
+weight changes (at or after the next chunk; applied ones are folded into the weights in force):
 O(groups) numbers, restored in O(groups) (the group permutations are recomputed lazily per
 window, never replayed).
 
@@ -69,12 +71,71 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import ProgrammingError
-from .shuffle import GroupSequence, pointer_order
+from .shuffle import ORDER_KEY_PREFIX, GroupSequence, order_key_columns, ordered_permutation, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, MixSpec
 
 
-def forecast(spec: MixSpec, group_samples: list[int], group_tokens: list[int | None]) -> list[dict]:
-    """What the statement will consume, per group (for EXPLAIN MIX), without building a stream.
+FORECAST_MAX_CHUNKS = 250_000   # longer streams fall back to the fluid approximation
+
+
+def forecast(spec: MixSpec, group_samples: list[int], group_tokens: list[int | None],
+             pointers: pa.Table | None = None, *, batch_size: int | None = None,
+             max_chunks: int = FORECAST_MAX_CHUNKS) -> list[dict]:
+    """What the statement will consume, per group (for EXPLAIN MIX): exactly what
+    :class:`MixEngine` delivers when no feedback changes the weights.
+
+    The forecast *runs the engine's own composition* (``skip_chunk``: O(groups) per chunk, no
+    rows): for ``unit = 'samples'`` without a token budget it needs only the group sizes; with
+    tokens (unit or budget) it needs ``pointers`` (the planner's table: token counts in
+    consumption order) and builds a real engine. ``samples_needed`` is the samples the stream
+    delivers from the group, ``epochs_needed`` that over the group's size (passes, a float),
+    ``dry_at_chunk`` the index of the chunk whose composition first wanted a sample the group
+    no longer had (``None`` if none did), ``tokens_needed`` exact when the engine tracks tokens,
+    else ``samples_needed`` x the group's mean tokens per sample. Schedules apply when
+    ``batch_size`` (or ``spec.batch_size``) maps them onto chunks, as in the engine.
+
+    Falls back to :func:`fluid_forecast` (within one sample per group, one chunk for
+    ``dry_at_chunk``) when the stream is unbounded (``repeat`` without ``max_epochs`` and
+    without LIMIT: amounts are ``None``), longer than ``max_chunks`` chunks, or needs tokens
+    and no ``pointers`` were given.
+    """
+    n = len(spec.groups)
+    if len(group_samples) != n or len(group_tokens) != n:
+        raise ValueError(f"forecast: expected {n} group sizes, got {len(group_samples)} / {len(group_tokens)}")
+    needs_tokens = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
+    unbounded = spec.budget is None and spec.on_exhausted == "repeat" and spec.max_epochs is None
+    if unbounded or (needs_tokens and pointers is None):
+        return fluid_forecast(spec, group_samples, group_tokens)
+    if needs_tokens:
+        eng = MixEngine(pointers, spec, batch_size=batch_size)
+    else:
+        eng = MixEngine._counting(spec, group_samples, batch_size)
+    while eng.skip_chunk():
+        if eng.next_index > max_chunks:
+            return fluid_forecast(spec, group_samples, group_tokens)
+    weights = list(spec.schedule[0].weights) if spec.schedule and spec.schedule[0].step == 0 else list(spec.weights())
+    out = []
+    for i, g in enumerate(spec.groups):
+        cnt, size, tot = int(eng._count[i]), int(group_samples[i]), group_tokens[i]
+        if needs_tokens:
+            t_need = int(eng._tok[i])
+        else:
+            t_need = None if tot is None else (int(round(cnt * tot / size)) if size else 0)
+        out.append({
+            "group": g.path,
+            "weight": weights[i],
+            "samples": size,
+            "tokens": None if tot is None else int(tot),
+            "samples_needed": cnt,
+            "tokens_needed": t_need,
+            "epochs_needed": cnt / size if size else 0.0,
+            "dry_at_chunk": eng.dry_at_chunk.get(i),
+        })
+    return out
+
+
+def fluid_forecast(spec: MixSpec, group_samples: list[int], group_tokens: list[int | None]) -> list[dict]:
+    """Approximate per-group consumption without running the engine's composition.
 
     A continuous (fluid) simulation of the engine's policy under the spec's initial weights:
     groups draw at rate ``weight`` of the stream (measured in ``spec.unit``); a group runs dry
@@ -327,8 +388,9 @@ class MixEngine:
     def __init__(self, pointers: pa.Table, spec: MixSpec, state: dict | None = None, *,
                  batch_size: int | None = None):
         missing = [c for c in MIX_COLUMNS if c not in pointers.column_names]
-        if spec.ordered and ORDER_COLUMN not in pointers.column_names:
-            missing.append(ORDER_COLUMN)
+        if spec.ordered and ORDER_COLUMN not in pointers.column_names and \
+                not order_key_columns(pointers.column_names):
+            missing.append(f"{ORDER_COLUMN} (or {ORDER_KEY_PREFIX}<i>_<asc|desc>_<nf|nl> key columns)")
         if missing:
             raise ProgrammingError(f"pointer table lacks the planner columns {missing}")
         if spec.chunk_size <= 0:
@@ -392,11 +454,16 @@ class MixEngine:
     # --- construction helpers ---------------------------------------------------------------
     @staticmethod
     def _base_order(pointers: pa.Table, gid: np.ndarray) -> np.ndarray:
-        """Row indices sorted by group, then ORDER BY rank (if any), then (file_id, row): a
+        """Row indices sorted by group, then ORDER BY keys (if any), then (file_id, row): a
         function of the values only (the table may come in any row order)."""
         N = len(gid)
         if N == 0:
             return np.zeros(0, np.int64)
+        keys = order_key_columns(pointers.column_names)
+        if keys and ORDER_COLUMN not in pointers.column_names:
+            return ordered_permutation(gid, _to_numpy(pointers.column("__mix_file_id"), np.int64),
+                                       _to_numpy(pointers.column("__mix_row"), np.int64),
+                                       [(pointers.column(n), d, f) for n, d, f in keys])
         if ORDER_COLUMN in pointers.column_names:
             key = _to_numpy(pointers.column(ORDER_COLUMN), np.int64)
         else:
@@ -404,6 +471,22 @@ class MixEngine:
                 _to_numpy(pointers.column("__mix_row"), np.int64)
         perm = pointer_order(gid, key)
         return np.arange(N, dtype=np.int64) if perm is None else perm
+
+    @classmethod
+    def _counting(cls, spec: MixSpec, group_samples: Sequence[int], batch_size: int | None = None) -> "MixEngine":
+        """Composition-only engine from group sizes (``unit = 'samples'``, no token budget):
+        ``skip_chunk`` works, rows cannot be materialised. Used by :func:`forecast`."""
+        self = cls.__new__(cls)
+        self.spec = spec
+        self.n_groups = len(spec.groups)
+        self.n_rows = int(sum(group_samples))
+        self._n = np.asarray(group_samples, np.int64).reshape(self.n_groups)
+        self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs
+        self._tokens_needed = False
+        self._seq = None
+        self._fingerprint = None
+        self._reset(batch_size or spec.batch_size)
+        return self
 
     def _initial_weights(self) -> np.ndarray:
         sch = self.spec.schedule
@@ -425,6 +508,9 @@ class MixEngine:
         self._base_T = 0
         self._base_a = np.zeros(G)
         self._weff = self._effective(self._weights, self._dry)
+        # diagnostic (not part of the state): group -> chunk whose composition first wanted a
+        # sample the group no longer had
+        self.dry_at_chunk: dict[int, int] = {}
         if self.spec.schedule and batch_size:
             for st in self.spec.schedule:
                 if st.step > 0:
@@ -488,6 +574,8 @@ class MixEngine:
         if self._applied >= self._k:
             return
         self._applied = self._k
+        if self._log and self._log[0][0] < self._k:   # past changes live on in the weights in force
+            self._log = [e for e in self._log if e[0] >= self._k]
         for at, w in self._log:
             if at == self._k:
                 self._weights = np.asarray(w, dtype=np.float64)
@@ -528,6 +616,7 @@ class MixEngine:
             return None
         sup = self._supply()
         if self.spec.on_exhausted != "redistribute" and bool(((self._weff > 0) & (sup <= 0)).any()):
+            self._mark_dry((self._weff > 0) & (sup <= 0))
             return None  # a group delivered its last sample: the stream has ended (stop)
         if self.spec.unit == "tokens":
             step = self._compose_tokens(house, sup)
@@ -537,8 +626,17 @@ class MixEngine:
             return None
         b = self.spec.budget
         if b is not None and b.kind in ("samples", "tokens") and (b.kind == "tokens") != (self.spec.unit == "tokens"):
+            marked = [g for g, k in self.dry_at_chunk.items() if k == self._k]
             self._cut_to_budget(step)
+            sup_total = self._count + sup
+            for g in marked:   # the budget ended the stream before the group's supply did
+                if step.count[g] < sup_total[g]:
+                    del self.dry_at_chunk[g]
         return step
+
+    def _mark_dry(self, mask: np.ndarray) -> None:
+        for g in np.flatnonzero(mask).tolist():
+            self.dry_at_chunk.setdefault(g, self._k)
 
     def _compose_samples(self, house: int, sup: np.ndarray) -> _Step | None:
         T, c = self._T, self._count
@@ -549,6 +647,7 @@ class MixEngine:
         if not over.any():
             return _Step(draws=new - c, count=new, tok=None, T=M, base_T=base_T, base_a=base_a,
                          weff=weff, dry=dry, end=False)
+        self._mark_dry(over)
         if self.spec.on_exhausted != "redistribute":
             for h in range(house - 1, 0, -1):
                 new = quota_counts(c, self._target(T + h), weff, h)
@@ -572,6 +671,7 @@ class MixEngine:
                 break
             new = quota_counts(start, self._target(M, base_T, base_a, weff), weff, h)
             over = ((new - c) > sup) & ~dry
+            self._mark_dry(over)
         end = not (weff > 0).any() or int((new - c).sum()) < house
         return _Step(draws=new - c, count=new, tok=None, T=M, base_T=base_T, base_a=base_a,
                      weff=weff, dry=dry, end=end)
@@ -632,6 +732,7 @@ class MixEngine:
         if not over.any():
             return _Step(draws=cnt - self._count, count=cnt, tok=tok, T=M, base_T=base_T, base_a=base_a,
                          weff=weff, dry=dry, end=False)
+        self._mark_dry(over)
         if self.spec.on_exhausted != "redistribute":
             lo, hi = 0, house - 1   # largest h in [0, house) that fits: feasibility is monotone in h
             best = None
@@ -661,6 +762,7 @@ class MixEngine:
                 cnt, tok = np.where(dry, fin_c, self._count), np.where(dry, fin_t, self._tok)
                 break
             cnt, tok, over = self._draw_tokens(self._target(M, base_T, base_a, weff), weff, dry)
+            self._mark_dry(over)
             cnt = np.where(dry, fin_c, cnt)
             tok = np.where(dry, fin_t, tok)
         end = not (weff > 0).any()
@@ -880,7 +982,9 @@ class MixEngine:
             "effective": self._weff.tolist(),
             "base_total": int(self._base_T),
             "base_targets": self._base_a.tolist(),
-            "log": [[int(a), list(w)] for a, w in self._log],
+            # pending changes only (past ones are folded into "weights"/"effective"/"base_*"):
+            # the state stays O(groups + pending changes) however many updates were applied
+            "log": [[int(a), list(w)] for a, w in self._log if a >= self._k],
             "applied": self._applied,
         }
 

@@ -49,7 +49,7 @@ def explain_table(catalog, sql: str, params=None) -> pa.Table:
     samples = [int(x) for x in rows]
     try:
         from .engine import forecast
-        fc = forecast(spec, samples, tokens)
+        fc = forecast(spec, samples, tokens, table)
     except ImportError:  # engine not available: counts and weights only
         fc = [{} for _ in range(n)]
     cols = {name: [] for name in SCHEMA.names}

@@ -3,7 +3,8 @@
 ``plan()`` parses and validates statically (names, values, weights, settings, schedule,
 algorithm) and builds the query with sqlglot expressions. The query returns one row per
 selected sample: the ``spec.MIX_COLUMNS`` pointer columns (``__mix_group`` computed by a
-nested CASE over the MIX BY tree), ``__mix_order`` when ORDER BY is given, then the user's
+nested CASE over the MIX BY tree), the ORDER BY keys (``__mix_order_<i>_<asc|desc>_<nf|nl>``,
+ranked in numpy by :func:`mixsql.shuffle.ordered_permutation`) when ORDER BY is given, then the user's
 projection. ``execute_plan()`` runs it, checks what needs data (a listed value in no row, an
 empty OTHER, a nested MIX over an empty group) and resolves NATURAL weights.
 
@@ -34,7 +35,7 @@ from sqlglot import exp
 
 from . import dialect as D
 from .errors import ProgrammingError, SQLError
-from .shuffle import pointer_order
+from .shuffle import order_key_columns, order_key_name, ordered_permutation, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, Algorithm, Budget, Group, MixSpec, ScheduleStep, Shuffle
 
 SETTINGS = {
@@ -115,6 +116,9 @@ class MixPlan:
     shared: dict = field(default_factory=dict, repr=False)   # user column -> MIX column
     fetch_sql: str = ""            # query for the user columns not in ``shared`` (+ pointers)
     pointer_sql: str = ""          # query for the pointer columns only (execute_plan(user_columns=False))
+    # ORDER BY: the key columns the query returns (``__mix_order_<i>_<asc|desc>_<nf|nl>``, ranked
+    # by execute_plan / the engine), or ``[ORDER_COLUMN]`` when a key's type is ranked by DuckDB
+    order_columns: list = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -597,12 +601,16 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
         col("n_bytes").as_("__mix_n_bytes"),
         col("n_tokens").as_("__mix_n_tokens"),
     ]
+    order_keys = []
     if tree.args.get("order"):
-        keys = [o.copy() for o in tree.args["order"].expressions]
-        for o in keys:
+        order_keys = [o.copy() for o in tree.args["order"].expressions]
+        for o in order_keys:
             o.set("this", resolve(o.this))
-        keys += [exp.Ordered(this=col("file_id")), exp.Ordered(this=col("row"))]
-        internal.append(exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=keys)).as_(ORDER_COLUMN))
+        # the keys themselves: ranked in numpy together with (group, file_id, row), one sort
+        # (a DuckDB row_number() window over the whole selection is far slower)
+        for i, o in enumerate(order_keys):
+            internal.append(o.this.copy().as_(order_key_name(i, bool(o.args.get("desc")),
+                                                            bool(o.args.get("nulls_first")))))
 
     def query_for(projection) -> str:
         inner = base.copy()
@@ -616,6 +624,18 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
     except duckdb.Error as exc:
         raise _duck_error(sql, exc, tree) from None
     n_internal = len(internal)
+    n_keys = len(order_keys)
+    if n_keys and not all(_rankable(str(d[1])) for d in desc[n_internal - n_keys:n_internal]):
+        # a key type numpy cannot rank exactly like DuckDB (nested, interval, enum, ...):
+        # DuckDB computes the consumption order itself
+        keys = order_keys + [exp.Ordered(this=col("file_id")), exp.Ordered(this=col("row"))]
+        internal[n_internal - n_keys:] = [
+            exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=keys)).as_(ORDER_COLUMN)]
+        n_internal = len(internal)
+        query = query_for(base.expressions)
+        desc = con.execute(f"SELECT * FROM ({query}) LIMIT 0", params).description
+    order_columns = [e.alias for e in internal[len(internal) - (1 if n_keys and internal[-1].alias == ORDER_COLUMN
+                                                               else n_keys):]] if n_keys else []
     user_columns = [d[0] for d in desc[n_internal:]]
     # user columns equal to a pointer column are not fetched twice (SELECT * has eight of them)
     single = len(sources) == 1 and qual.lower() in known
@@ -666,7 +686,21 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
         sql=query, params=params, spec=spec, statement=sql, user_columns=user_columns, matches=matches,
         root=root, leaves=leaves, natural=natural, prior_natural=prior_natural, unit_node=unit_node,
         base_sql=base.sql("duckdb"), shared=shared, fetch_sql=fetch_sql, pointer_sql=pointer_sql,
+        order_columns=order_columns,
     )
+
+
+_RANKABLE = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+             "FLOAT", "DOUBLE", "DECIMAL", "BOOLEAN", "DATE", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS",
+             "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE", "TIME", "VARCHAR", "BLOB")
+
+
+def _rankable(type_name: str) -> bool:
+    """ORDER BY key types that :func:`mixsql.shuffle.key_rank` orders exactly as DuckDB does."""
+    t = type_name.upper()
+    if t.startswith("DECIMAL"):
+        return True
+    return t in _RANKABLE
 
 
 def _fmt(v) -> str:
@@ -695,17 +729,23 @@ def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = Tr
     sequence of user column names (a subset, in the given order).
 
     Returns ``(pointers, spec)``: the pointer table (``MIX_COLUMNS`` [+ ``__mix_order``] + the
-    requested user columns) in canonical order, by ``__mix_group``, then ``__mix_order`` when
+    requested user columns) in canonical order, by ``__mix_group``, then the ORDER BY keys when
     ordered, then ``(__mix_file_id, __mix_row)`` (whatever order DuckDB produced rows in), and the
-    final spec. ``__mix_source`` / ``__mix_file`` are dictionary-encoded strings.
+    final spec. ``__mix_source`` / ``__mix_file`` are dictionary-encoded strings. When ordered,
+    the canonical table carries ``__mix_order`` (int64 rank, ascending = consumption order).
     ``canonical=False`` skips that reordering (rows stay in DuckDB's order, which varies between
     runs): for callers that only hand the table to :class:`~mixsql.engine.MixEngine`, which
-    derives its order from the values alone (one sort instead of two).
+    derives its order from the values alone (one sort instead of two); ordered tables then carry
+    the raw ORDER BY key columns ``__mix_order_<i>_<asc|desc>_<nf|nl>`` (see
+    :func:`mixsql.shuffle.ordered_permutation`) instead of ``__mix_order``.
     """
     sql = plan.statement
     want = _wanted(plan, user_columns)
     ordered = plan.spec.ordered
-    internal = [c for c in MIX_COLUMNS if c not in _FILLED] + ([ORDER_COLUMN] if ordered else [])
+    order_cols = list(plan.order_columns) if ordered else []
+    if ordered and not order_cols:   # a MixPlan built by hand / by an older planner
+        order_cols = [ORDER_COLUMN]
+    internal = [c for c in MIX_COLUMNS if c not in _FILLED] + order_cols
     fetch = [c for c in want if c not in plan.shared]
     if want == list(plan.user_columns) and plan.fetch_sql:
         query = plan.fetch_sql
@@ -814,12 +854,18 @@ def _finish_pointers(catalog, table: pa.Table, group: np.ndarray, ordered: bool,
     __mix_source / __mix_file filled (dictionary-encoded), columns in contract order."""
     fid = _np(table.column("__mix_file_id"), np.int64)
     perm = None
+    key_cols = order_key_columns(names) if ordered else []
+    order_out = [c for c in names if c == ORDER_COLUMN or c in {k[0] for k in key_cols}]
     if canonical:
-        if ordered:
-            key = _np(table.column(ORDER_COLUMN), np.int64)
+        if key_cols:
+            keys = [(table.column(names.index(n)), d, f) for n, d, f in key_cols]
+            perm = ordered_permutation(group, fid, _np(table.column("__mix_row"), np.int64), keys)
+            if len(perm) and (perm == np.arange(len(perm))).all():
+                perm = None
+        elif ordered:
+            perm = pointer_order(group, _np(table.column(ORDER_COLUMN), np.int64))
         else:
-            key = (fid << 40) | _np(table.column("__mix_row"), np.int64)
-        perm = pointer_order(group, key)
+            perm = pointer_order(group, (fid << 40) | _np(table.column("__mix_row"), np.int64))
 
     def reorder(c):
         if perm is None:   # one contiguous chunk: the engine then reads it without copying
@@ -829,7 +875,13 @@ def _finish_pointers(catalog, table: pa.Table, group: np.ndarray, ordered: bool,
         return (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c).take(pa.array(perm))
 
     n_int = len(names) - len([c for c in want if c not in shared])
-    cols = {name: reorder(table.column(i)) for i, name in enumerate(names[:n_int]) if name != "__mix_group"}
+    cols = {name: reorder(table.column(i)) for i, name in enumerate(names[:n_int])
+            if name != "__mix_group" and not (canonical and name in order_out)}
+    if canonical and key_cols:   # rows are in consumption order now: the rank is the position
+        cols[ORDER_COLUMN] = pa.array(np.arange(len(group), dtype=np.int64))
+        order_out = [ORDER_COLUMN]
+    elif canonical and ordered:
+        cols[ORDER_COLUMN] = reorder(table.column(names.index(ORDER_COLUMN)))
     cols["__mix_group"] = pa.array((group if perm is None else group[perm]).astype(np.int32, copy=False))
     fetched = [reorder(table.column(i)) for i in range(n_int, len(names))]
     if perm is not None:
@@ -852,7 +904,7 @@ def _finish_pointers(catalog, table: pa.Table, group: np.ndarray, ordered: bool,
     cols["__mix_file"] = pa.DictionaryArray.from_arrays(pos, pa.array([f[1] for f in files], pa.string()))
     cols["__mix_source"] = pa.DictionaryArray.from_arrays(
         sidx.astype(np.int32)[pos] if len(pos) else np.zeros(0, np.int32), pa.array(list(snames), pa.string()))
-    out = [*MIX_COLUMNS, *([ORDER_COLUMN] if ordered else [])]
+    out = [*MIX_COLUMNS, *order_out]
     it = iter(fetched)
     arrays = [cols[c] for c in out] + [cols[shared[c]] if c in shared else next(it) for c in want]
     return pa.Table.from_arrays(arrays, names=out + want)

@@ -30,6 +30,8 @@ reached in O(window) time without generating the positions before it (random acc
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .spec import Shuffle
@@ -188,3 +190,130 @@ class GroupSequence:
         cum = np.cumsum(self.tokens[self._window(epoch, w)])
         j = int(np.searchsorted(cum, target - int(wtok[w]), side="left"))
         return int(wstart[w]) + j + 1
+
+
+# --- ORDER BY ranking ----------------------------------------------------------------------------
+# The planner returns each ORDER BY key as a column named ``__mix_order_<i>_<asc|desc>_<nf|nl>``
+# (nf: NULLS FIRST, nl: NULLS LAST); rows are then ranked here, in numpy, by
+# (group, key_0, ..., key_k, file_id, row) -- DuckDB's ORDER BY semantics: NaN is the largest
+# float (above +inf), -0.0 == 0.0, strings/blobs compare bytewise (DuckDB's default binary
+# collation), NULL placement as given (DuckDB's default is NULLS LAST for ASC and DESC).
+ORDER_KEY_PREFIX = "__mix_order_"
+_ORDER_KEY_RE = re.compile(r"^__mix_order_(\d+)_(asc|desc)_(nf|nl)$")
+
+
+def order_key_name(i: int, descending: bool, nulls_first: bool) -> str:
+    return f"{ORDER_KEY_PREFIX}{i}_{'desc' if descending else 'asc'}_{'nf' if nulls_first else 'nl'}"
+
+
+def order_key_columns(names) -> list[tuple[str, bool, bool]]:
+    """``(name, descending, nulls_first)`` of the ORDER BY key columns among ``names``, in key order."""
+    found = []
+    for n in names:
+        m = _ORDER_KEY_RE.match(n)
+        if m:
+            found.append((int(m.group(1)), n, m.group(2) == "desc", m.group(3) == "nf"))
+    return [(n, d, f) for _, n, d, f in sorted(found)]
+
+
+def _bits(x: int) -> int:
+    return max(1, int(x).bit_length())
+
+
+def _dense_from_codes(codes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense ascending rank of an integer array (one sort unless the range is small)."""
+    if not len(codes):
+        return codes.astype(np.int64), 0
+    lo, hi = int(codes.min()), int(codes.max())
+    if hi - lo < (1 << 24) or hi - lo < 4 * len(codes):   # small range: the offset is already a rank
+        return (codes - lo).astype(np.int64, copy=False), hi - lo + 1
+    u, inv = np.unique(codes, return_inverse=True)
+    return inv.astype(np.int64, copy=False).reshape(-1), len(u)
+
+
+def _float_codes(x: np.ndarray) -> np.ndarray:
+    """int64 codes with DuckDB's float order: -0.0 == 0.0, NaN above +inf (all NaNs equal)."""
+    x = x.astype(np.float64, copy=False) + 0.0   # -0.0 -> 0.0
+    x = np.where(np.isnan(x), np.float64("nan"), x)   # one canonical (positive) NaN
+    b = x.view(np.int64)
+    return np.where(b < 0, b ^ np.int64(0x7FFFFFFFFFFFFFFF), b)
+
+
+def key_rank(col, descending: bool, nulls_first: bool) -> tuple[np.ndarray, int]:
+    """Dense rank (int64, 0..d-1) of an ORDER BY key column, and d. Raises TypeError for types
+    that cannot be ranked here (the planner sends those to DuckDB instead)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    t = col.type
+    nulls = col.null_count > 0
+    valid = None if not nulls else np.asarray(col.is_valid())
+    if pa.types.is_floating(t):
+        codes = _float_codes(col.to_numpy(zero_copy_only=False))
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_temporal(t) and not pa.types.is_interval(t):
+        if pa.types.is_unsigned_integer(t) and t.bit_width == 64:
+            raise TypeError("UBIGINT keys are ranked by DuckDB")
+        if pa.types.is_temporal(t):
+            col = col.cast(pa.int64() if t.bit_width == 64 else pa.int32())
+        elif pa.types.is_boolean(t):
+            col = col.cast(pa.int8())
+        codes = col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False) if nulls \
+            else col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    elif (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+          or pa.types.is_large_binary(t) or pa.types.is_string_view(t) or pa.types.is_binary_view(t)
+          or pa.types.is_decimal(t) or pa.types.is_fixed_size_binary(t)):
+        enc = pc.dictionary_encode(col, null_encoding="mask")
+        d = enc.dictionary
+        order = np.asarray(pc.sort_indices(d))
+        rank_of = np.empty(len(d), np.int64)
+        rank_of[order] = np.arange(len(d), dtype=np.int64)
+        idx = enc.indices.fill_null(0).to_numpy(zero_copy_only=False) if nulls \
+            else enc.indices.to_numpy(zero_copy_only=False)
+        codes = rank_of[idx] if len(d) else np.zeros(len(col), np.int64)   # all NULL: no dictionary
+    else:
+        raise TypeError(f"ORDER BY keys of type {t} are ranked by DuckDB")
+    if nulls:
+        codes = np.where(valid, codes, codes[valid].min() if valid.any() else 0)
+    rank, d = _dense_from_codes(codes)
+    if descending:
+        rank = (d - 1) - rank
+    if nulls:
+        if nulls_first:
+            rank = np.where(valid, rank + 1, 0)
+        else:
+            rank = np.where(valid, rank, d)
+        d += 1
+    return rank, d
+
+
+def ordered_permutation(group: np.ndarray, file_id: np.ndarray, row: np.ndarray, keys) -> np.ndarray:
+    """Permutation sorting rows by (group, key ranks..., file_id, row); ``keys`` is a list of
+    ``(column, descending, nulls_first)``. Ranks are packed into one unique int64 per row and
+    sorted once; the result depends only on the values."""
+    n = len(group)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    tie = (file_id.astype(np.int64) << 40) | row.astype(np.int64)
+    dt = np.diff(tie)
+    if (dt > 0).all():
+        tie_rank, tie_bits = np.arange(n, dtype=np.int64), _bits(n - 1)
+    else:
+        tie_rank = np.empty(n, np.int64)
+        tie_rank[np.argsort(tie, kind="stable")] = np.arange(n, dtype=np.int64)
+        tie_bits = _bits(n - 1)
+    acc = group.astype(np.int64)
+    acc_max = int(acc.max())
+    for col, desc, nf in keys:
+        r, d = key_rank(col, desc, nf)
+        if _bits(acc_max) + _bits(d - 1) > 62:
+            acc, acc_max = _dense_from_codes(acc)
+            acc_max -= 1
+        acc = (acc << _bits(d - 1)) | r
+        acc_max = (acc_max << _bits(d - 1)) | ((1 << _bits(d - 1)) - 1)
+    if _bits(acc_max) + tie_bits > 63:
+        acc, acc_max = _dense_from_codes(acc)
+        acc_max -= 1
+    full = (acc << tie_bits) | tie_rank
+    return np.argsort(full)   # unique keys: any sort gives this permutation

@@ -422,3 +422,74 @@ def test_row_order_of_pointer_table_does_not_matter():
         perm = np.random.Generator(np.random.PCG64(seed)).permutation(t.num_rows)
         got = stream(MixEngine(t.take(pa.array(perm)), spec))
         assert len(got) == len(ref) and all(a.equals(b) for a, b in zip(ref, got))
+
+
+# ----------------------------------------------------------------------------- forecast == engine
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(w=weights_st, seed=st.integers(0, 2**32), data=st.data())
+def test_forecast_equals_realised_stream(w, seed, data):
+    """EXPLAIN MIX's forecast is exactly what the engine delivers for a static mixture: per-group
+    samples (and tokens when tracked), epochs and the chunk at which each group runs dry."""
+    sizes = [data.draw(st.integers(0, 40)) for _ in w]
+    unit = data.draw(st.sampled_from(["samples", "tokens"]))
+    policy = data.draw(st.sampled_from(["stop", "redistribute", "repeat"]))
+    max_epochs = data.draw(st.integers(1, 3)) if policy == "repeat" else None
+    kind = data.draw(st.sampled_from([None, "samples", "tokens", "chunks"]))
+    amount = {None: 0, "samples": data.draw(st.integers(1, 200)), "tokens": data.draw(st.integers(1, 5000)),
+              "chunks": data.draw(st.integers(1, 30))}[kind]
+    chunk = data.draw(st.integers(1, 30)) if unit == "samples" else data.draw(st.integers(20, 300))
+    spec = make_spec(w, chunk_size=chunk, seed=seed, unit=unit, on_exhausted=policy, max_epochs=max_epochs,
+                     budget=Budget(amount, kind) if kind else None)
+    ptrs = pointer_table(sizes)
+    gid = ptrs.column("__mix_group").to_numpy()
+    tok = ptrs.column("__mix_n_tokens").to_numpy()
+    group_tokens = [int(tok[gid == g].sum()) for g in range(len(w))]
+    fc = forecast(spec, sizes, group_tokens, ptrs)
+    eng = MixEngine(ptrs, spec)
+    chunks = list(eng)
+    G = len(w)
+    got_g = np.concatenate([c.column("group_id").to_numpy() for c in chunks]) if chunks else np.zeros(0, int)
+    got_t = np.concatenate([c.column("n_tokens").to_numpy() for c in chunks]) if chunks else np.zeros(0, int)
+    got_e = np.concatenate([c.column("epoch").to_numpy() for c in chunks]) if chunks else np.zeros(0, int)
+    counts = np.bincount(got_g, minlength=G)
+    assert [f["samples_needed"] for f in fc] == counts.tolist()
+    assert sum(f["samples_needed"] for f in fc) == sum(c.num_rows for c in chunks)
+    if unit == "tokens" or kind == "tokens":
+        assert [f["tokens_needed"] for f in fc] == np.bincount(got_g, weights=got_t, minlength=G).astype(int).tolist()
+    for g, f in enumerate(fc):
+        assert f["epochs_needed"] == (counts[g] / sizes[g] if sizes[g] else 0.0)
+        passes = int(got_e[got_g == g].max()) + 1 if counts[g] else 0
+        assert passes == int(np.ceil(f["epochs_needed"]))   # epochs the stream actually opened
+    assert [f["dry_at_chunk"] for f in fc] == [eng.dry_at_chunk.get(g) for g in range(G)]
+    for g, f in enumerate(fc):
+        if f["dry_at_chunk"] is None:
+            continue
+        if policy == "redistribute":   # dry only once it has given every sample it has
+            assert counts[g] == sizes[g]
+        else:   # stop (and repeat past max_epochs): the stream ends with that chunk
+            assert f["dry_at_chunk"] in (len(chunks) - 1, len(chunks))
+    if unit == "samples" and kind != "tokens":   # the composition-only path needs no pointers
+        assert forecast(spec, sizes, group_tokens) == fc
+
+
+# ----------------------------------------------------------------------------- state size
+def test_state_stays_small_under_many_weight_changes_and_restores_exactly():
+    spec = make_spec([1, 1, 1], chunk_size=8, seed=3, on_exhausted="repeat")
+    ptrs = pointer_table([50, 70, 30])
+    rng = np.random.Generator(np.random.PCG64(11))
+    eng = MixEngine(ptrs, spec)
+    sizes = []
+    for i in range(1000):
+        eng.set_weights(rng.random(3) + 0.01)
+        if i % 3 == 0:
+            eng.set_weights(rng.random(3) + 0.01, at_chunk=eng.next_index + 2)   # a pending change
+        eng.next_chunk()
+        sizes.append(len(json.dumps(eng.state_dict())))
+    st_ = eng.state_dict()
+    assert all(a >= st_["next_index"] for a, _ in st_["log"]) and len(st_["log"]) <= 2
+    assert max(sizes) < 2 * min(sizes[10:]) and max(sizes) < 2000
+    restored = MixEngine(ptrs, spec, state=json.loads(json.dumps(st_)))
+    for _ in range(30):
+        a, b = eng.next_chunk(), restored.next_chunk()
+        assert a.equals(b)
+    assert eng.state_dict() == restored.state_dict()

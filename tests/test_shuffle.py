@@ -65,3 +65,59 @@ def test_token_prefix_and_search(tokens, block, window, target):
         assert q is None
     else:
         assert cum[q] >= target and (q == 0 or cum[q - 1] < target)
+
+
+# --- ORDER BY ranking matches DuckDB's ORDER BY ------------------------------------------------
+import datetime as _dt  # noqa: E402
+import decimal as _dec  # noqa: E402
+
+import duckdb  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from mixsql.shuffle import ordered_permutation  # noqa: E402
+
+_KEY_TYPES = {
+    "i": (pa.int64(), st.one_of(st.none(), st.integers(-3, 3), st.integers(-2**62, 2**62))),
+    "f": (pa.float64(), st.one_of(st.none(), st.sampled_from([0.0, -0.0, 1.5, -1.5, float("nan"),
+                                                                float("inf"), float("-inf")]),
+                                  st.floats(allow_nan=True))),
+    "s": (pa.string(), st.one_of(st.none(), st.sampled_from(["", "a", "B", "b", "ab", "é", "Z"]), st.text(max_size=3))),
+    "b": (pa.bool_(), st.one_of(st.none(), st.booleans())),
+    "d": (pa.date32(), st.one_of(st.none(), st.dates(_dt.date(1900, 1, 1), _dt.date(2100, 1, 1)))),
+    "t": (pa.timestamp("us"), st.one_of(st.none(), st.datetimes(_dt.datetime(1960, 1, 1), _dt.datetime(2090, 1, 1)))),
+    "m": (pa.decimal128(10, 2), st.one_of(st.none(), st.decimals(-1000, 1000, places=2, allow_nan=False))),
+}
+
+
+@st.composite
+def _order_tables(draw):
+    n = draw(st.integers(1, 40))
+    kinds = draw(st.lists(st.sampled_from(sorted(_KEY_TYPES)), min_size=1, max_size=3))
+    cols = {"g": pa.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)), pa.int32())}
+    fid_row = draw(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 50)), min_size=n, max_size=n, unique=True))
+    cols["fid"] = pa.array([f for f, _ in fid_row], pa.int32())
+    cols["rw"] = pa.array([r for _, r in fid_row], pa.int64())
+    keys = []
+    for i, k in enumerate(kinds):
+        typ, strat = _KEY_TYPES[k]
+        cols[f"k{i}"] = pa.array(draw(st.lists(strat, min_size=n, max_size=n)), typ)
+        keys.append((f"k{i}", draw(st.booleans()), draw(st.sampled_from([None, True, False]))))
+    return pa.table(cols), keys
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=_order_tables())
+def test_ordered_permutation_matches_duckdb_order_by(case):
+    """Same order as DuckDB's ORDER BY g, keys (ASC/DESC, default/explicit NULLS), fid, row:
+    NaN above +inf, -0.0 == 0.0, bytewise strings, NULLS LAST by default for ASC and DESC."""
+    table, keys = case
+    con = duckdb.connect()
+    con.register("t", table)
+    terms = ", ".join(f"{n}{' DESC' if d else ''}{'' if nf is None else (' NULLS FIRST' if nf else ' NULLS LAST')}"
+                      for n, d, nf in keys)
+    ref = [r[0] for r in con.execute(
+        f"SELECT i FROM (SELECT *, row_number() OVER () - 1 AS i FROM t) ORDER BY g, {terms}, fid, rw").fetchall()]
+    got = ordered_permutation(table.column("g").to_numpy(), table.column("fid").to_numpy(),
+                              table.column("rw").to_numpy(),
+                              [(table.column(n), d, bool(nf)) for n, d, nf in keys])
+    assert got.tolist() == ref

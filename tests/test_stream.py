@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from mixsql.catalog import Catalog
 from mixsql.stream import MixStream
 from mixsql.topology import Topology
@@ -51,3 +53,31 @@ def test_pointer_only_stream_matches_full(langs_catalog):
         assert a.select(b.column_names).equals(b)
     sub = next(MixStream.open(langs_catalog, SQL, user_columns=["quality"]).chunks())
     assert sub.column("quality").equals(full[0].column("quality"))
+
+
+def test_order_by_consumption_matches_duckdb(langs_catalog):
+    """ORDER BY keys ranked in numpy (and a LIST key ranked by DuckDB) give DuckDB's order,
+    ties broken by (file, row), in the stream and in the DB-API's canonical table."""
+    from mixsql import planner
+
+    for order, dd in (("quality DESC, n_bytes", "quality DESC, n_bytes"),
+                      ("[round(quality * 3)] NULLS FIRST", "[round(quality * 3)] NULLS FIRST")):
+        sql = (f"SELECT * FROM samples MIX BY language WITH (JavaScript 0.5, HTML 0.3, Python 0.2) ORDER BY {order} "
+               "SETTINGS (chunk_size = 10, on_exhausted = 'redistribute')")
+        s = MixStream.open(langs_catalog, sql)
+        got = {}
+        for c in s.chunks():
+            for g, f, r in zip(*(c.column(n).to_pylist() for n in ("group", "file_id", "row"))):
+                got.setdefault(g, []).append((f, r))
+        cat = Catalog(langs_catalog, read_only=True)
+        try:
+            for lang, seq in got.items():
+                ref = cat.con.execute(f"SELECT file_id, \"row\" FROM samples WHERE language = ? "
+                                      f"ORDER BY {dd}, file_id, \"row\"", [lang]).fetchall()
+                assert seq == [tuple(x) for x in ref], order
+            p = planner.plan(cat, sql)
+            table, _ = planner.execute_plan(cat, p)
+            rank, grp = (table.column(n).to_numpy() for n in ("__mix_order", "__mix_group"))
+            assert (np.diff(grp) >= 0).all() and (np.diff(rank)[np.diff(grp) == 0] > 0).all()
+        finally:
+            cat.close()
