@@ -18,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import threading
 import zlib
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -30,7 +32,10 @@ import pyarrow.parquet as pq
 import zstandard
 
 BLOCK_BYTES = 32 << 20          # decompressed bytes parsed per pyarrow.json call
-READ_BYTES = 4 << 20            # compressed bytes read per I/O call
+READ_BYTES = 32 << 20           # compressed bytes read per I/O call
+WRITE_BYTES = 16 << 20          # decompressed bytes produced per zstd output buffer
+ONE_SHOT_BYTES = 256 << 20      # a zstd frame up to this size decompresses into one buffer
+FAST_MAX_FAILS = 2              # blocks the DuckDB fast path may fall back on before a file stops trying it
 FINGERPRINT_BYTES = 64 << 10    # head and tail bytes hashed into the fingerprint
 MAX_REPORTED_SKIPS = 20
 
@@ -106,7 +111,7 @@ def fingerprint(path: str, size: int | None = None) -> str:
 
 # compression -> (new decoder, its error class, what a truncated stream is called)
 _MULTI_FRAME = {
-    "zstd": (lambda: zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError,
+    "zstd": (lambda: zstandard.ZstdDecompressor().decompressobj(write_size=WRITE_BYTES), zstandard.ZstdError,
              "truncated zstd file (the compressed stream ends mid-frame)"),
     "gzip": (lambda: zlib.decompressobj(wbits=47), zlib.error,
              "truncated gzip file (the compressed stream ends early)"),
@@ -125,9 +130,14 @@ def _decompressed_chunks(path: str, compression: str):
         if compression not in _MULTI_FRAME:
             raise ScanError(f"unknown compression {compression!r}")
         new_decoder, error, truncated = _MULTI_FRAME[compression]
+        b = fh.read(READ_BYTES)
         d = new_decoder()
+        if compression == "zstd" and len(b) >= 18:  # one output buffer per frame when its size is known
+            size = zstandard.frame_content_size(b[:18])
+            if 0 < size <= ONE_SHOT_BYTES:
+                d = zstandard.ZstdDecompressor().decompressobj(write_size=size + 1)
         pending = False  # input fed into a frame that has not ended
-        while b := fh.read(READ_BYTES):
+        while b:
             while b:
                 try:
                     out = d.decompress(b)
@@ -143,6 +153,7 @@ def _decompressed_chunks(path: str, compression: str):
                     pending = False
                 else:
                     b = b""
+            b = fh.read(READ_BYTES)
         if pending:
             raise ScanError(truncated, hint="re-download or re-compress the file")
 
@@ -171,13 +182,31 @@ def _blocks(path: str, compression: str):
         yield base, memoryview(data)
 
 
+def _newlines(data) -> np.ndarray:
+    """Positions of every b"\\n": a bytes.find loop when lines are long (memchr, few Python steps),
+    numpy otherwise."""
+    head = bytes(data[:1 << 20])
+    if len(data) > (1 << 20) and head.count(b"\n") < 256:   # lines average > 4 KiB
+        n = len(data)
+        buf = data
+        if isinstance(data, memoryview):
+            buf = data.obj if isinstance(data.obj, bytes) and np.frombuffer(data, np.uint8).ctypes.data \
+                == np.frombuffer(data.obj, np.uint8).ctypes.data else bytes(data)
+        out, find = [], buf.find
+        i = find(b"\n", 0, n)
+        while i >= 0:
+            out.append(i)
+            i = find(b"\n", i + 1, n)
+        return np.asarray(out, dtype=np.int64)
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+
+
 def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(starts, lengths, keep) of every physical line; keep=False for blank lines."""
-    arr = np.frombuffer(data, dtype=np.uint8)
-    nl = np.flatnonzero(arr == 10)
+    nl = _newlines(data)
     ends = nl
-    if len(arr) and arr[-1] != 10:
-        ends = np.append(nl, len(arr))
+    if len(data) and data[-1] != 10:
+        ends = np.append(nl, len(data))
     starts = np.empty(len(ends), dtype=np.int64)
     if len(ends):
         starts[0] = 0
@@ -189,6 +218,60 @@ def _line_spans(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not bytes(data[starts[i]:starts[i] + lengths[i]]).strip():
             keep[i] = False
     return starts, lengths, keep
+
+
+_DUCK: tuple[int, duckdb.DuckDBPyConnection] | None = None
+# inferred Arrow type -> (value from the raw JSON text r, condition that r has another JSON type).
+# r is the property's JSON text (NULL when absent); a mismatch makes the block take the exact path.
+_FAST_KINDS = {
+    pa.string(): ("{r}::JSON ->> '$'", "left({r}, 1) <> '\"'"),
+    pa.int64(): ("TRY_CAST({r} AS BIGINT)",
+                 "(NOT regexp_full_match({r}, '-?[0-9]+') OR TRY_CAST({r} AS BIGINT) IS NULL)"),
+    pa.float64(): ("TRY_CAST({r} AS DOUBLE)", "(TRY_CAST({r} AS DOUBLE) IS NULL OR left({r}, 1) IN ('N', 'I', '-I'))"),
+    pa.bool_(): ("({r} = 'true')", "{r} NOT IN ('true', 'false')"),
+}
+_INHERITED: list = []
+_DUCK_LOCK = threading.Lock()
+_LOCAL = threading.local()
+
+
+def _duck() -> duckdb.DuckDBPyConnection:
+    """This thread's cursor on the process's single-threaded in-memory DuckDB (scanner threads
+    query concurrently; DuckDB releases the GIL). A forked child opens its own database and keeps
+    the inherited one referenced, never closed: its threads did not survive the fork."""
+    global _DUCK
+    mine = getattr(_LOCAL, "con", None)
+    if mine is not None and mine[0] == os.getpid():
+        return mine[1]
+    with _DUCK_LOCK:
+        if _DUCK is None or _DUCK[0] != os.getpid():
+            if _DUCK is not None:
+                _INHERITED.append(_DUCK)
+            _DUCK = (os.getpid(), duckdb.connect(":memory:", config={"threads": 1}))
+        cur = _DUCK[1].cursor()
+    if mine is not None:
+        _INHERITED.append(mine)
+    _LOCAL.con = (os.getpid(), cur)
+    return cur
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _json_path(path: str) -> str:
+    return "$" + "".join("." + orjson.dumps(p).decode() for p in path.split("."))
+
+
+def _struct_ref(path: str) -> str:
+    return "j" + "".join("." + '"' + p.replace('"', '""') + '"' for p in path.split("."))
+
+
+def np_array(a: np.ndarray) -> pa.Array:
+    """A 1-D numeric numpy array as an Arrow array without pa.array(), whose first use on numpy
+    imports pandas (~0.6 s per process)."""
+    a = np.ascontiguousarray(a)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(a.dtype), len(a), [None, pa.py_buffer(a)])
 
 
 def get_path(obj, parts: tuple[str, ...]):
@@ -275,6 +358,9 @@ class _JsonlScanner:
         self.auto_excl = {self.text_parts[0]}
         self.prune = not task.auto   # parse only the needed fields
         self.schema: pa.Schema | None = None
+        self.fast = not task.auto and not task.tokenizer   # DuckDB fast path (see _fast)
+        self.fast_fails = 0
+        self.fast_sql: str | None = None
 
     def scan(self) -> pa.Table:
         parts, row0, line0 = [], 0, 0
@@ -284,7 +370,7 @@ class _JsonlScanner:
             t = self._block(data, base, starts, lengths, keep, line0)
             line0 += len(starts)
             if t.num_rows:
-                t = t.set_column(0, "row", pa.array(np.arange(row0, row0 + t.num_rows, dtype=np.int64)))
+                t = t.set_column(0, "row", np_array(np.arange(row0, row0 + t.num_rows, dtype=np.int64)))
                 row0 += t.num_rows
                 parts.append(t)
         if not parts:
@@ -351,8 +437,98 @@ class _JsonlScanner:
 
         return pa.schema(build(tree))
 
+    def _fast_query(self, data) -> str | None:
+        """SQL extracting n_bytes and the properties with DuckDB's JSON reader, built once per file
+        from the pruned schema; None when the layout is unknown or has non-scalar properties.
+
+        Properties come out as raw JSON values whose JSON type is checked against the inferred
+        type (``__bad``), so a type change falls back instead of being cast silently."""
+        if self.fast_sql is None:
+            if self.prune and self.schema is None:
+                ropts = pj.ReadOptions(use_threads=self.task.use_threads, block_size=8 << 20)
+                self.schema = self._pruned_schema(data, ropts)
+            if self.schema is None:
+                self.fast = False
+                return None
+            paths = dict(self.task.properties)
+            if self.task.n_tokens:
+                paths["__ntok__"] = self.task.n_tokens
+            cols, bad = [], []
+            for i, path in enumerate(paths.values()):
+                t: pa.DataType = self.schema
+                for part in path.split("."):
+                    t = t.field(part).type
+                kind = _FAST_KINDS.get(t)
+                if kind is None:
+                    self.fast = False
+                    return None
+                r = f"CAST({_struct_ref(path)} AS VARCHAR)"
+                cols.append(f"{kind[0].format(r=r)} AS __p{i}")
+                bad.append(f"({r} <> 'null' AND {kind[1].format(r=r)})")
+
+            def spec(fields, top=True) -> dict:
+                return {f.name: spec(f.type, False) if pa.types.is_struct(f.type) else
+                        ("VARCHAR" if top and f.name == self.task.text else "JSON") for f in fields}
+
+            text = _struct_ref(self.task.text)
+            cols[:0] = [f"strlen({text}) AS __n",
+                        f"CASE WHEN strlen({text}) <= 32 OR left({text}, 1) IN ('[', '{{') "
+                        f"THEN json_type(line, {_sql_str(_json_path(self.task.text))}) END AS __tt",
+                        f"{' OR '.join(bad) if bad else 'false'} AS __bad"]
+            self.fast_names = list(paths)
+            self.fast_sql = (f"SELECT {', '.join(cols)} FROM (SELECT line, json_transform(line, "
+                             f"{_sql_str(orjson.dumps(spec(self.schema)).decode())}) AS j FROM __mixsql_lines)")
+        return self.fast_sql
+
+    def _fast(self, data, base, starts, lengths, idx) -> pa.Table | None:
+        """Fast path: DuckDB's JSON reader (yyjson) over the block's lines, one in-process pass, no
+        text materialised in Python. Returns None whenever anything is unusual (malformed JSON, a
+        missing field, a type change, a non-string text, a missing required property): the caller
+        then takes the exact pyarrow / per-line path, which reports or skips the offending line.
+        n_bytes = strlen of the decoded text = its UTF-8 byte length (escapes resolved)."""
+        sql = self._fast_query(data)
+        if sql is None:
+            return None
+        offs = np.empty(len(idx) + 1, dtype=np.int64)
+        offs[:-1] = starts[idx]
+        offs[-1] = len(data)   # a line's span runs to the next kept line: trailing blanks are JSON whitespace
+        lines = pa.LargeStringArray.from_buffers(len(idx), pa.py_buffer(offs), pa.py_buffer(data))
+        try:
+            lines.validate(full=True)   # UTF-8 (SIMD, ~3 GB/s): DuckDB's JSON reader does not check it
+        except pa.ArrowInvalid:
+            return None
+        con = _duck()
+        con.register("__mixsql_lines", pa.table({"line": lines}))   # per cursor, so per thread
+        try:
+            res = con.sql(sql).to_arrow_table()
+        except (duckdb.Error, UnicodeDecodeError):   # the latter: an error message quoting invalid UTF-8
+            return None
+        finally:
+            con.unregister("__mixsql_lines")
+        nbytes = res.column("__n")
+        if nbytes.null_count or res.num_rows != len(idx):
+            return None
+        if pc.any(res.column("__bad")).as_py():
+            return None
+        tt = res.column("__tt")
+        if tt.null_count != len(tt) and not pc.all(pc.equal(pc.drop_null(tt), "VARCHAR")).as_py():
+            return None
+        props = {name: res.column(f"__p{i}") for i, name in enumerate(self.fast_names)}
+        if any(props[n].null_count for n in self.task.required if n in props):
+            return None
+        cols = self._pointer_cols(base, starts, lengths, idx, pc.cast(nbytes, pa.int64()))
+        cols["n_tokens"] = self._ntokens(None, props.pop("__ntok__", None), len(idx))
+        cols.update(props)
+        return pa.table(cols)
+
     def _block(self, data, base, starts, lengths, keep, line0) -> pa.Table:
         idx = np.flatnonzero(keep)
+        if self.fast and len(idx):
+            t = self._fast(data, base, starts, lengths, idx)
+            if t is not None:
+                return t
+            self.fast_fails += 1
+            self.fast = self.fast_fails < FAST_MAX_FAILS
         table = None
         try:
             table = self._read(data, int(max(8 << 20, (lengths.max() if len(lengths) else 0) + 2)))
@@ -396,9 +572,9 @@ class _JsonlScanner:
 
     def _pointer_cols(self, base, starts, lengths, idx, nbytes):
         return {
-            "row": pa.array(np.zeros(len(idx), dtype=np.int64)),
-            "loc_offset": pa.array(starts[idx] + base),
-            "loc_length": pa.array(lengths[idx].astype(np.int32)),
+            "row": np_array(np.zeros(len(idx), dtype=np.int64)),
+            "loc_offset": np_array(starts[idx] + base),
+            "loc_length": np_array(lengths[idx].astype(np.int32)),
             "n_bytes": nbytes,
         }
 
@@ -418,7 +594,7 @@ class _JsonlScanner:
 
     def _ntokens(self, text, hint, n):
         if self.task.tokenizer:
-            return pa.array(count_tokens(self.task.tokenizer, text.to_pylist()))
+            return np_array(count_tokens(self.task.tokenizer, text.to_pylist()))
         if hint is not None:
             try:
                 return pc.cast(hint, pa.int64())
@@ -465,7 +641,7 @@ class _JsonlScanner:
             good.append(i)
         good = np.asarray(good, dtype=np.int64)
         texts = [get_path(o, self.text_parts) for o in objs]
-        nbytes = pa.array(np.fromiter((len(t.encode()) for t in texts), dtype=np.int64, count=len(texts)))
+        nbytes = np_array(np.fromiter((len(t.encode()) for t in texts), dtype=np.int64, count=len(texts)))
         cols = self._pointer_cols(base, starts, lengths, good, nbytes)
         if self.task.auto:
             names: dict[str, None] = {}
@@ -531,13 +707,13 @@ def _scan_parquet(task: ScanTask) -> tuple[pa.Table | None, int, int]:
         nbytes = _utf8_len(text)
         raw += int(pc.sum(nbytes).as_py() or 0)
         cols = {
-            "row": pa.array(np.arange(row0, row0 + n, dtype=np.int64)),
-            "loc_offset": pa.array(np.full(n, rg, dtype=np.int64)),
-            "loc_length": pa.array(np.arange(n, dtype=np.int32)),
+            "row": np_array(np.arange(row0, row0 + n, dtype=np.int64)),
+            "loc_offset": np_array(np.full(n, rg, dtype=np.int64)),
+            "loc_length": np_array(np.arange(n, dtype=np.int32)),
             "n_bytes": pc.fill_null(nbytes, 0),
         }
         if task.tokenizer:
-            cols["n_tokens"] = pa.array(count_tokens(task.tokenizer, [x or "" for x in text.to_pylist()]))
+            cols["n_tokens"] = np_array(count_tokens(task.tokenizer, [x or "" for x in text.to_pylist()]))
         elif tok_col:
             cols["n_tokens"] = pc.cast(pc.list_value_length(arrow_path(t, task.tokens)), pa.int64())
         elif task.n_tokens and arrow_path(t, task.n_tokens) is not None:
@@ -634,13 +810,13 @@ def _scan_webdataset(task: ScanTask, res: dict) -> pa.Table | None:
     if not rows:
         return None
     cols = {
-        "row": pa.array(np.asarray(rows, dtype=np.int64)),
-        "loc_offset": pa.array(np.asarray(offs, dtype=np.int64)),
-        "loc_length": pa.array(np.asarray(lens, dtype=np.int32)),
-        "n_bytes": pa.array(np.asarray(lens, dtype=np.int64)),
+        "row": np_array(np.asarray(rows, dtype=np.int64)),
+        "loc_offset": np_array(np.asarray(offs, dtype=np.int64)),
+        "loc_length": np_array(np.asarray(lens, dtype=np.int32)),
+        "n_bytes": np_array(np.asarray(lens, dtype=np.int64)),
     }
     if task.tokenizer:
-        cols["n_tokens"] = pa.array(count_tokens(task.tokenizer, texts))
+        cols["n_tokens"] = np_array(count_tokens(task.tokenizer, texts))
     elif task.n_tokens:
         parts = tuple(task.n_tokens.split("."))
         cols["n_tokens"] = pc.cast(pa.array([get_path(o, parts) for o in objs]), pa.int64())

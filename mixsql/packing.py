@@ -5,14 +5,20 @@ buffer holds ``seq_len + 1`` tokens a sequence is emitted. With ``by_group=True`
 with ``unit = 'tokens'``) each group has its own buffer, so every sequence holds one group's
 tokens; otherwise one buffer holds all groups and each sequence carries per-token group ids.
 
-Leftover tokens are never dropped: they stay in the carry buffers, which move on to the next
-chunk and are small and JSON-serialisable (:meth:`Packer.carry`). At the end of a stream
-:meth:`Packer.flush` delivers each non-empty buffer as one final *short* sequence, padded to
-``seq_len + 1`` with ``pad_id`` and marked by ``length`` < ``seq_len + 1`` (mask positions
-``>= length`` out of the loss).
+:meth:`Packer.add_chunk` packs a whole chunk at once, vectorised (one flat token array plus
+per-document lengths and groups; no Python loop over documents or tokens) and returns a
+:class:`PackedBatch` of 2-D arrays, in exactly the order repeated :meth:`Packer.add` calls
+would emit the sequences (a sequence is emitted when its last token is fed).
 
-Resume support: ``drop`` (per buffer key) skips the first tokens *fed* through :meth:`add`,
-which is how a reader resumes in the middle of a chunk without re-emitting consumed sequences.
+Leftover tokens are never dropped: they stay in the carry buffers, which move on to the next
+chunk and are small (:meth:`Packer.carry`, JSON-able; :meth:`Packer.carry_arrays`, numpy, for
+in-process hand-over). At the end of a stream :meth:`Packer.flush` delivers each non-empty
+buffer as one final *short* sequence, padded to ``seq_len + 1`` with ``pad_id`` and marked by
+``length`` < ``seq_len + 1`` (mask positions ``>= length`` out of the loss).
+
+Resume support: ``drop`` (per buffer key) skips the first tokens *fed* through :meth:`add` /
+:meth:`add_chunk`, which is how a reader resumes in the middle of a chunk without re-emitting
+consumed sequences.
 """
 from __future__ import annotations
 
@@ -31,6 +37,77 @@ class Packed:
     ids: np.ndarray
     groups: np.ndarray
     length: int       # real tokens; < len(ids) only for the final flushed sequence
+
+
+@dataclass
+class PackedBatch:
+    """Sequences as 2-D arrays: ``ids``/``groups`` int32 [n, seq_len+1], ``lengths`` int64 [n],
+    ``keys`` (buffer key per row)."""
+
+    keys: list
+    ids: np.ndarray
+    groups: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @staticmethod
+    def empty(L: int) -> "PackedBatch":
+        return _empty(L)
+
+    @staticmethod
+    def of(seqs: list[Packed], L: int) -> "PackedBatch":
+        if not seqs:
+            return _empty(L)
+        return PackedBatch([s.key for s in seqs], np.stack([s.ids for s in seqs]),
+                           np.stack([s.groups for s in seqs]), np.array([s.length for s in seqs], np.int64))
+
+    def rows(self) -> list[Packed]:
+        return [Packed(k, self.ids[i], self.groups[i], int(self.lengths[i])) for i, k in enumerate(self.keys)]
+
+    @staticmethod
+    def concat(parts: list["PackedBatch"], L: int) -> "PackedBatch":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return _empty(L)
+        if len(parts) == 1:
+            return parts[0]
+        return PackedBatch([k for p in parts for k in p.keys], np.concatenate([p.ids for p in parts]),
+                           np.concatenate([p.groups for p in parts]), np.concatenate([p.lengths for p in parts]))
+
+
+_EMPTY: dict = {}
+
+
+def _empty(L: int) -> PackedBatch:
+    """The (shared, read-only) empty batch for sequence length ``L``."""
+    e = _EMPTY.get(L)
+    if e is None:
+        e = _EMPTY[L] = PackedBatch((), np.empty((0, L), np.int32), np.empty((0, L), np.int32),
+                                    np.empty(0, np.int64))
+    return e
+
+
+def frame_documents(values: np.ndarray, lengths: np.ndarray, eos_id: int, bos_id: int | None):
+    """``[bos] + doc + [eos]`` for every document of a flat token array, vectorised.
+
+    Returns ``(ids, doc_lengths)``: the framed flat int32 stream and each framed document's length."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    extra = 1 if bos_id is None else 2
+    framed = lengths + extra
+    ends = np.cumsum(framed)
+    total = int(ends[-1]) if len(ends) else 0
+    out = np.full(total, eos_id, dtype=np.int32)
+    if total:
+        keep = np.ones(total, dtype=bool)
+        keep[ends - 1] = False
+        if bos_id is not None:
+            starts = ends - framed
+            out[starts] = bos_id
+            keep[starts] = False
+        out[keep] = values
+    return out, framed
 
 
 class Packer:
@@ -55,63 +132,131 @@ class Packer:
 
     def add(self, ids, group: int) -> list[Packed]:
         """Append one document of ``group``; return the sequences that became full."""
-        parts = []
-        if self.bos_id is not None:
-            parts.append(np.array([self.bos_id], dtype=np.int32))
-        parts.append(np.asarray(ids, dtype=np.int32))
-        parts.append(np.array([self.eos_id], dtype=np.int32))
-        doc = np.concatenate(parts)
-        key = self.key(group)
-        d = self.drop.get(key)
-        if d:
-            if d >= len(doc):
-                self.drop[key] = d - len(doc)
-                return []
-            doc = doc[d:]
-            del self.drop[key]
-        return self._push(key, doc, np.full(len(doc), group, dtype=np.int32))
+        ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+        return self.add_chunk(ids, np.array([len(ids)]), np.array([group], dtype=np.int32)).rows()
+
+    def add_chunk(self, values, lengths, groups) -> PackedBatch:
+        """Append many documents at once: ``values`` (flat int32 ids of all documents, in order),
+        ``lengths`` (ids per document) and ``groups`` (group id per document). Returns the
+        sequences that became full, in the order :meth:`add` would have emitted them."""
+        values = np.asarray(values, dtype=np.int32).reshape(-1)
+        groups = np.asarray(groups, dtype=np.int32).reshape(-1)
+        if len(groups) == 0:
+            return _empty(self.L)
+        ids, framed = frame_documents(values, lengths, self.eos_id, self.bos_id)
+        if not self.by_group:
+            tok_grp = np.repeat(groups, framed)
+            return self._emit([(MIXED, ids, tok_grp, None)])
+        first = groups[0]
+        if (groups == first).all():
+            return self._emit([(self.key(first), ids, None, None)], const={self.key(first): int(first)})
+        tok_grp = np.repeat(groups, framed)
+        feeds, const = [], {}
+        for g in np.unique(groups):
+            sel = np.flatnonzero(tok_grp == g)
+            k = self.key(g)
+            const[k] = int(g)
+            feeds.append((k, ids[sel], None, sel))
+        return self._emit(feeds, const=const)
+
+    def _emit(self, feeds, const=None) -> PackedBatch:
+        """Push each ``(key, ids, groups or None, stream positions or None)`` feed; collect full
+        sequences ordered by the stream position of their last token."""
+        L = self.L
+        out_ids, out_grp, out_keys, out_pos = [], [], [], []
+        for key, ids, grp, pos in feeds:
+            d = self.drop.get(key)
+            if d:
+                if d >= len(ids):
+                    self.drop[key] = d - len(ids)
+                    continue
+                ids = ids[d:]
+                grp = None if grp is None else grp[d:]
+                pos = None if pos is None else pos[d:]
+                off = d
+                del self.drop[key]
+            else:
+                off = 0
+            if grp is None:
+                grp = np.full(len(ids), const[key], dtype=np.int32)
+            n0 = self._n.get(key, 0)
+            n = n0 + len(ids)
+            full = n // L
+            if full == 0:
+                self._ids.setdefault(key, []).append(ids)
+                self._grp.setdefault(key, []).append(grp)
+                self._n[key] = n
+                continue
+            if n0:
+                cat = np.concatenate(self._ids[key] + [ids])
+                gcat = np.concatenate(self._grp[key] + [grp])
+            else:
+                cat, gcat = ids, grp
+            rest = full * L
+            out_ids.append(cat[:rest].reshape(full, L))
+            out_grp.append(gcat[:rest].reshape(full, L))
+            out_keys.extend([key] * full)
+            last = np.arange(1, full + 1, dtype=np.int64) * L - 1 - n0   # index into this feed
+            if last[0] < 0:   # the buffer alone already held a full sequence (carry >= L)
+                last = np.maximum(last, 0)
+            out_pos.append(last + off if pos is None else pos[last])
+            if rest < n:
+                self._ids[key] = [cat[rest:]]
+                self._grp[key] = [gcat[rest:]]
+            else:
+                self._ids[key] = []
+                self._grp[key] = []
+            self._n[key] = n - rest
+        if not out_keys:
+            return _empty(L)
+        ids2 = np.concatenate(out_ids) if len(out_ids) > 1 else out_ids[0]
+        grp2 = np.concatenate(out_grp) if len(out_grp) > 1 else out_grp[0]
+        lengths = np.full(len(out_keys), L, dtype=np.int64)
+        if len(out_pos) > 1:
+            order = np.argsort(np.concatenate(out_pos), kind="stable")
+            return PackedBatch([out_keys[i] for i in order.tolist()], ids2[order], grp2[order], lengths)
+        return PackedBatch(out_keys, ids2, grp2, lengths)
 
     def load_carry(self, carry: dict) -> list[Packed]:
-        """Append a carry (from :meth:`carry`) ahead of further input; returns full sequences.
+        """Append a carry (from :meth:`carry` or :meth:`carry_arrays`) ahead of further input;
+        returns full sequences. Carry is not subject to ``drop``."""
+        return self.load_carry_batch(carry).rows()
 
-        Carry is not subject to ``drop``."""
-        out: list[Packed] = []
+    def load_carry_batch(self, carry: dict) -> PackedBatch:
+        if not carry:
+            return _empty(self.L)
+        parts = []
         for key in sorted(carry):
             ids = np.asarray(carry[key]["ids"], dtype=np.int32)
             if len(ids) == 0:
                 continue
             grp = np.asarray(carry[key]["groups"], dtype=np.int32)
-            out.extend(self._push(key, ids, grp))
-        return out
-
-    def _push(self, key: str, ids: np.ndarray, grp: np.ndarray) -> list[Packed]:
-        self._ids.setdefault(key, []).append(ids)
-        self._grp.setdefault(key, []).append(grp)
-        n = self._n.get(key, 0) + len(ids)
-        self._n[key] = n
-        if n < self.L:
-            return []
-        cat = np.concatenate(self._ids[key]) if len(self._ids[key]) > 1 else self._ids[key][0]
-        gcat = np.concatenate(self._grp[key]) if len(self._grp[key]) > 1 else self._grp[key][0]
-        full = n // self.L
-        out = [Packed(key, cat[i * self.L:(i + 1) * self.L], gcat[i * self.L:(i + 1) * self.L], self.L)
-               for i in range(full)]
-        rest = full * self.L
-        self._ids[key] = [cat[rest:]] if rest < n else []
-        self._grp[key] = [gcat[rest:]] if rest < n else []
-        self._n[key] = n - rest
-        return out
+            saved, self.drop = self.drop, {}
+            try:
+                parts.append(self._emit([(key, ids, grp, None)]))
+            finally:
+                self.drop = saved
+        return PackedBatch.concat(parts, self.L)
 
     # -- state -----------------------------------------------------------------------------
-    def carry(self) -> dict:
-        """Leftover tokens per buffer key: ``{key: {"ids": [...], "groups": [...]}}`` (JSON-able)."""
+    def carry_arrays(self) -> dict:
+        """Leftover tokens per buffer key as int32 numpy arrays ``{key: {"ids", "groups"}}``."""
         out = {}
         for key in sorted(self._n):
             if self._n[key]:
-                ids = np.concatenate(self._ids[key])
-                grp = np.concatenate(self._grp[key])
-                out[key] = {"ids": ids.tolist(), "groups": grp.tolist()}
+                ids = self._ids[key]
+                grp = self._grp[key]
+                out[key] = {"ids": ids[0] if len(ids) == 1 else np.concatenate(ids),
+                            "groups": grp[0] if len(grp) == 1 else np.concatenate(grp)}
         return out
+
+    def carry(self) -> dict:
+        """Leftover tokens per buffer key: ``{key: {"ids": [...], "groups": [...]}}`` (JSON-able)."""
+        return {k: {"ids": v["ids"].tolist(), "groups": v["groups"].tolist()} for k, v in self.carry_arrays().items()}
+
+    def flush_batch(self) -> PackedBatch:
+        """Every non-empty buffer as one final sequence padded to seq_len+1 (``lengths`` real)."""
+        return PackedBatch.of(self.flush(), self.L)
 
     def flush(self) -> list[Packed]:
         """Emit every non-empty buffer as one final sequence padded to seq_len+1 (``length`` real)."""
@@ -135,4 +280,4 @@ def carry_tokens(carry: dict) -> int:
     return sum(len(v["ids"]) for v in carry.values())
 
 
-__all__ = ["Packer", "Packed", "MIXED", "carry_tokens"]
+__all__ = ["Packer", "Packed", "PackedBatch", "MIXED", "carry_tokens", "frame_documents"]

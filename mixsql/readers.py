@@ -107,8 +107,7 @@ class ChunkReader:
     def read(self, chunk: pa.Table) -> pa.Table:
         """The chunk's table plus ``text`` and/or ``tokens`` columns, in chunk order."""
         n = chunk.num_rows
-        texts: list = [None] * n
-        tokens: list = [None] * n
+        cols = {"text": [], "tokens": []}   # name -> [(chunk row indices, pa.Array)]
         fids = chunk.column("file_id").to_numpy(zero_copy_only=False)
         offs = chunk.column("loc_offset").to_numpy(zero_copy_only=False)
         lens = chunk.column("loc_length").to_numpy(zero_copy_only=False)
@@ -116,28 +115,34 @@ class ChunkReader:
             rows = chunk.column("row").to_numpy(zero_copy_only=False)
         else:
             rows = np.full(n, -1, dtype=np.int64)
-        order = np.lexsort((offs, fids))
         if n:
-            bounds = np.flatnonzero(np.diff(fids[order])) + 1
-            for idx in np.split(order, bounds):
+            if (fids == fids[0]).all():
+                groups = [np.argsort(offs, kind="stable")]
+            else:
+                order = np.lexsort((offs, fids))
+                groups = np.split(order, np.flatnonzero(np.diff(fids[order])) + 1)
+            for idx in groups:
                 info = self._info(int(fids[idx[0]]))
-                self._read_file(info, idx, offs, lens, rows, texts, tokens)
+                self._read_file(info, idx, offs, lens, rows, cols)
         out = chunk
-        have_tok = any(t is not None for t in tokens)
-        have_txt = any(t is not None for t in texts) or not have_tok
+        have_tok = bool(cols["tokens"])
+        have_txt = bool(cols["text"]) or not have_tok
         if have_txt:
-            out = out.append_column("text", pa.array(texts, type=pa.string()))
+            out = out.append_column("text", _assemble(cols["text"], n, pa.string()))
         if have_tok:
-            out = out.append_column("tokens", pa.array(tokens, type=pa.list_(pa.int32())))
+            out = out.append_column("tokens", _assemble(cols["tokens"], n, pa.list_(pa.int32())))
         return out
 
-    def prefetch(self, chunks: Iterable, depth: int = 2, table=None) -> Iterator[tuple]:
+    def prefetch(self, chunks: Iterable, depth: int = 2, table=None, read=None) -> Iterator[tuple]:
         """Yield ``(item, read(table(item)))`` while up to ``depth`` next items are read on a
         background thread (memory stays bounded by ``depth`` chunks). ``table`` maps an item to
-        its chunk table (default: the item is the table); a None table reads as None."""
+        its chunk table (default: the item is the table); a None table reads as None. ``read``
+        (item -> result) replaces the whole step, e.g. to read several chunks at once."""
         get = table or (lambda x: x)
 
         def work(item):
+            if read is not None:
+                return read(item)
             t = get(item)
             return None if t is None else self.read(t)
 
@@ -161,8 +166,11 @@ class ChunkReader:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                pool.shutdown(wait=False, cancel_futures=True)
+            except Exception:  # noqa: BLE001 - interpreter shutdown (generator finalised late)
+                pass
 
     # -- internals ---------------------------------------------------------------------------
     def _info(self, file_id: int) -> _FileInfo:
@@ -187,19 +195,22 @@ class ChunkReader:
             raise StaleFileError(info.path, f"mtime_ns {st.st_mtime_ns}, registered {info.mtime_ns}")
         info.checked = True
 
-    def _read_file(self, info, idx, offs, lens, rows, texts, tokens) -> None:
+    def _read_file(self, info, idx, offs, lens, rows, cols) -> None:
         fmt = info.format
+        texts: dict = {}
         if fmt == "jsonl":
             if info.compression in ("none", "", None):
                 self._jsonl_plain(info, idx, offs, lens, rows, texts)
             else:
                 self._jsonl_compressed(info, idx, offs, lens, rows, texts)
         elif fmt == "parquet":
-            self._parquet(info, idx, offs, lens, texts, tokens)
+            self._parquet(info, idx, offs, lens, cols)
+            return
         elif fmt == "webdataset":
             self._tar(info, idx, offs, lens, texts)
         else:
             raise OperationalError(f"{info.path}: no reader for format {fmt!r} (source {info.source})")
+        cols["text"].append((idx, pa.array([texts[k] for k in idx.tolist()], type=pa.string())))
 
     def _jsonl_plain(self, info, idx, offs, lens, rows, texts) -> None:
         with open(info.path, "rb") as f:
@@ -253,12 +264,23 @@ class ChunkReader:
         return data
 
     def _jsonl_compressed(self, info, idx, offs, lens, rows, texts) -> None:
-        need = int(max(int(offs[k]) + int(lens[k]) for k in idx))
-        data = self._decompressed(info, need)
+        o_sel = offs[idx].astype(np.int64)
+        e_sel = o_sel + lens[idx].astype(np.int64)
+        data = self._decompressed(info, int(e_sel.max()))
         mv = memoryview(data)
-        for k in idx:
-            o = int(offs[k])
-            texts[k] = self._json_text(info, mv[o:o + int(lens[k])], rows[k])
+        path = info.text_path
+        loads = orjson.loads
+        for k, o, e in zip(idx.tolist(), o_sel.tolist(), e_sel.tolist()):
+            try:   # fast path: a top-level string field
+                obj = loads(mv[o:e])
+                if len(path) == 1:
+                    t = obj[path[0]]
+                    if type(t) is str:
+                        texts[k] = t
+                        continue
+            except Exception:
+                pass
+            texts[k] = self._json_text(info, mv[o:e], rows[k])
 
     def _json_text(self, info, line, row) -> str:
         try:
@@ -274,15 +296,17 @@ class ChunkReader:
             obj = obj[part]
         return obj if isinstance(obj, str) else ("" if obj is None else str(obj))
 
-    def _parquet(self, info, idx, offs, lens, texts, tokens) -> None:
+    def _parquet(self, info, idx, offs, lens, cols) -> None:
+        """Per row group: the (cached) column array, ``take`` of the chunk's rows; no per-row Python."""
         import pyarrow.parquet as pq
 
         col = info.tokens_col or info.text_col
-        groups = collections.defaultdict(list)
-        for k in idx:
-            groups[int(offs[k])].append(k)
+        target = cols["tokens"] if info.tokens_col else cols["text"]
+        rgs = offs[idx]
         pf = None
-        for rg, ks in groups.items():
+        uniq = np.unique(rgs).tolist()
+        for rg in uniq:
+            sel_idx = idx if len(uniq) == 1 else idx[rgs == rg]
             key = ("pq", info.file_id, rg, col)
             arr = self.cache.get(key)
             if arr is None:
@@ -293,12 +317,15 @@ class ChunkReader:
                 if col not in pf.schema_arrow.names:
                     raise DataError(f"{info.path}: no column {col!r} (source {info.source}); fix its options")
                 arr = pf.read_row_group(rg, columns=[col]).column(0).combine_chunks()
+                if info.tokens_col and arr.type != pa.list_(pa.int32()):
+                    arr = arr.cast(pa.list_(pa.int32()))
+                elif not info.tokens_col and arr.type != pa.string():
+                    arr = arr.cast(pa.string())
                 self.cache.put(key, arr, arr.nbytes)
-            sel = pa.array([int(lens[k]) for k in ks], type=pa.int64())
-            vals = arr.take(sel).to_pylist()
-            target = tokens if info.tokens_col else texts
-            for k, v in zip(ks, vals):
-                target[k] = v
+            sel = lens[sel_idx].astype(np.int64)
+            if len(sel) and int(sel.max()) >= len(arr):
+                raise StaleFileError(info.path, f"row {int(sel.max())} of row group {rg} does not exist")
+            target.append((sel_idx, arr.take(pa.array(sel))))
 
     def _tar(self, info, idx, offs, lens, texts) -> None:
         with open(info.path, "rb") as f:
@@ -309,6 +336,28 @@ class ChunkReader:
                 if len(b) < n:
                     raise StaleFileError(info.path, f"tar ends before byte {int(offs[k]) + n}")
                 texts[k] = b.decode("utf-8", errors="replace")
+
+
+def _assemble(pieces: list, n: int, typ) -> pa.Array:
+    """One column in chunk order from ``(chunk row indices, array)`` pieces; rows no piece
+    covers are null."""
+    if len(pieces) == 1 and len(pieces[0][0]) == n:
+        idx, arr = pieces[0]
+        if n < 2 or (np.diff(idx) == 1).all() and idx[0] == 0:
+            return arr
+        inv = np.empty(n, dtype=np.int64)
+        inv[idx] = np.arange(n)
+        return arr.take(pa.array(inv))
+    covered = np.concatenate([p[0] for p in pieces]) if pieces else np.empty(0, np.int64)
+    arrays = [p[1] for p in pieces]
+    if len(covered) < n:
+        missing = np.setdiff1d(np.arange(n), covered)
+        arrays.append(pa.nulls(len(missing), typ))
+        covered = np.concatenate([covered, missing])
+    whole = pa.concat_arrays(arrays) if len(arrays) > 1 else arrays[0]
+    inv = np.empty(n, dtype=np.int64)
+    inv[covered] = np.arange(n)
+    return whole.take(pa.array(inv))
 
 
 __all__ = ["ChunkReader", "DEFAULT_CACHE_BYTES"]

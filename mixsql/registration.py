@@ -47,7 +47,7 @@ import os
 import re
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import duckdb
@@ -301,8 +301,18 @@ class _Progress:
             self.bar.stop()
 
 
+def _executor(fmt: str, n: int):
+    """Threads for JSONL and Parquet (zstd, DuckDB, numpy and Arrow release the GIL; no worker
+    start-up, no pickling of results); processes for WebDataset (Python tar parsing).
+    ``MIXSQL_SCAN_POOL=process|thread`` overrides."""
+    kind = os.environ.get("MIXSQL_SCAN_POOL") or ("process" if fmt == "webdataset" else "thread")
+    if kind == "process":
+        return ProcessPoolExecutor(max_workers=n, mp_context=_mp_context())
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="mixsql-scan")
+
+
 def _scan_all(tasks: list[formats.ScanTask], workers: int | None, progress: bool, label: str) -> list[dict]:
-    """Scan every task (process pool when worth it); results in task order. Raises on the first error."""
+    """Scan every task (a thread or process pool when worth it); results in task order. Raises on the first error."""
     bar = _Progress(progress, len(tasks), label)
     results: list[dict | None] = [None] * len(tasks)
     try:
@@ -311,17 +321,20 @@ def _scan_all(tasks: list[formats.ScanTask], workers: int | None, progress: bool
         n = max(1, min(n, len(tasks)))
         if n > 1 and sum(sizes) >= PARALLEL_MIN_BYTES:
             order = sorted(range(len(tasks)), key=lambda i: -sizes[i])
-            with ProcessPoolExecutor(max_workers=n, mp_context=_mp_context()) as ex:
+            with _executor(tasks[0].format, n) as ex:
                 futs = {ex.submit(formats.scan_file, tasks[i]): i for i in order}
-                for fut in as_completed(futs):
-                    i = futs[fut]
-                    res = fut.result()
-                    if res["error"]:
-                        for f in futs:
-                            f.cancel()
-                        _raise_scan_error(res)
-                    results[i] = res
-                    bar.update(res)
+                try:
+                    for fut in as_completed(futs):
+                        i = futs[fut]
+                        res = fut.result()
+                        if res["error"]:
+                            _raise_scan_error(res)
+                        results[i] = res
+                        bar.update(res)
+                except BaseException:
+                    for f in futs:
+                        f.cancel()
+                    raise
         else:
             for i, t in enumerate(tasks):
                 t.use_threads = True
@@ -422,7 +435,7 @@ def _cast_file_table(con, table: pa.Table, file_id: int, path: str, types: dict[
                      required: list[str], arrow_types: dict[str, pa.DataType]) -> pa.Table:
     n = table.num_rows
     cols = {
-        "file_id": pa.array(np.full(n, file_id, dtype=np.int32)),
+        "file_id": formats.np_array(np.full(n, file_id, dtype=np.int32)),
         "row": table.column("row"),
         "loc_offset": table.column("loc_offset"),
         "loc_length": pc.cast(table.column("loc_length"), pa.int32()),

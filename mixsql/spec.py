@@ -29,7 +29,10 @@ MIX_COLUMNS = (
     "__mix_n_bytes",   # BIGINT: UTF-8 bytes of the sample's text
     "__mix_n_tokens",  # BIGINT (nullable): tokens of the sample's text, when registered
 )
-ORDER_COLUMN = "__mix_order"  # present only when the statement has ORDER BY (ASC order)
+# With ORDER BY, the pointer table carries either the raw key columns
+# ``__mix_order_<i>_<asc|desc>_<nf|nl>`` (training path; ranked in numpy by shuffle.ordered_permutation)
+# or, after execute_plan(canonical=True), ``__mix_order``: the row's int64 rank inside its group.
+ORDER_COLUMN = "__mix_order"
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class MixSpec:
     on_exhausted: OnExhausted = "stop"
     max_epochs: int | None = None           # bound for on_exhausted='repeat' (None: unbounded)
     budget: Budget | None = None
-    ordered: bool = False                   # True when ORDER BY is given (__mix_order present)
+    ordered: bool = False                   # True when ORDER BY is given (order columns present)
     shuffle: Shuffle = field(default_factory=Shuffle)
     schedule: tuple[ScheduleStep, ...] = ()
     algorithm: Algorithm | None = None

@@ -1,11 +1,22 @@
 """Tokenizers for the reading side: byte-level default, HF ``tokenizers``, or any callable.
 
-Every tokenizer here exposes ``encode_batch(texts) -> list[np.ndarray[int32]]`` plus
-``eos_id``, ``bos_id`` (or None) and ``vocab_size``. :func:`get_tokenizer` turns a user spec
-(None / "byte" / a tokenizer.json path / a ``tokenizers.Tokenizer`` / a callable) into one.
+Every tokenizer here exposes ``encode_batch(texts) -> list[np.ndarray[int32]]`` and
+``encode_flat(texts) -> (ids, lengths)`` (all documents' ids in one flat int32 array plus ids per
+document: what the packer consumes, without per-document arrays) plus ``eos_id``, ``bos_id``
+(or None) and ``vocab_size``. :func:`get_tokenizer` turns a user spec (None / "byte" / a
+tokenizer.json path / a ``tokenizers.Tokenizer`` / a callable) into one; :func:`encode_flat`
+works with any of them (user objects with only ``encode_batch`` included).
+
+Threads. HF ``encode_batch`` runs on the Rust (rayon) thread pool of the process. In a DataLoader
+worker :func:`configure_worker_threads` gives each of the ``num_workers`` processes
+``cores // num_workers`` tokenizer threads (``RAYON_NUM_THREADS``) and turns tokenizer threading
+off (``TOKENIZERS_PARALLELISM=false``) when that is a single thread, so workers never
+oversubscribe the cores; a user's own ``TOKENIZERS_PARALLELISM`` / ``RAYON_NUM_THREADS`` always
+win. The main process (``num_workers=0``) keeps the library default (all cores).
 """
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any, Callable, Sequence
 
@@ -30,6 +41,11 @@ class ByteTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [self.encode(t) for t in texts]
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        raw = [t.encode("utf-8") for t in texts]
+        lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+        return np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.int32), lengths
 
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
@@ -62,9 +78,19 @@ class HFTokenizer:
                 + "); pass eos_id=... explicitly"
             )
 
+    def _encode(self, texts: Sequence[str]):
+        texts = texts if isinstance(texts, list) else list(texts)
+        fast = getattr(self.tok, "encode_batch_fast", None)   # tokenizers >= 0.20: no offsets
+        return (fast or self.tok.encode_batch)(texts, add_special_tokens=False)
+
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        encs = self.tok.encode_batch(list(texts), add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.int32) for e in encs]
+        return [np.asarray(e.ids, dtype=np.int32) for e in self._encode(texts)]
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = [e.ids for e in self._encode(texts)]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+        return flat, lengths
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids])
@@ -84,6 +110,37 @@ class CallableTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [np.asarray(self.fn(t), dtype=np.int32) for t in texts]
+
+
+def encode_flat(tok, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat int32 ids, ids per document)`` from any tokenizer of this module or a user object
+    with ``encode_batch`` only."""
+    fn = getattr(tok, "encode_flat", None)
+    if fn is not None:
+        return fn(texts)
+    docs = [np.asarray(d, dtype=np.int32).reshape(-1) for d in tok.encode_batch(texts)]
+    lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+    flat = np.concatenate(docs) if docs else np.empty(0, np.int32)
+    return flat, lengths
+
+
+def configure_worker_threads(num_workers: int) -> None:
+    """Split the cores between ``num_workers`` DataLoader worker processes (see module doc).
+
+    Call in the worker before the tokenizer's first batch; no-op where the user set either
+    variable."""
+    env = os.environ
+    if "TOKENIZERS_PARALLELISM" in env or "RAYON_NUM_THREADS" in env:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, int(num_workers)))
+    if threads == 1:
+        env["TOKENIZERS_PARALLELISM"] = "false"
+    else:
+        env["RAYON_NUM_THREADS"] = str(threads)
 
 
 def _first_id(tok, names) -> int | None:
@@ -114,4 +171,5 @@ def get_tokenizer(spec: Any = None, eos_id: int | None = None, bos_id: int | Non
     )
 
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "CallableTokenizer", "get_tokenizer"]
+__all__ = ["ByteTokenizer", "HFTokenizer", "CallableTokenizer", "get_tokenizer", "encode_flat",
+           "configure_worker_threads"]

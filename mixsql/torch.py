@@ -35,13 +35,14 @@ import hashlib
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import InterfaceError, ProgrammingError
-from .packing import MIXED, Packer
+from .packing import MIXED, PackedBatch, Packer
 from .readers import DEFAULT_CACHE_BYTES, ChunkReader
-from .tokenize import get_tokenizer
+from .tokenize import configure_worker_threads, encode_flat, get_tokenizer
 
 STATE_VERSION = 1
 
@@ -83,17 +84,127 @@ def _explicit_tasks(state: dict, num_workers: int, worker: int) -> list[dict]:
 
 
 def _merge_carry(a: dict, b: dict) -> dict:
+    """Carry ``a`` followed by carry ``b`` per key (values: int32 arrays or JSON lists)."""
     if not a:
         return dict(b)
     if not b:
         return dict(a)
-    out = {k: {"ids": list(v["ids"]), "groups": list(v["groups"])} for k, v in a.items()}
+    out = dict(a)
     for k, v in b.items():
         if k in out:
-            out[k]["ids"] += v["ids"]
-            out[k]["groups"] += v["groups"]
+            out[k] = {f: np.concatenate([np.asarray(out[k][f], dtype=np.int32), np.asarray(v[f], dtype=np.int32)])
+                      for f in ("ids", "groups")}
         else:
             out[k] = v
+    return out
+
+
+def _jsonable(v):
+    return v.tolist() if isinstance(v, np.ndarray) else list(v)
+
+
+# --------------------------------------------------------------------------- per-chunk helpers
+_GROUP_ROWS = 256   # read consecutive small chunks together, up to this many rows ...
+_GROUP_MAX = 32     # ... or this many chunks (the first read is always a single chunk)
+
+
+def _grouped(tasks):
+    """Batch consecutive tasks so tiny chunks share one read (and one thread hand-off)."""
+    size, buf, rows = 1, [], 0
+    for x in tasks:
+        buf.append(x)
+        rows += 0 if x[3] is None else x[3].num_rows
+        if len(buf) >= size or rows >= _GROUP_ROWS or x[1] == "flush":
+            yield buf
+            buf, rows, size = [], 0, min(2 * size, _GROUP_MAX)
+    if buf:
+        yield buf
+
+
+class _GroupRead:
+    """Adapter so ``ChunkReader.prefetch`` reads a whole group of tasks with one ``read``."""
+
+    def __init__(self, reader):
+        self.reader = reader
+
+    def __call__(self, group):
+        tables = [x[3] for x in group if x[3] is not None]
+        if not tables:
+            return [None] * len(group)
+        try:
+            data = self.reader.read(pa.concat_tables(tables)) if len(tables) > 1 else self.reader.read(tables[0])
+        except pa.ArrowInvalid:   # chunk schemas differ: read them one by one
+            data = None
+        out, off = [], 0
+        for x in group:
+            if x[3] is None:
+                out.append(None)
+            elif data is None:
+                out.append(self.reader.read(x[3]))
+            else:
+                out.append(data.slice(off, x[3].num_rows))
+                off += x[3].num_rows
+        return out
+
+
+def _ungroup(pairs):
+    for group, datas in pairs:
+        yield from zip(group, datas)
+
+
+def _chunk_tokens(data, tok) -> tuple[np.ndarray, np.ndarray]:
+    """All documents of a read chunk as ``(flat int32 ids, ids per document)``."""
+    if "tokens" in data.column_names:
+        col = data.column("tokens")
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        if col.null_count == 0:
+            off = col.offsets.to_numpy()          # n + 1 offsets of this (possibly sliced) array
+            values = col.values.to_numpy(zero_copy_only=False)[off[0]:off[-1]]
+            return values.astype(np.int32, copy=False), np.diff(off).astype(np.int64)
+        if "text" not in data.column_names:
+            lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+            values = col.flatten().to_numpy(zero_copy_only=False)
+            return values.astype(np.int32, copy=False), lengths
+        docs = col.to_pylist()   # some rows (e.g. from text sources) need tokenizing
+        missing = [i for i, v in enumerate(docs) if v is None]
+        texts = data.column("text").to_pylist()
+        for i, e in zip(missing, tok.encode_batch([texts[i] for i in missing])):
+            docs[i] = e
+        arrs = [np.asarray(d, dtype=np.int32) for d in docs]
+        return (np.concatenate(arrs) if arrs else np.empty(0, np.int32),
+                np.fromiter(map(len, arrs), dtype=np.int64, count=len(arrs)))
+    return encode_flat(tok, data.column("text").to_pylist())
+
+
+def _items_of(pb: PackedBatch, names: dict, token) -> Iterator[dict]:
+    """One dict per packed row; tensors are row views of one per-chunk tensor."""
+    n = len(pb)
+    if not n:
+        return
+    ids = torch.from_numpy(pb.ids.astype(np.int64))
+    grp = torch.from_numpy(pb.groups.astype(np.int64))
+    lengths = pb.lengths.tolist()
+    keys = pb.keys
+    if all(k != MIXED for k in keys):
+        gnames = [names.get(int(k), k) for k in keys]
+    else:
+        gnames = _majority_names(pb, names)
+    for i in range(n):
+        yield {"input_ids": ids[i], "group_ids": grp[i], "group": gnames[i], "length": lengths[i],
+               "_mix": token(keys[i], lengths[i])}
+
+
+def _majority_names(pb: PackedBatch, names: dict) -> list[str]:
+    """Per row: the name of the most frequent group among its real tokens (ties: lowest id)."""
+    n, L = pb.groups.shape
+    real = np.arange(L)[None, :] < pb.lengths[:, None]
+    vals, inv = np.unique(pb.groups[real], return_inverse=True)
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, L))[real]
+    counts = np.bincount(rows * len(vals) + inv.reshape(-1), minlength=n * len(vals)).reshape(n, len(vals))
+    out = []
+    for k, gid in zip(pb.keys, vals[counts.argmax(1)].tolist()):
+        gid = int(k) if k != MIXED else gid
+        out.append(names.get(gid, str(gid)))
     return out
 
 
@@ -138,7 +249,7 @@ class _Tracker:
                 for key, v in carry_in.items():
                     k = cur["n"].get(key, 0)
                     if k < len(v["ids"]):
-                        carry[key] = {"ids": v["ids"][k:], "groups": v["groups"][k:]}
+                        carry[key] = {"ids": _jsonable(v["ids"][k:]), "groups": _jsonable(v["groups"][k:])}
                 for key, k in cur["n"].items():
                     extra = k - len(carry_in.get(key, {"ids": ()})["ids"])
                     if extra > 0:
@@ -278,6 +389,7 @@ class MixDataset(IterableDataset):
             # a worker process: the resume tokens travel to MixDataLoader through mix_collate
             st, W = self._state, info.num_workers
             w = (info.id + st.get("next_worker", 0)) % W if st.get("workers") == W else info.id
+            configure_worker_threads(W)   # tokenizer threads: cores split between the workers
             return self._items(st, W, w)
         if getattr(self, "_emit_tokens", False):  # MixDataLoader with num_workers=0
             return self._items(self._state, 1, 0)
@@ -340,8 +452,8 @@ class MixDataset(IterableDataset):
 
         running: dict = {}
         try:
-            for (t, kind, task, _table, eng), data in reader.prefetch(
-                    with_chunks(), depth=self.prefetch_depth, table=lambda x: x[3]):
+            for (t, kind, task, _table, eng), data in _ungroup(reader.prefetch(
+                    _grouped(with_chunks()), depth=self.prefetch_depth, read=_GroupRead(reader))):
                 carry_in = _merge_carry(running, task["carry"])
                 info = {"kind": kind, "chunk": task["chunk"] if data is not None else None,
                         "carry": carry_in, "drop": dict(task["drop"]), "eng": eng,
@@ -369,49 +481,19 @@ class MixDataset(IterableDataset):
                         yield item
                     continue
                 packer = Packer(self.seq_len, eos, bos, by_group=by_group, pad_id=self.pad_id, drop=task["drop"])
-                out = packer.load_carry(carry_in)
-                for p in out:
-                    yield self._packed(p, names, token)
-                if data is not None:
+                parts = [packer.load_carry_batch(carry_in)]
+                if data is not None and data.num_rows:
+                    values, lengths = _chunk_tokens(data, tok)
                     gids = data.column("group_id").to_numpy(zero_copy_only=False)
-                    ids = self._token_ids(data, tok)
-                    for doc, g in zip(ids, gids):
-                        for p in packer.add(doc, int(g)):
-                            yield self._packed(p, names, token)
+                    parts.append(packer.add_chunk(values, lengths, gids))
                 if kind == "flush":
-                    for p in packer.flush():
-                        yield self._packed(p, names, token)
+                    parts.append(packer.flush_batch())
                     running = {}
                 else:
-                    running = packer.carry()
+                    running = packer.carry_arrays()
+                yield from _items_of(PackedBatch.concat(parts, packer.L), names, token)
         finally:
             reader.close()
-
-    @staticmethod
-    def _token_ids(data, tok) -> list:
-        if "tokens" in data.column_names:
-            toks = data.column("tokens").to_pylist()
-            if "text" in data.column_names:
-                missing = [i for i, v in enumerate(toks) if v is None]
-                if missing:
-                    texts = data.column("text").to_pylist()
-                    enc = tok.encode_batch([texts[i] for i in missing])
-                    for i, e in zip(missing, enc):
-                        toks[i] = e
-            return toks
-        return tok.encode_batch(data.column("text").to_pylist())
-
-    @staticmethod
-    def _packed(p, names, token) -> dict:
-        g = p.groups[: p.length]
-        if p.key != MIXED:
-            gid = int(p.key)
-        else:
-            vals, counts = np.unique(g, return_counts=True)
-            gid = int(vals[np.argmax(counts)])
-        return {"input_ids": torch.from_numpy(p.ids.astype(np.int64)),
-                "group_ids": torch.from_numpy(p.groups.astype(np.int64)),
-                "group": names.get(gid, str(gid)), "length": p.length, "_mix": token(p.key, p.length)}
 
     # -- feedback ---------------------------------------------------------------------------
     def feedback(self, step: int, group_loss_sums: Sequence[float], group_token_counts: Sequence[float]) -> None:
@@ -502,18 +584,26 @@ class _ServerStream:
 
 # --------------------------------------------------------------------------- batching
 def mix_collate(items: list[dict]) -> dict:
-    """Batch MixDataset items: tensors are stacked (``mask`` from ``length``), the rest become lists.
+    """Batch MixDataset items: tensors are stacked once (``mask`` from ``length``), the rest become
+    lists.
 
     Resume tokens travel under ``"_mix"``; MixDataLoader removes them."""
     out: dict = {}
-    if items and "input_ids" in items[0]:
+    if not items:
+        return out
+    first = items[0]
+    if "input_ids" in first:
         out["input_ids"] = torch.stack([it["input_ids"] for it in items])
         out["group_ids"] = torch.stack([it["group_ids"] for it in items])
-        lengths = torch.tensor([it["length"] for it in items], dtype=torch.long)
-        out["length"] = lengths
-        out["mask"] = torch.arange(out["input_ids"].shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-    for key in (items[0].keys() if items else ()):
-        if key not in out and key not in ("input_ids", "group_ids", "length"):
+        lengths = [it["length"] for it in items]
+        L = out["input_ids"].shape[1]
+        out["length"] = torch.tensor(lengths, dtype=torch.long)
+        if min(lengths) == L:
+            out["mask"] = torch.ones((len(items), L), dtype=torch.bool)
+        else:
+            out["mask"] = torch.arange(L).unsqueeze(0) < out["length"].unsqueeze(1)
+    for key in first:
+        if key not in out:
             out[key] = [it[key] for it in items]
     return out
 
