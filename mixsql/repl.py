@@ -466,6 +466,10 @@ class Repl:
         cursor = self.cursor
         box: dict[str, Any] = {}
 
+        # The worker signals completion with an Event: Thread.join() interrupted by Ctrl-C can
+        # leave Thread.is_alive() reporting False while the thread still runs (CPython 3.11).
+        done = threading.Event()
+
         def work():
             try:
                 t0 = time.perf_counter()
@@ -475,19 +479,25 @@ class Repl:
                 box["value"] = (desc, rows, time.perf_counter() - t0, cursor.statement_kind)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 box["error"] = exc
+            finally:
+                done.set()
 
         worker = threading.Thread(target=work, name="mixsql-statement", daemon=True)
         try:
             worker.start()
             self.busy.set()
-            while worker.is_alive():
-                worker.join(0.05)
+            while not done.wait(0.05):
+                pass
             self.busy.clear()
         except KeyboardInterrupt:
             self.busy.clear()
-            cursor.cancel()
-            worker.join(self.cancel_grace_s)
-            if worker.is_alive():  # stuck outside DuckDB: abandon it, continue on a fresh cursor
+            # An interrupt that lands before DuckDB starts the query is lost: repeat it until the
+            # statement has stopped (or the grace period ends).
+            deadline = time.monotonic() + self.cancel_grace_s
+            while not done.is_set() and time.monotonic() < deadline:
+                cursor.cancel()
+                done.wait(0.1)
+            if not done.is_set():  # stuck outside DuckDB: abandon it, continue on a fresh cursor
                 self.cursor = self.con.cursor()
             self.console.print(Text("Cancelled (Ctrl-C).", style="yellow"))
             return False
