@@ -1,4 +1,4 @@
-"""Per-format file scanners used by registration (run inside worker processes).
+"""Per-format file scanners used by registration (run in worker threads, or processes).
 
 ``scan_file(task)`` indexes one data file and returns a plain dict (picklable, never raises):
 
@@ -8,10 +8,19 @@
               first few 1-based line numbers (jsonl) or sample keys (webdataset);
 * ``raw_bytes`` decompressed bytes read; ``error`` ``None`` or ``{"message", "line", "hint"}``.
 
-Location semantics are the catalog's (see mixsql.catalog). JSONL is parsed natively: the file is
-decompressed in large blocks cut at newlines, line offsets come from numpy, records from
-``pyarrow.json`` (nested paths by struct field access). Per-line ``orjson`` parsing is only the
-fallback that pinpoints a malformed line or a type change inside a block.
+Location semantics are the catalog's (see mixsql.catalog). JSONL: a zstd frame whose header gives
+its size is decompressed into one buffer (else large streamed blocks), cut at newlines; line
+offsets come from numpy (or a ``bytes.find`` loop when lines are long). Each block then takes the
+fast path when it can (explicit property mapping, no tokenizer): DuckDB's JSON reader (yyjson, GIL
+released) over the block's lines, viewed zero-copy as an Arrow string column (UTF-8 checked by
+Arrow first), gives ``n_bytes`` (strlen of the decoded text, i.e. its exact UTF-8 byte length with
+escapes resolved) and the properties, type-checked against the types seen in the file's first MiB.
+Anything unusual in a block (malformed JSON, a type change, a non-string text, a missing required
+property) sends that block to the exact path: ``pyarrow.json`` (nested paths by struct field
+access), then per-line ``orjson`` to pinpoint or skip a bad line. Known leniency of the fast path:
+yyjson also accepts a trailing comma inside an object or array, and NaN/Infinity literals
+(pyarrow.json accepts those too), in lines past the first MiB; such lines are indexed rather than
+reported.
 """
 from __future__ import annotations
 
@@ -32,7 +41,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 BLOCK_BYTES = 32 << 20          # decompressed bytes parsed per pyarrow.json call
-READ_BYTES = 32 << 20           # compressed bytes read per I/O call
+READ_BYTES = 64 << 20           # compressed bytes read per I/O call
 WRITE_BYTES = 16 << 20          # decompressed bytes produced per zstd output buffer
 ONE_SHOT_BYTES = 256 << 20      # a zstd frame up to this size decompresses into one buffer
 FAST_MAX_FAILS = 2              # blocks the DuckDB fast path may fall back on before a file stops trying it
@@ -118,6 +127,47 @@ _MULTI_FRAME = {
 }
 
 
+def _zstd_single_frame(raw: bytes) -> bool:
+    """True when ``raw`` is exactly one complete zstd frame (walks the block headers: cheap)."""
+    try:
+        pos = zstandard.frame_header_size(raw)
+    except zstandard.ZstdError:
+        return False
+    checksum = 4 if raw[4] & 0x04 else 0
+    n = len(raw)
+    while pos + 3 <= n:
+        bh = int.from_bytes(raw[pos:pos + 3], "little")
+        btype = (bh >> 1) & 3
+        if btype == 3:
+            return False
+        pos += 3 + (1 if btype == 1 else bh >> 3)
+        if bh & 1:
+            return pos + checksum == n
+    return False
+
+
+_BUFFERS = threading.local()
+
+
+def _zstd_one_shot(raw: bytes) -> memoryview | None:
+    """Decompress a single complete frame of known size into this thread's reused buffer (no fresh
+    pages per file); None when ``raw`` is not such a frame. The view is valid until the next call
+    in this thread."""
+    if len(raw) < 18 or raw[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    size = zstandard.frame_content_size(raw[:18])
+    if not 0 < size <= ONE_SHOT_BYTES or not _zstd_single_frame(raw):
+        return None
+    buf = getattr(_BUFFERS, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _BUFFERS.buf = memoryview(bytearray(size + (size >> 3)))
+    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=len(raw))
+    n = 0
+    while n < size and (k := reader.readinto(buf[n:size])):
+        n += k
+    return buf[:size] if n == size else None
+
+
 def _decompressed_chunks(path: str, compression: str):
     """Yield decompressed byte chunks; raise ScanError for truncated/corrupt input.
 
@@ -131,6 +181,14 @@ def _decompressed_chunks(path: str, compression: str):
             raise ScanError(f"unknown compression {compression!r}")
         new_decoder, error, truncated = _MULTI_FRAME[compression]
         b = fh.read(READ_BYTES)
+        if compression == "zstd" and len(b) < READ_BYTES:   # the whole (small enough) file
+            try:
+                view = _zstd_one_shot(b)
+            except zstandard.ZstdError:
+                view = None
+            if view is not None:
+                yield view
+                return
         d = new_decoder()
         if compression == "zstd" and len(b) >= 18:  # one output buffer per frame when its size is known
             size = zstandard.frame_content_size(b[:18])
@@ -164,6 +222,9 @@ def _blocks(path: str, compression: str):
     buf: list[bytes] = []
     size = 0
     for chunk in _decompressed_chunks(path, compression):
+        if isinstance(chunk, memoryview):   # a whole one-shot file: one block
+            yield 0, chunk
+            return
         buf.append(chunk)
         size += len(chunk)
         if size < BLOCK_BYTES:
@@ -190,8 +251,11 @@ def _newlines(data) -> np.ndarray:
         n = len(data)
         buf = data
         if isinstance(data, memoryview):
-            buf = data.obj if isinstance(data.obj, bytes) and np.frombuffer(data, np.uint8).ctypes.data \
-                == np.frombuffer(data.obj, np.uint8).ctypes.data else bytes(data)
+            obj = data.obj
+            if isinstance(obj, memoryview):
+                obj = obj.obj
+            buf = obj if isinstance(obj, (bytes, bytearray)) and np.frombuffer(data, np.uint8).ctypes.data \
+                == np.frombuffer(obj, np.uint8).ctypes.data else bytes(data)
         out, find = [], buf.find
         i = find(b"\n", 0, n)
         while i >= 0:
@@ -224,7 +288,7 @@ _DUCK: tuple[int, duckdb.DuckDBPyConnection] | None = None
 # inferred Arrow type -> (value from the raw JSON text r, condition that r has another JSON type).
 # r is the property's JSON text (NULL when absent); a mismatch makes the block take the exact path.
 _FAST_KINDS = {
-    pa.string(): ("{r}::JSON ->> '$'", "left({r}, 1) <> '\"'"),
+    pa.string(): ("json_extract_string({r}, '$')", "left({r}, 1) <> '\"'"),
     pa.int64(): ("TRY_CAST({r} AS BIGINT)",
                  "(NOT regexp_full_match({r}, '-?[0-9]+') OR TRY_CAST({r} AS BIGINT) IS NULL)"),
     pa.float64(): ("TRY_CAST({r} AS DOUBLE)", "(TRY_CAST({r} AS DOUBLE) IS NULL OR left({r}, 1) IN ('N', 'I', '-I'))"),
@@ -437,47 +501,80 @@ class _JsonlScanner:
 
         return pa.schema(build(tree))
 
+    def _sample_types(self, data) -> dict | None:
+        """path -> Arrow type of each mapped path (text first) in the block's first MiB, None for a
+        path absent or only null there; None overall when the sample does not parse or its text
+        is not a string."""
+        head = bytes(data[:1 << 20])
+        cut = head.rfind(b"\n") + 1 or len(head)
+        try:
+            sample = pj.read_json(pa.BufferReader(head[:cut]), read_options=pj.ReadOptions(use_threads=False))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return None
+        out = {}
+        paths = [self.task.text, *self.task.properties.values()] + ([self.task.n_tokens] if self.task.n_tokens else [])
+        for path in paths:
+            typ: pa.DataType | None = sample.schema
+            for part in path.split("."):
+                idx = typ.get_field_index(part) if isinstance(typ, (pa.Schema, pa.StructType)) else -1
+                typ = typ.field(idx).type if idx >= 0 else None
+                if typ is None:
+                    break
+            out[path] = None if typ is None or pa.types.is_null(typ) else typ
+        if not pa.types.is_string(out[self.task.text] or pa.null()):
+            return None
+        return out
+
     def _fast_query(self, data) -> str | None:
         """SQL extracting n_bytes and the properties with DuckDB's JSON reader, built once per file
-        from the pruned schema; None when the layout is unknown or has non-scalar properties.
+        from the types in the first MiB; None (no fast path for this file) when those do not parse,
+        the text is not a string there, or a property is not a scalar (string, integer, double,
+        boolean) there.
 
-        Properties come out as raw JSON values whose JSON type is checked against the inferred
-        type (``__bad``), so a type change falls back instead of being cast silently."""
+        Properties come out as their raw JSON text, checked against the expected JSON type
+        (``__bad``) so that a type change falls back instead of being cast silently; a property
+        absent from the sample must stay null in the block."""
         if self.fast_sql is None:
-            if self.prune and self.schema is None:
-                ropts = pj.ReadOptions(use_threads=self.task.use_threads, block_size=8 << 20)
-                self.schema = self._pruned_schema(data, ropts)
-            if self.schema is None:
+            types = self._sample_types(data)
+            if types is None:
                 self.fast = False
                 return None
             paths = dict(self.task.properties)
             if self.task.n_tokens:
                 paths["__ntok__"] = self.task.n_tokens
+            tree: dict = {}
             cols, bad = [], []
+            for path, leaf in [(self.task.text, "VARCHAR"), *((p, "JSON") for p in paths.values())]:
+                node, parts = tree, path.split(".")
+                for part in parts[:-1]:
+                    node = node.setdefault(part, {})
+                    if not isinstance(node, dict):
+                        self.fast = False
+                        return None
+                if node.get(parts[-1], leaf) != leaf:   # a path that is both a leaf and an object, or text twice
+                    self.fast = False
+                    return None
+                node[parts[-1]] = leaf
             for i, path in enumerate(paths.values()):
-                t: pa.DataType = self.schema
-                for part in path.split("."):
-                    t = t.field(part).type
-                kind = _FAST_KINDS.get(t)
+                r = f"CAST({_struct_ref(path)} AS VARCHAR)"
+                if types[path] is None:
+                    cols.append(f"NULL AS __p{i}")
+                    bad.append(f"({r} <> 'null')")
+                    continue
+                kind = _FAST_KINDS.get(types[path])
                 if kind is None:
                     self.fast = False
                     return None
-                r = f"CAST({_struct_ref(path)} AS VARCHAR)"
                 cols.append(f"{kind[0].format(r=r)} AS __p{i}")
                 bad.append(f"({r} <> 'null' AND {kind[1].format(r=r)})")
-
-            def spec(fields, top=True) -> dict:
-                return {f.name: spec(f.type, False) if pa.types.is_struct(f.type) else
-                        ("VARCHAR" if top and f.name == self.task.text else "JSON") for f in fields}
-
             text = _struct_ref(self.task.text)
             cols[:0] = [f"strlen({text}) AS __n",
                         f"CASE WHEN strlen({text}) <= 32 OR left({text}, 1) IN ('[', '{{') "
-                        f"THEN json_type(line, {_sql_str(_json_path(self.task.text))}) END AS __tt",
+                        f"THEN json_type(line, {_sql_str(_json_path(self.task.text))}) <> 'VARCHAR' END AS __tt",
                         f"{' OR '.join(bad) if bad else 'false'} AS __bad"]
             self.fast_names = list(paths)
             self.fast_sql = (f"SELECT {', '.join(cols)} FROM (SELECT line, json_transform(line, "
-                             f"{_sql_str(orjson.dumps(spec(self.schema)).decode())}) AS j FROM __mixsql_lines)")
+                             f"{_sql_str(orjson.dumps(tree).decode())}) AS j FROM __mixsql_lines)")
         return self.fast_sql
 
     def _fast(self, data, base, starts, lengths, idx) -> pa.Table | None:
@@ -510,8 +607,7 @@ class _JsonlScanner:
             return None
         if pc.any(res.column("__bad")).as_py():
             return None
-        tt = res.column("__tt")
-        if tt.null_count != len(tt) and not pc.all(pc.equal(pc.drop_null(tt), "VARCHAR")).as_py():
+        if pc.any(res.column("__tt")).as_py():   # a short or bracketed "text" that is not a JSON string
             return None
         props = {name: res.column(f"__p{i}") for i, name in enumerate(self.fast_names)}
         if any(props[n].null_count for n in self.task.required if n in props):

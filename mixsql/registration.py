@@ -32,7 +32,8 @@ it); relative paths resolve against the CWD, and paths are stored absolute. ``fo
 * ``tokenizer``: path to a HF ``tokenizer.json``; ``n_tokens`` is counted at registration.
 * ``on_error``: ``fail`` (default) or ``skip`` (skip malformed records, count them in the summary).
 * ``required``: properties that must be present in every record (list or ``'a, b'``).
-* ``workers``: worker processes (default: all cores).
+* ``workers``: parallel scans (default: all cores); threads for JSONL and Parquet, processes for
+  WebDataset (``MIXSQL_SCAN_POOL=thread|process`` overrides).
 
 Without a tokenizer, a tokens column or a count hint, ``n_tokens`` is NULL. ``n_bytes`` is the
 UTF-8 byte length of the text. Every change runs in one DuckDB transaction: a failed registration

@@ -198,3 +198,85 @@ def test_type_change_after_pruned_prefix_falls_back(tmp_path):
     assert "mixed value types" in res["error"]["message"]
     res = scan_file(ScanTask(str(p), "jsonl", "none", "text", {"q": "q"}, types={"q": "VARCHAR"}))
     assert res["error"] is None and res["table"].column("q").to_pylist()[-2:] == ["29998", "high"]
+
+
+# ----------------------------------------------------------------------------- DuckDB fast path
+
+_ESCAPY = ['line\nbreak "quoted" tab\t back\\slash', "café — naïve 中文 😀", "\u0001ctl \u007f del \u00e9",
+           "[looks like a list]", "{looks like an object}", "12", "", "x" * 5000]
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_fast_path_n_bytes_exact_with_escapes(tmp_path, ensure_ascii):
+    """n_bytes = UTF-8 length of the decoded text, whether non-ASCII is raw or \\uXXXX (incl. pairs)."""
+    recs = [{"text": t, "meta": {"set": f"s{i % 3}", "q": i, "w": i / 4, "ok": i % 2 == 0}}
+            for i, t in enumerate(_ESCAPY * 3)]
+    raw = ("\n".join(json.dumps(r, ensure_ascii=ensure_ascii) for r in recs) + "\n").encode()
+    p = tmp_path / "a.jsonl.zst"
+    p.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    task = ScanTask(str(p), "jsonl", "zstd", "text", {"set": "meta.set", "q": "meta.q", "w": "meta.w",
+                                                       "ok": "meta.ok", "nope": "meta.nope"})
+    sc = formats._JsonlScanner(task)
+    t = sc.scan()
+    assert sc.fast_fails == 0 and sc.fast_sql is not None  # the fast path did the work
+    assert t.column("n_bytes").to_pylist() == [len(r["text"].encode()) for r in recs]
+    assert t.column("set").to_pylist() == [r["meta"]["set"] for r in recs]
+    assert t.column("q").to_pylist() == [r["meta"]["q"] for r in recs]
+    assert t.column("w").to_pylist() == [r["meta"]["w"] for r in recs]
+    assert t.column("ok").to_pylist() == [r["meta"]["ok"] for r in recs]
+    assert t.column("nope").null_count == len(recs)
+    assert t.schema.field("q").type == pa.int64() and t.schema.field("ok").type == pa.bool_()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('{"text": 12345}', "not a string"),
+    ('{"text": ["a", "b"]}', "not a string"),
+    ('{"text": true}', "not a string"),
+    ('{"text": "a", "meta": {"set": 7}}', "mixed value types"),
+    ('{"text": "a", "meta": {"set": "s", "q": 1.5}}', None),          # int -> double: falls back, no error
+    ('{"text": "a", "meta": {"set": "s", "q": "high"}}', "mixed value types"),
+    ('{"text": "a" "b"}', "malformed"),
+    ('{"body": "no text"}', "missing"),
+])
+def test_fast_path_falls_back_exactly_after_a_clean_prefix(tmp_path, bad, message):
+    """A block the fast path cannot take whole is redone by the exact path (same errors, same lines)."""
+    good = [json.dumps({"text": f"doc {i} " * 40, "meta": {"set": f"s{i % 3}", "q": i}}) for i in range(3000)]
+    p = tmp_path / "a.jsonl"
+    p.write_text("\n".join(good + [bad]) + "\n")
+    assert p.stat().st_size > (1 << 20)
+    res = scan_file(ScanTask(str(p), "jsonl", "none", "text", {"set": "meta.set", "q": "meta.q"}))
+    if message is None:
+        assert res["error"] is None and res["table"].column("q").to_pylist()[-1] == 1.5
+    else:
+        assert message in res["error"]["message"] and (res["error"]["line"] in (3001, None))
+        res = scan_file(ScanTask(str(p), "jsonl", "none", "text", {"set": "meta.set", "q": "meta.q"},
+                                 on_error="skip", types={"set": "VARCHAR", "q": "VARCHAR"}))
+        assert res["error"] is None and res["table"].num_rows >= 3000
+
+
+def test_long_lines_offsets(tmp_path):
+    """Lines of several KiB take the bytes.find newline scan; blank lines and no final newline too."""
+    lines = [json.dumps({"text": ("ab\u00e9 " * (500 + 37 * i)) + "\n" * (i % 3), "k": i}) for i in range(300)]
+    raw = ("\n".join(lines[:150]) + "\n\n \r\n" + "\n".join(lines[150:])).encode()
+    assert len(raw) > (2 << 20)
+    p = tmp_path / "a.jsonl.zst"
+    p.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    res = scan_file(ScanTask(str(p), "jsonl", "zstd", "text", {"k": "k"}))
+    assert res["error"] is None and res["raw_bytes"] == len(raw)
+    _check_offsets(raw, res["table"], lines)
+    assert res["table"].column("k").to_pylist() == list(range(300))
+
+
+def test_fast_path_in_threads_matches_sequential(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    paths = []
+    for k in range(4):
+        lines = _lines(400, start=k * 400)
+        p = tmp_path / f"{k}.jsonl.zst"
+        p.write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+        paths.append(str(p))
+    tasks = [ScanTask(p, "jsonl", "zstd", "text", {"set": "meta.set", "score": "meta.score"}) for p in paths]
+    seq = [scan_file(t)["table"] for t in tasks]
+    with ThreadPoolExecutor(4) as ex:
+        par = [r["table"] for r in ex.map(scan_file, tasks * 3)]
+    assert all(a.equals(b) for a, b in zip(seq * 3, par))

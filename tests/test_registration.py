@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from mixsql import registration
+from mixsql import formats, registration
 from mixsql.catalog import Catalog
 from mixsql.errors import IntegrityError, ProgrammingError, RegistrationError, StaleFileError
 from mixsql.registration import check_file, create_source, drop_source, refresh_source, show_sources
@@ -166,8 +166,14 @@ def test_parquet_pretokenized_and_fineweb_preset(cat, tmp_path):
     assert json.loads(show_sources(cat).column("options")[1].as_py())["tokens"] == "ids"
 
 
-def test_parallel_pool_path(cat, tmp_path, monkeypatch):
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_parallel_pool_path(cat, tmp_path, monkeypatch, pool):
+    """Both pools; the process pool forks a parent that already used the scanners' DuckDB."""
     monkeypatch.setattr(registration, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setenv("MIXSQL_SCAN_POOL", pool)
+    warm = slim_dir(tmp_path / "warm", shards=1, per=3) / "chunk0" / "example_train_0.jsonl.zst"
+    assert formats.scan_file(formats.ScanTask(str(warm), "jsonl", "zstd", "text",
+                                              {"s": "meta.redpajama_set_name"}))["error"] is None
     slim_dir(tmp_path / "slim", shards=4, per=25)
     s = create_source(cat, "slim", str(tmp_path / "slim"), options={"preset": "slimpajama", "workers": 2},
                       progress=False)
