@@ -14,6 +14,16 @@ What is yielded
     worker delivers its leftovers as final sequences padded with ``pad_id`` (``length`` < N+1,
     ``mix_collate`` turns it into ``mask``).
 
+Hot path (per chunk, no per-token Python)
+    Consecutive small chunks are read together on the prefetch thread (one ``ChunkReader.read``);
+    each chunk's documents become one flat int32 array (pre-tokenized: the list column's values
+    via offsets; raw text: one ``encode_flat`` batch call, see ``mixsql.tokenize`` for the thread
+    policy in workers) that ``Packer.add_chunk`` frames and cuts with reshape; items are row views
+    of one per-chunk tensor. Only the first item of a chunk carries the chunk's resume info; the
+    others carry a (worker, task, key, tokens) tuple. With DataLoader workers, ``MixDataLoader`` ships each packed batch
+    as one flat buffer (pickled in-band when small: no shared-memory handle per tensor) and
+    rebuilds ``mix_collate``'s batch in the main process.
+
 Exactly-once resume
     Every item carries a compact resume token (worker, task, buffer key, tokens). ``MixDataLoader``
     (or direct iteration of the dataset in the main process) records the tokens of the items it
@@ -608,6 +618,47 @@ def mix_collate(items: list[dict]) -> dict:
     return out
 
 
+_WIRE_TENSOR_BYTES = 1 << 20   # batches above this travel as one shared-memory tensor, below as bytes
+
+
+def _wire_collate(items: list[dict]) -> dict:
+    """``mix_collate`` for DataLoader workers: the tensors of a packed batch travel as ONE flat
+    int64 buffer (ids, group ids, lengths), pickled in-band when small (no shared-memory file
+    descriptor round trip per tensor); :func:`_unwire` restores ``mix_collate``'s batch."""
+    if not items or "input_ids" not in items[0]:
+        return mix_collate(items)
+    B, L = len(items), int(items[0]["input_ids"].shape[0])
+    buf = torch.empty(2 * B * L + B, dtype=torch.long)
+    torch.stack([it["input_ids"] for it in items], out=buf[:B * L].view(B, L))
+    torch.stack([it["group_ids"] for it in items], out=buf[B * L:2 * B * L].view(B, L))
+    buf[2 * B * L:] = torch.tensor([it["length"] for it in items], dtype=torch.long)
+    out: dict = {"_wire": buf.numpy() if buf.numel() * 8 <= _WIRE_TENSOR_BYTES else buf, "_wire_shape": (B, L)}
+    for key in items[0]:
+        if key not in ("input_ids", "group_ids", "length"):
+            out[key] = [it[key] for it in items]
+    return out
+
+
+def _unwire(batch: dict, pin: bool = False) -> dict:
+    buf = batch.pop("_wire", None)
+    if buf is None:
+        return batch
+    B, L = batch.pop("_wire_shape")
+    if isinstance(buf, np.ndarray):
+        buf = torch.from_numpy(buf)
+    if pin and not buf.is_pinned():
+        buf = buf.pin_memory()
+    out = {"input_ids": buf[:B * L].view(B, L), "group_ids": buf[B * L:2 * B * L].view(B, L)}
+    length = buf[2 * B * L:]
+    out["length"] = length
+    if int(length.min()) == L:
+        out["mask"] = torch.ones((B, L), dtype=torch.bool)
+    else:
+        out["mask"] = torch.arange(L).unsqueeze(0) < length.unsqueeze(1)
+    out.update(batch)
+    return out
+
+
 def _worker_context():
     """The start method for DataLoader workers when the caller names none.
 
@@ -635,7 +686,10 @@ class MixDataLoader(DataLoader):
             raise InterfaceError("MixDataLoader does not support persistent_workers (workers restart on resume)")
         if num_workers > 0 and "multiprocessing_context" not in kwargs:
             kwargs["multiprocessing_context"] = _worker_context()
-        super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn, **kwargs)
+        # workers ship packed batches as one buffer (see _wire_collate); unpacked in __iter__
+        self._wire = collate_fn is mix_collate and num_workers > 0
+        super().__init__(dataset, batch_size=batch_size, num_workers=num_workers,
+                         collate_fn=_wire_collate if self._wire else collate_fn, **kwargs)
         self._tracker: _Tracker | None = None
 
     def __iter__(self):
@@ -648,7 +702,10 @@ class MixDataLoader(DataLoader):
             it = super().__iter__()
         finally:
             self.dataset._emit_tokens = False
+        wire, pin = self._wire, bool(self.pin_memory) and torch.cuda.is_available()
         for batch in it:
+            if wire and isinstance(batch, dict):
+                batch = _unwire(batch, pin)
             toks = batch.pop("_mix", None) if isinstance(batch, dict) else None
             if toks is None:
                 raise InterfaceError("MixDataLoader needs mix_collate (or a collate keeping the '_mix' tokens)")

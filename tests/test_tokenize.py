@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mixsql.errors import InterfaceError
-from mixsql.tokenize import ByteTokenizer, CallableTokenizer, HFTokenizer, get_tokenizer
+from mixsql.tokenize import ByteTokenizer, CallableTokenizer, HFTokenizer, encode_flat, get_tokenizer
 
 
 def test_byte_tokenizer_roundtrip():
@@ -32,6 +32,20 @@ def test_hf_tokenizer_object_and_path(tmp_path):
     b = get_tokenizer(str(path)).encode_batch(["the cat", "sat on the mat"])
     assert [x.tolist() for x in a] == [x.tolist() for x in b]
     assert all(x.dtype == np.int32 for x in a)
+    texts = ["the cat", "", "sat on the mat"]
+    slow = [e.ids for e in t.encode_batch(texts, add_special_tokens=False)]   # with offsets
+    flat, lengths = tok.encode_flat(texts)
+    assert flat.dtype == np.int32 and lengths.tolist() == [len(x) for x in slow]
+    assert flat.tolist() == [i for x in slow for i in x]
+
+
+def test_encode_flat_for_every_tokenizer_kind():
+    texts = ["héllo", "", "ab"]
+    for tok in (ByteTokenizer(), get_tokenizer(lambda s: [len(s), 7], eos_id=0)):
+        flat, lengths = encode_flat(tok, texts)
+        per_doc = tok.encode_batch(texts)
+        assert lengths.tolist() == [len(x) for x in per_doc]
+        assert flat.tolist() == [int(i) for x in per_doc for i in x] and flat.dtype == np.int32
 
 
 def test_callable_needs_eos():

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import write_jsonl_catalog
 from mixsql.catalog import Catalog
@@ -133,3 +134,14 @@ def test_feedback_refused_for_static_mixture(cat):
     ds = MixDataset(SQL, catalog=cat)
     with pytest.raises(ProgrammingError, match="dynamic mixture"):
         ds.feedback(0, [1.0, 1.0, 1.0], [10, 10, 10])
+
+
+def test_worker_batches_equal_in_process_batches(cat):
+    """Workers ship packed batches as one buffer (_wire_collate); the loop sees mix_collate's batch."""
+    kw = {"sql": SQL_TOKENS, "seq_len": 16}
+    a, _ = _run(cat, kw, 0)
+    dl = MixDataLoader(MixDataset(SQL_TOKENS, catalog=cat, seq_len=16), batch_size=3, num_workers=1)
+    b = [(x["input_ids"].tolist(), x["group"], x["mask"].tolist(), x["group_ids"].dtype, x["length"].tolist())
+         for x in dl]
+    assert [(k[0], k[1], k[2]) for k in b] == a
+    assert all(k[3] == torch.long and len(k[4]) == len(k[1]) for k in b)
