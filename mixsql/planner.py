@@ -38,6 +38,11 @@ from .errors import ProgrammingError, SQLError
 from .shuffle import order_key_columns, order_key_name, ordered_permutation, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, Algorithm, Budget, Group, MixSpec, ScheduleStep, Shuffle
 
+# A chunk is a unit of composition, resume and distribution: 512 samples, or (unit = 'tokens')
+# 65,536 tokens, i.e. 32 sequences of 2,048, so per-chunk overhead stays small next to the reading.
+DEFAULT_CHUNK_SIZE = {"samples": 512, "tokens": 65536}
+
+
 SETTINGS = {
     "seed": "int>=0", "chunk_size": "int>0", "unit": ("samples", "tokens"),
     "on_exhausted": ("stop", "redistribute", "repeat"), "max_epochs": "int>0",
@@ -317,7 +322,7 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
             if key == "unit":
                 unit_node = opt.expression
     unit = settings.get("unit", "samples")
-    chunk_size = settings.get("chunk_size", 512)
+    chunk_size = settings.get("chunk_size", DEFAULT_CHUNK_SIZE[unit])
 
     # -- budget
     budget = None

@@ -390,7 +390,7 @@ class MixDataset(IterableDataset):
                 cat = self.catalog
                 if not hasattr(cat, "con"):
                     cat = Catalog(cat, read_only=True)
-                self._stream = MixStream.open(cat, self.sql, self.params)
+                self._stream = MixStream.open(cat, self.sql, self.params, user_columns=self.columns)
         return self._stream
 
     def __iter__(self) -> Iterator[dict]:

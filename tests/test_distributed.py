@@ -67,9 +67,12 @@ def cat(tmp_path_factory):
 @pytest.mark.parametrize("world,replicas", [(2, 1), (4, 2)])
 def test_gloo_ranks(cat, tmp_path, world, replicas):
     stop = int(np.random.Generator(np.random.PCG64(world)).integers(1, 4))
-    # fork: the children reuse the imported torch (spawn would re-import it in every rank)
+    # forkserver: ranks fork from a clean server that preloaded torch and mixsql, so they start
+    # fast (unlike spawn) and inherit no threads from this test process (gRPC, DuckDB, thread
+    # pools), which can leave forked children deadlocked on a lock held at fork time.
+    mp.set_forkserver_preload(["torch", "mixsql.torch", "mixsql.stream"])
     mp.start_processes(_rank_main, args=(world, _free_port(), cat, replicas, str(tmp_path), stop), nprocs=world,
-                       join=True, start_method="fork")
+                       join=True, start_method="forkserver")
     res = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(world)]
     for r in res:
         assert r["resumed"] == r["full"]          # kill-and-resume reproduces every batch
