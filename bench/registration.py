@@ -42,35 +42,45 @@ def _base_text(rng: np.random.Generator, n_bytes: int) -> str:
     return " ".join(words)[:n_bytes]
 
 
-def generate(n_samples: int, n_shards: int, mean_len: int = 400, seed: int = 0) -> Path:
-    """Write the corpus (idempotent: reuses an existing complete one)."""
+def _write_shards(out: Path, n_samples: int, n_shards: int, seed: int, base_text, lengths, cut, path_of) -> Path:
+    """Write ``n_shards`` SlimPajama-style .jsonl.zst shards of spans of one seeded base text
+    (idempotent: reuses a complete directory). ``lengths(rng, n)`` draws span lengths, ``cut``
+    trims a span, ``path_of(k)`` names shard k inside ``out``."""
     import zstandard
 
-    out = DATA / f"slim_{n_samples}_{n_shards}_{mean_len}"
-    done = out / ".complete"
-    if done.exists():
+    if (out / ".complete").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     rng = np.random.Generator(np.random.PCG64(seed))
-    base = _base_text(rng, 16 << 20)
+    base = base_text(rng)
     cctx = zstandard.ZstdCompressor(level=3, threads=-1)
     per = -(-n_samples // n_shards)
     left = n_samples
     for k in range(n_shards):
         n = min(per, left)
         left -= n
-        lens = np.clip(rng.lognormal(np.log(mean_len), 0.6, n), 20, 20 * mean_len).astype(np.int64)
-        offs = rng.integers(0, len(base) - lens.max() - 1, n)
+        lens = lengths(rng, n)
+        offs = rng.integers(0, len(base) - lens.max() - 8, n)
         sets = rng.choice(len(SETS), size=n, p=SET_P / SET_P.sum())
-        lines = [f'{{"text": "{base[o:o + m]}", "meta": {{"redpajama_set_name": "{SETS[s]}"}}}}'
-                 for o, m, s in zip(offs.tolist(), lens.tolist(), sets.tolist())]
-        blob = ("\n".join(lines) + "\n").encode()
-        sub = out / f"chunk{k % 4}"
-        sub.mkdir(exist_ok=True)
-        (sub / f"example_train_{k}.jsonl.zst").write_bytes(cctx.compress(blob))
-    done.write_text("ok")
+        lines = [f'{{"text": "{cut(base[o:o + m])}", "meta": {{"redpajama_set_name": "{SETS[st]}"}}}}'
+                 for o, m, st in zip(offs.tolist(), lens.tolist(), sets.tolist())]
+        path = out / path_of(k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(cctx.compress(("\n".join(lines) + "\n").encode()))
+    (out / ".complete").write_text("ok")
     return out
+
+
+def generate(n_samples: int, n_shards: int, mean_len: int = 400, seed: int = 0) -> Path:
+    """The 1M-small-documents corpus (plain word soup, four sub-directories)."""
+    return _write_shards(
+        DATA / f"slim_{n_samples}_{n_shards}_{mean_len}", n_samples, n_shards, seed,
+        base_text=lambda rng: _base_text(rng, 16 << 20),
+        lengths=lambda rng, n: np.clip(rng.lognormal(np.log(mean_len), 0.6, n), 20, 20 * mean_len).astype(np.int64),
+        cut=lambda t: t,
+        path_of=lambda k: f"chunk{k % 4}/example_train_{k}.jsonl.zst",
+    )
 
 
 def _rich_base(rng: np.random.Generator, n_bytes: int) -> str:
@@ -87,33 +97,14 @@ def _rich_base(rng: np.random.Generator, n_bytes: int) -> str:
 def generate_mixtera(n_samples: int = 36_000, n_shards: int = 16, mean_len: int = 14_400, seed: int = 1) -> Path:
     """Mixtera's measured corpus shape: 36k SlimPajama-style documents of ~14 KB (~520 MB of
     decompressed JSONL) in 16 ``.jsonl.zst`` shards; texts carry JSON escapes and non-ASCII."""
-    import zstandard
-
-    out = DATA / f"mixtera_{n_samples}_{n_shards}_{mean_len}"
-    if (out / ".complete").exists():
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    base = _rich_base(rng, 64 << 20)
-    cctx = zstandard.ZstdCompressor(level=3, threads=-1)
-    per = -(-n_samples // n_shards)
-    left = n_samples
-    for k in range(n_shards):
-        n = min(per, left)
-        left -= n
-        lens = np.clip(rng.lognormal(np.log(mean_len) - 0.18, 0.6, n), 200, 40 * mean_len).astype(np.int64)
-        offs = rng.integers(0, len(base) - lens.max() - 8, n)
-        sets = rng.choice(len(SETS), size=n, p=SET_P / SET_P.sum())
-        lines = []
-        for o, m, st in zip(offs.tolist(), lens.tolist(), sets.tolist()):
-            t = base[o:o + m]
-            t = t[t.find(" ") + 1:t.rfind(" ")]  # cut at spaces: never inside an escape
-            lines.append(f'{{"text": "{t}", "meta": {{"redpajama_set_name": "{SETS[st]}"}}}}')
-        blob = ("\n".join(lines) + "\n").encode()
-        (out / f"train_{k:02d}.jsonl.zst").write_bytes(cctx.compress(blob))
-    (out / ".complete").write_text("ok")
-    return out
+    return _write_shards(
+        DATA / f"mixtera_{n_samples}_{n_shards}_{mean_len}", n_samples, n_shards, seed,
+        base_text=lambda rng: _rich_base(rng, 64 << 20),
+        lengths=lambda rng, n: np.clip(rng.lognormal(np.log(mean_len) - 0.18, 0.6, n), 200,
+                                       40 * mean_len).astype(np.int64),
+        cut=lambda t: t[t.find(" ") + 1:t.rfind(" ")],  # cut at spaces: never inside an escape
+        path_of=lambda k: f"train_{k:02d}.jsonl.zst",
+    )
 
 
 def generate_parquet(src: Path, max_shards: int) -> Path:
