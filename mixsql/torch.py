@@ -384,13 +384,10 @@ class MixDataset(IterableDataset):
                 self._stream = _ServerStream(self.server, self.sql, self.params, self.catalog,
                                              self.dp_rank)
             else:
-                from .catalog import Catalog
                 from .stream import MixStream
 
-                cat = self.catalog
-                if not hasattr(cat, "con"):
-                    cat = Catalog(cat, read_only=True)
-                self._stream = MixStream.open(cat, self.sql, self.params, user_columns=self.columns)
+                # a path: MixStream.open opens the catalog read-only and closes it when done
+                self._stream = MixStream.open(self.catalog, self.sql, self.params, user_columns=self.columns)
         return self._stream
 
     def __iter__(self) -> Iterator[dict]:
