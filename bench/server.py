@@ -12,6 +12,9 @@ Every rank is data-parallel rank r of ``dp_world = clients`` and pulls its own c
 * unpaced phase: every rank pulls back to back; reports the server's throughput.
 * ADO: one feedback call through the server (median of 50) on a 8-group ADO job, and one
   refit of a 22-group (The Pile's domains) 5000-step loss history, measured in-process.
+* ADO at depth: the job's own persistence cost per feedback call (in-process ``Job.feedback``,
+  median of 50) after 100 and after 100,000 reported steps (history restored from a
+  checkpoint); equal medians mean a call does not grow with training length.
 
 All processes share this machine's cores (2 here), so client overhead is included.
 """
@@ -160,6 +163,36 @@ def ado_costs(client, cat_job) -> dict:
             "ado_refit_s_22_groups_5000_steps": refit}
 
 
+def ado_feedback_at_depth(catalog: Path, chunk: int, depths=(100, 100_000)) -> dict:
+    """Median ``Job.feedback`` time (persistence included) after ``depth`` reported steps."""
+    from mixsql.jobs import JobManager
+
+    jm = JobManager(catalog)
+    sql = ADO_SQL.format(chunk=chunk).replace("update_every = 1000", "update_every = 1000000000")
+    job = jm.get(jm.register(sql)["job"])
+    k = len(job.spec.groups)
+    rng = np.random.Generator(np.random.PCG64(3))
+    out = {}
+    try:
+        for depth in depths:
+            ckpt = job.checkpoint()
+            hist = (2.0 + rng.random((depth, k))).tolist()
+            ckpt["algorithm_state"] = {**(ckpt["algorithm_state"] or job.algorithm.state_dict()),
+                                       "history": hist, "steps": list(range(depth))}
+            ckpt["last_step"] = depth - 1
+            job.restore(ckpt)
+            times = []
+            for step in range(depth, depth + 50):
+                t0 = time.perf_counter()
+                job.feedback(step, [2000.0] * k, [1000.0] * k)
+                times.append(time.perf_counter() - t0)
+            out[f"ado_feedback_ms_at_step_{depth}"] = _pct(times, 50)
+        out["ado_job_file_bytes"] = job.path.stat().st_size
+    finally:
+        jm.close()
+    return out
+
+
 def run(quick: bool) -> dict:
     from mixsql.client import MixClient
 
@@ -189,6 +222,7 @@ def run(quick: bool) -> dict:
         finally:
             server.terminate()
             server.wait(10)
+        ado.update(ado_feedback_at_depth(cat, chunk))
     return {"clients": clients, "client_processes": 4, "connections_per_process": 2,
             "chunk_samples": chunk, "chunk_tokens": chunk_tokens, "demand_tokens_per_s_per_gpu": demand,
             "paced": paced, "unpaced": unpaced, **ado,

@@ -29,6 +29,11 @@ Persistence
     frontier). Per-rank consumption is saved with those writes. After ``kill -9`` the job
     reloads from that file: feedback already acknowledged is never lost (clients resend
     unacknowledged feedback; a step at or below the last one is ignored as a duplicate).
+    The algorithm's append-only lists (ADO's per-step loss history, see
+    ``MixingAlgorithm.append_only``) live in ``<job>.journal`` instead: each save appends only
+    the new items, then the job file records how many are committed, so a feedback call writes
+    O(groups) bytes however long training has run. Journal lines beyond the committed counts
+    (a crash between the two writes) are ignored and cleaned up on reload.
 """
 from __future__ import annotations
 
@@ -74,6 +79,68 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class Journal:
+    """The append-only lists of a job's algorithm state: ``<job>.journal``, one JSON line
+    ``[key, [items...]]`` per save and key. Which items count is recorded in the job file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.committed: dict[str, int] = {}
+        self.clean = False   # the file holds exactly the committed items (else: rewrite on save)
+
+    def load(self, lengths: dict) -> dict[str, list]:
+        """The first ``lengths[key]`` items of every key; OperationalError when some are missing."""
+        want = {str(k): int(n) for k, n in lengths.items()}
+        got: dict[str, list] = {k: [] for k in want}
+        extra = False
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        for line in data.split(b"\n"):
+            if not line:
+                continue
+            try:
+                key, items = json.loads(line)
+            except (ValueError, TypeError):   # a torn last line: never committed
+                extra = True
+                break
+            if key not in got or not isinstance(items, list):
+                extra = True
+                continue
+            room = want[key] - len(got[key])
+            extra = extra or len(items) > room
+            got[key].extend(items[:max(room, 0)])
+        short = [f"{k}: {len(v)} of {want[k]}" for k, v in got.items() if len(v) < want[k]]
+        if short:
+            raise OperationalError(
+                f"job journal {self.path} is missing committed entries ({'; '.join(short)}); "
+                "restore the job from a checkpoint (MixClient.restore) or register it again"
+            )
+        self.committed = want
+        self.clean = not extra
+        return got
+
+    def persist(self, state: dict, keys) -> dict[str, int]:
+        """Write the items of ``state[key]`` not yet in the file (all of them when the file is
+        not clean or a list shrank); returns the counts the job file must now record."""
+        rewrite = not self.clean or any(len(state.get(k) or ()) < self.committed.get(k, 0) for k in keys)
+        payload = b""
+        for k in keys:
+            items = state.get(k) or []
+            start = 0 if rewrite else self.committed.get(k, 0)
+            if len(items) > start:
+                payload += _dumps([k, items[start:]]) + b"\n"
+        if rewrite:
+            atomic_write(self.path, payload)
+            self.clean = True
+        elif payload:
+            with open(self.path, "ab") as f:
+                f.write(payload)
+        self.committed = {k: len(state.get(k) or ()) for k in keys}
+        return dict(self.committed)
+
+
 def _owner(chunk: int, dp_world: int, num_workers: int) -> tuple[int, int]:
     try:
         from .topology import owner
@@ -113,6 +180,10 @@ class Job:
         self.regen_cache: OrderedDict[int, pa.Table] = OrderedDict()
         groups = [g.path for g in self.spec.groups]
         self.algorithm = None
+        self.journal = Journal(path.with_suffix(".journal"))
+        lengths = doc.pop("journal", None)
+        if lengths and doc.get("algorithm_state") is not None:
+            doc["algorithm_state"].update(self.journal.load(lengths))
         if self.spec.algorithm is not None:
             self.algorithm = make_algorithm(self.spec.algorithm.name, groups, self.spec.weights(),
                                             self.spec.algorithm.kwargs())
@@ -309,8 +380,10 @@ class Job:
             raise JobError(f"restore needs a checkpoint of job {self.id} (as returned by checkpoint)")
         with self.lock:
             self.doc = json.loads(_dumps(state))
+            self.doc.pop("journal", None)
             if self.algorithm is not None and self.doc.get("algorithm_state") is not None:
                 self.algorithm.load_state_dict(self.doc["algorithm_state"])
+            self.journal.clean = False   # the restored lists replace the journal's
             self._reset_engine()
             self.save()
 
@@ -322,8 +395,17 @@ class Job:
                     "consumption": dict(self.doc["consumption"]), "weight_log": self.doc["weight_log"]}
 
     def save(self) -> None:
+        """Journal the algorithm's new append-only items, then rewrite the job file (which
+        commits them)."""
         with self.lock:
-            atomic_write(self.path, _dumps(self.doc))
+            doc = self.doc
+            state = doc.get("algorithm_state")
+            keys = getattr(self.algorithm, "append_only", ()) if self.algorithm is not None else ()
+            if state is not None and keys:
+                lengths = self.journal.persist(state, keys)
+                doc = {**doc, "algorithm_state": {k: v for k, v in state.items() if k not in keys},
+                       "journal": lengths}
+            atomic_write(self.path, _dumps(doc))
 
     def close(self) -> None:
         if self.algorithm is not None:
