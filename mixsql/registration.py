@@ -33,7 +33,8 @@ it); relative paths resolve against the CWD, and paths are stored absolute. ``fo
 * ``on_error``: ``fail`` (default) or ``skip`` (skip malformed records, count them in the summary).
 * ``required``: properties that must be present in every record (list or ``'a, b'``).
 * ``workers``: parallel scans (default: all cores); threads for JSONL and Parquet, processes for
-  WebDataset (``MIXSQL_SCAN_POOL=thread|process`` overrides).
+  WebDataset and for token counting with a ``tokenizer`` (``MIXSQL_SCAN_POOL=thread|process``
+  overrides).
 
 Without a tokenizer, a tokens column or a count hint, ``n_tokens`` is NULL. ``n_bytes`` is the
 UTF-8 byte length of the text. Every change runs in one DuckDB transaction: a failed registration
@@ -302,13 +303,25 @@ class _Progress:
             self.bar.stop()
 
 
-def _executor(fmt: str, n: int):
+def _one_tokenizer_thread() -> None:
+    """In a scan worker process: one core per process (the pool has one process per core)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _executor(fmt: str, n: int, tokenize: bool = False):
     """Threads for JSONL and Parquet (zstd, DuckDB, numpy and Arrow release the GIL; no worker
-    start-up, no pickling of results); processes for WebDataset (Python tar parsing).
+    start-up, no pickling of results); processes for WebDataset (Python tar parsing) and when
+    counting tokens with a tokenizer (HF ``tokenizers`` serialises the threads of one process,
+    and runs on one core under ``TOKENIZERS_PARALLELISM=false``); those start from a fork
+    server on Linux, never forked from a process with live DuckDB threads.
     ``MIXSQL_SCAN_POOL=process|thread`` overrides."""
-    kind = os.environ.get("MIXSQL_SCAN_POOL") or ("process" if fmt == "webdataset" else "thread")
+    kind = os.environ.get("MIXSQL_SCAN_POOL") or ("process" if fmt == "webdataset" or tokenize else "thread")
     if kind == "process":
-        return ProcessPoolExecutor(max_workers=n, mp_context=_mp_context())
+        ctx = _mp_context()
+        if tokenize and ctx.get_start_method() == "fork" and "forkserver" in mp.get_all_start_methods():
+            ctx = mp.get_context("forkserver")
+        init = _one_tokenizer_thread if tokenize else None
+        return ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=init)
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="mixsql-scan")
 
 
@@ -320,9 +333,10 @@ def _scan_all(tasks: list[formats.ScanTask], workers: int | None, progress: bool
         sizes = [os.path.getsize(t.path) for t in tasks]
         n = workers or os.cpu_count() or 1
         n = max(1, min(n, len(tasks)))
-        if n > 1 and sum(sizes) >= PARALLEL_MIN_BYTES:
+        tokenize = any(t.tokenizer for t in tasks)   # ~100x the work per byte: worth a pool sooner
+        if n > 1 and sum(sizes) >= (PARALLEL_MIN_BYTES // 32 if tokenize else PARALLEL_MIN_BYTES):
             order = sorted(range(len(tasks)), key=lambda i: -sizes[i])
-            with _executor(tasks[0].format, n) as ex:
+            with _executor(tasks[0].format, n, tokenize=tokenize) as ex:
                 futs = {ex.submit(formats.scan_file, tasks[i]): i for i in order}
                 try:
                     for fut in as_completed(futs):

@@ -1,0 +1,52 @@
+"""Token counting at registration runs in a process pool; counts equal the tokenizer's own."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import zstandard
+
+from mixsql.catalog import Catalog
+from mixsql.registration import create_source
+
+tokenizers = pytest.importorskip("tokenizers")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Two .jsonl.zst shards, together above the pool threshold for token counting (256 KB)."""
+    d = tmp_path_factory.mktemp("tok")
+    rng = random.Random(7)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(5000)]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 400))) for _ in range(1600)]
+    for s in range(2):
+        blob = "".join(json.dumps({"text": t, "meta": {"k": i % 3}}) + "\n" for i, t in enumerate(texts[s::2]))
+        (d / f"part{s}.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=1).compress(blob.encode()))
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(texts[:300], tokenizers.trainers.BpeTrainer(vocab_size=600, special_tokens=["[UNK]"]))
+    tok.save(str(d / "tokenizer.json"))
+    assert sum(p.stat().st_size for p in d.glob("*.zst")) > 256 * 1024
+    return d, tok, texts
+
+
+def _counts(cat_dir, corpus_dir, **extra):
+    with Catalog(cat_dir) as cat:
+        create_source(cat, "s", str(corpus_dir / "*.jsonl.zst"),
+                      options={"tokenizer": str(corpus_dir / "tokenizer.json"), **extra}, progress=False)
+        return cat.con.execute("SELECT f.path, s.row, s.n_tokens FROM samples s JOIN files f USING (file_id) "
+                               "ORDER BY 1, 2").fetchall()
+
+
+def test_pool_counts_match_in_process_and_tokenizer(corpus, tmp_path):
+    d, tok, texts = corpus
+    pooled = _counts(tmp_path / "pool", d)                 # default: one process per core
+    single = _counts(tmp_path / "one", d, workers=1)       # in-process scan
+    assert pooled == single and len(pooled) == len(texts)
+    want = {}
+    for s in range(2):
+        for row, t in enumerate(texts[s::2]):
+            want[(f"part{s}.jsonl.zst", row)] = len(tok.encode(t, add_special_tokens=False).ids)
+    assert {(p.rsplit("/", 1)[-1], r): n for p, r, n in pooled} == want
