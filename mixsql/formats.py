@@ -769,12 +769,15 @@ def _scan_parquet(task: ScanTask) -> tuple[pa.Table | None, int, int]:
     schema = pf.schema_arrow
     names = schema.names
     text_col = task.text.split(".")[0]
-    if text_col not in names:
-        raise ScanError(f"no text column {task.text!r} (columns: {', '.join(names)})",
-                        hint="set the text option to the column holding the text")
     tok_col = task.tokens.split(".")[0] if task.tokens else None
     if tok_col and tok_col not in names:
         raise ScanError(f"no tokens column {task.tokens!r} (columns: {', '.join(names)})")
+    if text_col not in names:
+        if not tok_col or task.tokenizer:
+            raise ScanError(f"no text column {task.text!r} (columns: {', '.join(names)})",
+                            hint="set the text option to the column holding the text"
+                            + ("" if tok_col else ", or the tokens option to a list<int> column of token ids"))
+        text_col = None   # pre-tokenized only: n_bytes is 0, readers fetch the tokens column
     if task.auto:
         excl = {text_col, tok_col}
         prop_map = {n: n for n in names if n not in excl
@@ -782,7 +785,7 @@ def _scan_parquet(task: ScanTask) -> tuple[pa.Table | None, int, int]:
                     and not pa.types.is_map(schema.field(n).type)}
     else:
         prop_map = dict(task.properties)
-    need = {text_col} | {p.split(".")[0] for p in prop_map.values() if p.split(".")[0] in names}
+    need = {text_col} - {None} | {p.split(".")[0] for p in prop_map.values() if p.split(".")[0] in names}
     if tok_col:
         need.add(tok_col)
     if task.n_tokens and task.n_tokens.split(".")[0] in names:
@@ -794,7 +797,7 @@ def _scan_parquet(task: ScanTask) -> tuple[pa.Table | None, int, int]:
         except (pa.ArrowInvalid, OSError) as exc:
             raise ScanError(f"cannot read row group {rg} ({exc})") from None
         n = t.num_rows
-        text = arrow_path(t, task.text)
+        text = arrow_path(t, task.text) if text_col else pa.repeat(pa.scalar("", pa.string()), n)
         if text.null_count:
             bad = int(np.flatnonzero(pc.is_null(text).to_numpy(zero_copy_only=False))[0])
             if task.on_error != "skip":

@@ -27,7 +27,8 @@ it); relative paths resolve against the CWD, and paths are stored absolute. ``fo
   Undeclared types are inferred from the data (VARCHAR, BIGINT, DOUBLE, BOOLEAN, lists, ...).
 * ``preset``: ``slimpajama`` | ``pile`` | ``fineweb`` (mixsql.presets); user keys override it.
 * ``text``: the text field / column (default ``text``), or the tar member extension (``txt``).
-* ``tokens``: parquet ``list<int>`` column of token ids; ``n_tokens`` = its length.
+* ``tokens``: parquet ``list<int>`` column of token ids; ``n_tokens`` = its length. Such a
+  source needs no text column (its ``n_bytes`` is then 0); readers fetch only the ids.
 * ``n_tokens``: a field / column holding a token count (a hint, used when no tokenizer is given).
 * ``tokenizer``: path to a HF ``tokenizer.json``; ``n_tokens`` is counted at registration.
 * ``on_error``: ``fail`` (default) or ``skip`` (skip malformed records, count them in the summary).

@@ -50,3 +50,28 @@ def test_pool_counts_match_in_process_and_tokenizer(corpus, tmp_path):
         for row, t in enumerate(texts[s::2]):
             want[(f"part{s}.jsonl.zst", row)] = len(tok.encode(t, add_special_tokens=False).ids)
     assert {(p.rsplit("/", 1)[-1], r): n for p, r, n in pooled} == want
+
+
+def test_pretokenized_parquet_needs_no_text_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mixsql.errors import RegistrationError
+
+    d = tmp_path / "pt"
+    d.mkdir()
+    ids = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    pq.write_table(pa.table({"ids": pa.array(ids, pa.list_(pa.int32())), "domain": ["a", "b", "a"]}),
+                   d / "x.parquet")
+    with Catalog(tmp_path / "cat") as cat:
+        with pytest.raises(RegistrationError, match="no text column .*tokens option"):
+            create_source(cat, "bad", str(d / "*.parquet"), progress=False)
+        create_source(cat, "pt", str(d / "*.parquet"), options={"tokens": "ids"}, progress=False)
+        rows = cat.con.execute("SELECT row, n_bytes, n_tokens, domain FROM samples ORDER BY row").fetchall()
+    assert rows == [(0, 0, 3, "a"), (1, 0, 2, "b"), (2, 0, 4, "a")]
+    torch_mod = pytest.importorskip("mixsql.torch")
+    ds = torch_mod.MixDataset("SELECT * FROM samples WHERE domain = 'a' MIX BY domain WITH NATURAL",
+                              catalog=str(tmp_path / "cat"), seq_len=4, eos_id=0)
+    got = [x["input_ids"].tolist() for x in ds]
+    flat = [t for seq in got for t in seq]
+    assert [t for t in flat if t] == [5, 6, 7, 10, 11, 12, 13]     # the ids, each document once
