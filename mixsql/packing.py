@@ -98,6 +98,18 @@ def frame_documents(values: np.ndarray, lengths: np.ndarray, eos_id: int, bos_id
     framed = lengths + extra
     ends = np.cumsum(framed)
     total = int(ends[-1]) if len(ends) else 0
+    if total and len(lengths) * _SLICE_DOC_TOKENS <= total:
+        # few long documents: one slice copy each (a boolean mask over every token costs more)
+        out = np.empty(total, dtype=np.int32)
+        first = ends - framed + (extra - 1)
+        src = 0
+        for o, n in zip(first.tolist(), lengths.tolist()):
+            out[o:o + n] = values[src:src + n]
+            src += n
+        out[ends - 1] = eos_id
+        if bos_id is not None:
+            out[ends - framed] = bos_id
+        return out, framed
     out = np.full(total, eos_id, dtype=np.int32)
     if total:
         keep = np.ones(total, dtype=bool)
@@ -108,6 +120,9 @@ def frame_documents(values: np.ndarray, lengths: np.ndarray, eos_id: int, bos_id
             keep[starts] = False
         out[keep] = values
     return out, framed
+
+
+_SLICE_DOC_TOKENS = 64   # documents this long on average are framed / grouped slice by slice
 
 
 class Packer:
@@ -146,60 +161,82 @@ class Packer:
         ids, framed = frame_documents(values, lengths, self.eos_id, self.bos_id)
         if not self.by_group:
             tok_grp = np.repeat(groups, framed)
-            return self._emit([(MIXED, ids, tok_grp, None)])
+            return self._emit([(MIXED, [ids], tok_grp, None)])
         first = groups[0]
         if (groups == first).all():
-            return self._emit([(self.key(first), ids, None, None)], const={self.key(first): int(first)})
-        tok_grp = np.repeat(groups, framed)
+            return self._emit([(self.key(first), [ids], None, None)], const={self.key(first): int(first)})
         feeds, const = [], {}
+        if len(groups) * _SLICE_DOC_TOKENS <= len(ids):
+            # few long documents: each group's feed is a list of slices (runs of its documents)
+            ends = np.cumsum(framed)
+            starts = ends - framed
+            order = np.argsort(groups, kind="stable")
+            for sel in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1):
+                brk = np.flatnonzero(np.diff(sel) != 1) + 1
+                a = starts[sel[np.r_[0, brk]]]
+                b = ends[sel[np.r_[brk - 1, len(sel) - 1]]]
+                k = self.key(groups[sel[0]])
+                const[k] = int(groups[sel[0]])
+                seg = np.cumsum(b - a) - (b - a)          # where each run starts in the feed
+                feeds.append((k, [ids[x:y] for x, y in zip(a.tolist(), b.tolist())], None, (seg, a)))
+            return self._emit(feeds, const=const)
+        tok_grp = np.repeat(groups, framed)
         for g in np.unique(groups):
             sel = np.flatnonzero(tok_grp == g)
             k = self.key(g)
             const[k] = int(g)
-            feeds.append((k, ids[sel], None, sel))
+            feeds.append((k, [ids[sel]], None, sel))
         return self._emit(feeds, const=const)
 
     def _emit(self, feeds, const=None) -> PackedBatch:
-        """Push each ``(key, ids, groups or None, stream positions or None)`` feed; collect full
-        sequences ordered by the stream position of their last token."""
+        """Push each ``(key, [ids pieces], groups or None, stream positions)`` feed; collect full
+        sequences ordered by the stream position of their last token. Positions: None (the feed
+        is the stream), an array (per feed token), or ``(run starts in the feed, run starts in
+        the stream)``."""
         L = self.L
-        out_ids, out_grp, out_keys, out_pos = [], [], [], []
-        for key, ids, grp, pos in feeds:
+        blocks = []   # (key, ids [full, L], groups [full, L], stream positions of last tokens)
+        for key, pieces, grp, pos in feeds:
+            n_in = sum(len(x) for x in pieces)
             d = self.drop.get(key)
+            off = 0
             if d:
-                if d >= len(ids):
-                    self.drop[key] = d - len(ids)
+                if d >= n_in:
+                    self.drop[key] = d - n_in
                     continue
-                ids = ids[d:]
+                ids = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+                pieces = [ids[d:]]
                 grp = None if grp is None else grp[d:]
-                pos = None if pos is None else pos[d:]
-                off = d
+                off, n_in = d, n_in - d
                 del self.drop[key]
-            else:
-                off = 0
             if grp is None:
-                grp = np.full(len(ids), const[key], dtype=np.int32)
+                grp = np.full(n_in, const[key], dtype=np.int32)
             n0 = self._n.get(key, 0)
-            n = n0 + len(ids)
+            n = n0 + n_in
             full = n // L
             if full == 0:
-                self._ids.setdefault(key, []).append(ids)
+                self._ids.setdefault(key, []).extend(pieces)
                 self._grp.setdefault(key, []).append(grp)
                 self._n[key] = n
                 continue
             if n0:
-                cat = np.concatenate(self._ids[key] + [ids])
+                cat = np.concatenate(self._ids[key] + pieces)
                 gcat = np.concatenate(self._grp[key] + [grp])
             else:
-                cat, gcat = ids, grp
+                cat = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+                gcat = grp
             rest = full * L
-            out_ids.append(cat[:rest].reshape(full, L))
-            out_grp.append(gcat[:rest].reshape(full, L))
-            out_keys.extend([key] * full)
-            last = np.arange(1, full + 1, dtype=np.int64) * L - 1 - n0   # index into this feed
-            if last[0] < 0:   # the buffer alone already held a full sequence (carry >= L)
-                last = np.maximum(last, 0)
-            out_pos.append(last + off if pos is None else pos[last])
+            last = np.arange(1, full + 1, dtype=np.int64) * L - 1 - n0 + off   # index into the feed
+            if last[0] < off:   # the buffer alone already held a full sequence (carry >= L)
+                last = np.maximum(last, off)
+            if pos is None:
+                p = last
+            elif isinstance(pos, tuple):
+                seg, start = pos
+                r = np.searchsorted(seg, last, side="right") - 1
+                p = start[r] + (last - seg[r])
+            else:
+                p = pos[last]
+            blocks.append((key, cat[:rest].reshape(full, L), gcat[:rest].reshape(full, L), p))
             if rest < n:
                 self._ids[key] = [cat[rest:]]
                 self._grp[key] = [gcat[rest:]]
@@ -207,15 +244,28 @@ class Packer:
                 self._ids[key] = []
                 self._grp[key] = []
             self._n[key] = n - rest
-        if not out_keys:
+        if not blocks:
             return _empty(L)
-        ids2 = np.concatenate(out_ids) if len(out_ids) > 1 else out_ids[0]
-        grp2 = np.concatenate(out_grp) if len(out_grp) > 1 else out_grp[0]
-        lengths = np.full(len(out_keys), L, dtype=np.int64)
-        if len(out_pos) > 1:
-            order = np.argsort(np.concatenate(out_pos), kind="stable")
-            return PackedBatch([out_keys[i] for i in order.tolist()], ids2[order], grp2[order], lengths)
-        return PackedBatch(out_keys, ids2, grp2, lengths)
+        if len(blocks) == 1:
+            key, ids, grp, _ = blocks[0]
+            return PackedBatch([key] * len(ids), ids, grp, np.full(len(ids), L, dtype=np.int64))
+        # rows in the order of their last token: each block is written once, straight to its rows
+        order = np.argsort(np.concatenate([b[3] for b in blocks]), kind="stable")
+        N = len(order)
+        dest = np.empty(N, dtype=np.int64)
+        dest[order] = np.arange(N)
+        out_ids = np.empty((N, L), dtype=np.int32)
+        out_grp = np.empty((N, L), dtype=np.int32)
+        keys = [None] * N
+        o = 0
+        for key, ids, grp, _ in blocks:
+            rows = dest[o:o + len(ids)]
+            out_ids[rows] = ids
+            out_grp[rows] = grp
+            for i in rows.tolist():
+                keys[i] = key
+            o += len(ids)
+        return PackedBatch(keys, out_ids, out_grp, np.full(N, L, dtype=np.int64))
 
     def load_carry(self, carry: dict) -> list[Packed]:
         """Append a carry (from :meth:`carry` or :meth:`carry_arrays`) ahead of further input;
@@ -233,7 +283,7 @@ class Packer:
             grp = np.asarray(carry[key]["groups"], dtype=np.int32)
             saved, self.drop = self.drop, {}
             try:
-                parts.append(self._emit([(key, ids, grp, None)]))
+                parts.append(self._emit([(key, [ids], grp, None)]))
             finally:
                 self.drop = saved
         return PackedBatch.concat(parts, self.L)

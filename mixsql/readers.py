@@ -321,11 +321,13 @@ class ChunkReader:
                     arr = arr.cast(pa.list_(pa.int32()))
                 elif not info.tokens_col and arr.type != pa.string():
                     arr = arr.cast(pa.string())
+                if info.tokens_col and arr.null_count == 0:   # token lists: slices of one numpy array
+                    arr = _TokenLists(arr)
                 self.cache.put(key, arr, arr.nbytes)
             sel = lens[sel_idx].astype(np.int64)
             if len(sel) and int(sel.max()) >= len(arr):
                 raise StaleFileError(info.path, f"row {int(sel.max())} of row group {rg} does not exist")
-            target.append((sel_idx, arr.take(pa.array(sel))))
+            target.append((sel_idx, arr.take(sel) if isinstance(arr, _TokenLists) else arr.take(pa.array(sel))))
 
     def _tar(self, info, idx, offs, lens, texts) -> None:
         with open(info.path, "rb") as f:
@@ -338,9 +340,60 @@ class ChunkReader:
                 texts[k] = b.decode("utf-8", errors="replace")
 
 
+class _TokenLists:
+    """A row group's null-free ``list<int32>`` column as numpy (offsets, values): taking rows is
+    a few slice copies, no Arrow kernel call per file and chunk (see :func:`_assemble`)."""
+
+    def __init__(self, arr: pa.Array):
+        self.offsets = arr.offsets.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        self.values = arr.values.to_numpy(zero_copy_only=False)
+        self.nbytes = arr.nbytes
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def take(self, rows: np.ndarray) -> "_Rows":
+        return _Rows(self.values, self.offsets[rows], self.offsets[rows + 1])
+
+
+class _Rows:
+    """Rows taken from a :class:`_TokenLists`: ``values[starts[i]:ends[i]]``."""
+
+    __slots__ = ("values", "starts", "ends")
+
+    def __init__(self, values, starts, ends):
+        self.values, self.starts, self.ends = values, starts, ends
+
+    def to_arrow(self) -> pa.Array:
+        return _list_array([(self.values, self.starts, self.ends, np.arange(len(self.starts)))], len(self.starts))
+
+
+def _list_array(parts: list, n: int) -> pa.Array:
+    """``list<int32>`` of ``n`` rows from ``(values, starts, ends, rows)`` parts covering every row once."""
+    src = np.empty(n, dtype=np.intp)
+    starts = np.empty(n, dtype=np.int64)
+    ends = np.empty(n, dtype=np.int64)
+    for i, (_, s, e, rows) in enumerate(parts):
+        src[rows] = i
+        starts[rows] = s
+        ends[rows] = e
+    lengths = ends - starts
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), dtype=np.int32)
+    vals = [p[0] for p in parts]
+    for i, s, e, o in zip(src.tolist(), starts.tolist(), ends.tolist(), offsets[:-1].tolist()):
+        out[o:o + e - s] = vals[i][s:e]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(out))
+
+
 def _assemble(pieces: list, n: int, typ) -> pa.Array:
     """One column in chunk order from ``(chunk row indices, array)`` pieces; rows no piece
     covers are null."""
+    if any(isinstance(p[1], _Rows) for p in pieces):
+        if sum(len(p[0]) for p in pieces) == n and all(isinstance(p[1], _Rows) for p in pieces):
+            return _list_array([(r.values, r.starts, r.ends, idx) for idx, r in pieces], n)
+        pieces = [(idx, r.to_arrow() if isinstance(r, _Rows) else r) for idx, r in pieces]
     if len(pieces) == 1 and len(pieces[0][0]) == n:
         idx, arr = pieces[0]
         if n < 2 or (np.diff(idx) == 1).all() and idx[0] == 0:

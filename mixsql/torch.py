@@ -186,6 +186,14 @@ def _chunk_tokens(data, tok) -> tuple[np.ndarray, np.ndarray]:
     return encode_flat(tok, data.column("text").to_pylist())
 
 
+def _row_names(pb: PackedBatch, names: dict) -> list[str]:
+    """The ``group`` name of every packed row."""
+    keys = pb.keys
+    if all(k != MIXED for k in keys):
+        return [names.get(int(k), k) for k in keys]
+    return _majority_names(pb, names)
+
+
 def _items_of(pb: PackedBatch, names: dict, token) -> Iterator[dict]:
     """One dict per packed row; tensors are row views of one per-chunk tensor."""
     n = len(pb)
@@ -195,10 +203,7 @@ def _items_of(pb: PackedBatch, names: dict, token) -> Iterator[dict]:
     grp = torch.from_numpy(pb.groups.astype(np.int64))
     lengths = pb.lengths.tolist()
     keys = pb.keys
-    if all(k != MIXED for k in keys):
-        gnames = [names.get(int(k), k) for k in keys]
-    else:
-        gnames = _majority_names(pb, names)
+    gnames = _row_names(pb, names)
     for i in range(n):
         yield {"input_ids": ids[i], "group_ids": grp[i], "group": gnames[i], "length": lengths[i],
                "_mix": token(keys[i], lengths[i])}
@@ -216,6 +221,115 @@ def _majority_names(pb: PackedBatch, names: dict) -> list[str]:
         gid = int(k) if k != MIXED else gid
         out.append(names.get(gid, str(gid)))
     return out
+
+
+class _Batcher:
+    """Cuts one worker's packed rows into ready batches of ``B`` rows, vectorised (the fast path
+    of ``MixDataLoader`` with ``mix_collate``): exactly the batches the per-item path builds (the
+    worker's rows in order, ``B`` at a time, the last one short or dropped with ``drop_last``).
+
+    A batch is ``_wire_collate``'s dict: one flat int64 buffer (ids, group ids, lengths), the
+    group names, and one aggregated resume token ``(worker, task, {key: tokens}, info)`` per task
+    the batch touches (``info`` only where the batch holds the task's first row)."""
+
+    def __init__(self, w: int, B: int, drop_last: bool, shared: bool):
+        self.w, self.B, self.drop_last, self.shared = w, int(B), bool(drop_last), shared
+        self.pend: list = []   # (PackedBatch, names, task, info or None, first row, end row)
+        self.have = 0
+
+    def add(self, pb: PackedBatch, gnames: list, t: int, info: dict) -> Iterator[dict]:
+        n, i, B = len(pb), 0, self.B
+        while i < n:
+            take = min(B - self.have, n - i)
+            self.pend.append((pb, gnames, t, info if i == 0 else None, i, i + take))
+            self.have += take
+            i += take
+            if self.have == B:
+                yield self._build()
+
+    def finish(self) -> Iterator[dict]:
+        if self.have and not self.drop_last:
+            yield self._build()
+        self.pend, self.have = [], 0
+
+    def _build(self) -> dict:
+        pend, B = self.pend, self.have
+        self.pend, self.have = [], 0
+        L = pend[0][0].ids.shape[1]
+        buf = np.empty(2 * B * L + B, dtype=np.int64)
+        ids, grp, lens = buf[:B * L].reshape(B, L), buf[B * L:2 * B * L].reshape(B, L), buf[2 * B * L:]
+        o, names, toks = 0, [], []
+        for pb, gn, t, info, a, b in pend:
+            m = b - a
+            ids[o:o + m] = pb.ids[a:b]
+            grp[o:o + m] = pb.groups[a:b]
+            ln = pb.lengths[a:b]
+            lens[o:o + m] = ln
+            o += m
+            names += gn[a:b]
+            counts: dict = {}
+            for k, n in zip(pb.keys[a:b], ln.tolist()):
+                counts[k] = counts.get(k, 0) + n
+            toks.append((self.w, t, counts, info))
+        wire = torch.from_numpy(buf) if self.shared and buf.nbytes > _WIRE_TENSOR_BYTES else buf
+        return {"_wire": wire, "_wire_shape": (B, L), "_wire_full": bool((lens == L).all()), "group": names,
+                "_mix": toks}
+
+
+_BUNDLE_BYTES = 256 << 10   # a worker sends its batches in bundles of up to this many bytes ...
+_BUNDLE_MAX = 16            # ... and this many batches (the first bundle holds one batch)
+
+
+def _bundled(batches: Iterator[dict], w: int) -> Iterator[tuple]:
+    """A worker's batches as ``(worker, [batch, ...], last)`` messages: one DataLoader message
+    (index request, pickling, pipe hand-off, main-process bookkeeping) per bundle instead of per
+    batch. Bundles grow 1, 2, 4, ... up to ``_BUNDLE_BYTES`` / ``_BUNDLE_MAX``; the worker's final
+    message (possibly empty) has ``last=True`` so the main process knows the worker is done."""
+    buf: list = []
+    k, kmax = 1, _BUNDLE_MAX
+    for b in batches:
+        if len(buf) >= k:   # only sent once more is known to follow (the last one is flagged)
+            yield (w, buf, False)
+            buf, k = [], min(2 * k, kmax)
+        if kmax == _BUNDLE_MAX and isinstance(b.get("_wire"), np.ndarray):
+            kmax = max(1, min(_BUNDLE_MAX, _BUNDLE_BYTES // max(1, b["_wire"].nbytes)))
+            k = min(k, kmax)
+        elif not isinstance(b.get("_wire"), np.ndarray):
+            kmax = k = 1    # shared-memory batches travel one by one
+        buf.append(b)
+    yield (w, buf, True)
+
+
+def _interleave(messages: Iterator[tuple], W: int, start: int) -> Iterator[dict]:
+    """Batches from workers' bundles in the order DataLoader delivers per-batch messages: round
+    robin over the workers (physical worker ``i`` is data worker ``(start + i) % W``), a worker
+    leaving the rotation when it has no batch left."""
+    import collections
+
+    queues = [collections.deque() for _ in range(W)]
+    ended = [False] * W
+    rot = collections.deque((start + i) % W for i in range(W))
+    while rot:
+        w = rot[0]
+        q = queues[w]
+        while not q and not ended[w]:
+            msg = next(messages, None)
+            if msg is None:   # the DataLoader finished: every worker is done
+                ended = [True] * W
+                break
+            mw, batches, last = msg
+            queues[mw].extend(batches)
+            ended[mw] = ended[mw] or last
+        if q:
+            yield q.popleft()
+            rot.rotate(-1)
+        else:
+            rot.popleft()
+
+
+def _pass(batch):
+    """Collate of the fast path: the dataset already yields whole batches (or bundles of them)."""
+    return batch
 
 
 # --------------------------------------------------------------------------- consumption tracker
@@ -236,6 +350,18 @@ class _Tracker:
                 raise InterfaceError("resume token stream out of order; consume items in DataLoader order")
             cur = self.cur[w] = {"t": t, "info": info, "n": {}}
         cur["n"][key] = cur["n"].get(key, 0) + n
+        self.next_worker = (w + 1) % self.W
+
+    def observe_counts(self, w: int, t: int, counts: dict, info) -> None:
+        """An aggregated token (one batch's rows of one task): same state as one ``observe`` per row."""
+        cur = self.cur.get(w)
+        if cur is None or cur["t"] != t:
+            if info is None:
+                raise InterfaceError("resume token stream out of order; consume items in DataLoader order")
+            cur = self.cur[w] = {"t": t, "info": info, "n": {}}
+        n = cur["n"]
+        for key, k in counts.items():
+            n[key] = n.get(key, 0) + k
         self.next_worker = (w + 1) % self.W
 
     def state(self) -> dict:
@@ -274,6 +400,8 @@ class _Tracker:
                 rest = tasks[t + 1:] if t < len(tasks) else []
                 if info["kind"] == "flush":
                     nxt = None
+                    if info.get("end") is not None:   # every chunk below the end was handed out
+                        frontier = max(frontier, info["end"])
                 elif info["kind"] == "suffix":
                     nxt = info["chunk"] + 1
                     frontier = max(frontier, nxt)
@@ -397,10 +525,19 @@ class MixDataset(IterableDataset):
             st, W = self._state, info.num_workers
             w = (info.id + st.get("next_worker", 0)) % W if st.get("workers") == W else info.id
             configure_worker_threads(W)   # tokenizer threads: cores split between the workers
-            return self._items(st, W, w)
+            batcher = self._batcher(w, shared=True)
+            items = self._items(st, W, w, batcher)
+            return items if batcher is None else _bundled(items, w)
         if getattr(self, "_emit_tokens", False):  # MixDataLoader with num_workers=0
-            return self._items(self._state, 1, 0)
+            return self._items(self._state, 1, 0, self._batcher(0, shared=False))
         return self._direct()
+
+    def _batcher(self, w: int, shared: bool) -> _Batcher | None:
+        """Whole batches instead of items when MixDataLoader asked for them (packed mode only)."""
+        b = getattr(self, "_batching", None)
+        if b is None or self.seq_len is None:
+            return None
+        return _Batcher(w, b[0], b[1], shared)
 
     def _direct(self) -> Iterator[dict]:
         self._tracker = tracker = _Tracker(self._state, 1)
@@ -408,7 +545,7 @@ class MixDataset(IterableDataset):
             tracker.observe(item.pop("_mix"))
             yield item
 
-    def _items(self, state: dict, W: int, w: int) -> Iterator[dict]:
+    def _items(self, state: dict, W: int, w: int, batcher: _Batcher | None = None) -> Iterator[dict]:
         stream = self._open()
         spec = stream.spec
         names = {g.id: g.path for g in spec.groups}
@@ -498,7 +635,13 @@ class MixDataset(IterableDataset):
                     running = {}
                 else:
                     running = packer.carry_arrays()
-                yield from _items_of(PackedBatch.concat(parts, packer.L), names, token)
+                pb = PackedBatch.concat(parts, packer.L)
+                if batcher is None:
+                    yield from _items_of(pb, names, token)
+                elif len(pb):
+                    yield from batcher.add(pb, _row_names(pb, names), t, info)
+            if batcher is not None:
+                yield from batcher.finish()
         finally:
             reader.close()
 
@@ -641,14 +784,14 @@ def _unwire(batch: dict, pin: bool = False) -> dict:
     if buf is None:
         return batch
     B, L = batch.pop("_wire_shape")
+    full = batch.pop("_wire_full", None)
     if isinstance(buf, np.ndarray):
         buf = torch.from_numpy(buf)
     if pin and not buf.is_pinned():
         buf = buf.pin_memory()
-    out = {"input_ids": buf[:B * L].view(B, L), "group_ids": buf[B * L:2 * B * L].view(B, L)}
-    length = buf[2 * B * L:]
-    out["length"] = length
-    if int(length.min()) == L:
+    ids, grp, length = buf.split((B * L, B * L, B))
+    out = {"input_ids": ids.view(B, L), "group_ids": grp.view(B, L), "length": length}
+    if full if full is not None else int(length.min()) == L:
         out["mask"] = torch.ones((B, L), dtype=torch.bool)
     else:
         out["mask"] = torch.arange(L).unsqueeze(0) < length.unsqueeze(1)
@@ -683,10 +826,22 @@ class MixDataLoader(DataLoader):
             raise InterfaceError("MixDataLoader does not support persistent_workers (workers restart on resume)")
         if num_workers > 0 and "multiprocessing_context" not in kwargs:
             kwargs["multiprocessing_context"] = _worker_context()
-        # workers ship packed batches as one buffer (see _wire_collate); unpacked in __iter__
+        # packed + mix_collate: the dataset yields whole batches (_Batcher), the DataLoader only
+        # passes them on; otherwise workers ship packed batches as one buffer (_wire_collate).
+        # Both are unpacked in __iter__.
+        self._fast = (collate_fn is mix_collate and batch_size is not None
+                      and getattr(dataset, "seq_len", None) is not None)
         self._wire = collate_fn is mix_collate and num_workers > 0
-        super().__init__(dataset, batch_size=batch_size, num_workers=num_workers,
-                         collate_fn=_wire_collate if self._wire else collate_fn, **kwargs)
+        drop_last = bool(kwargs.pop("drop_last", False))
+        if self._fast:
+            super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_pass, **kwargs)
+            # the user's batching, as DataLoader would show it (iteration never reads these:
+            # batch_sampler stays None, so DataLoader does no batching of its own)
+            object.__setattr__(self, "batch_size", batch_size)
+            object.__setattr__(self, "drop_last", drop_last)
+        else:
+            super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
+                             collate_fn=_wire_collate if self._wire else collate_fn, **kwargs)
         self._tracker: _Tracker | None = None
 
     def __iter__(self):
@@ -695,19 +850,29 @@ class MixDataLoader(DataLoader):
         self._tracker = _Tracker(self.dataset._state, max(1, self.num_workers))
         tracker = self._tracker
         self.dataset._emit_tokens = True
+        self.dataset._batching = (self.batch_size, self.drop_last) if self._fast else None
         try:
             it = super().__iter__()
         finally:
             self.dataset._emit_tokens = False
-        wire, pin = self._wire, bool(self.pin_memory) and torch.cuda.is_available()
+            self.dataset._batching = None
+        fast = self._fast
+        if fast and self.num_workers > 0:   # workers send bundles of batches
+            it = _interleave(iter(it), self.num_workers, tracker.next_worker)
+        wire, pin = self._wire or fast, bool(self.pin_memory) and torch.cuda.is_available()
+        observe, observe_counts = tracker.observe, tracker.observe_counts
         for batch in it:
             if wire and isinstance(batch, dict):
                 batch = _unwire(batch, pin)
             toks = batch.pop("_mix", None) if isinstance(batch, dict) else None
             if toks is None:
                 raise InterfaceError("MixDataLoader needs mix_collate (or a collate keeping the '_mix' tokens)")
-            for tok in toks:
-                tracker.observe(tok)
+            if fast:
+                for seg in toks:
+                    observe_counts(*seg)
+            else:
+                for tok in toks:
+                    observe(tok)
             yield batch
 
     def state_dict(self) -> dict:

@@ -11,7 +11,7 @@ import torch
 from conftest import write_jsonl_catalog
 from mixsql.catalog import Catalog
 from mixsql.errors import ProgrammingError
-from mixsql.torch import MixDataLoader, MixDataset
+from mixsql.torch import MixDataLoader, MixDataset, mix_collate
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 
@@ -145,3 +145,63 @@ def test_worker_batches_equal_in_process_batches(cat):
          for x in dl]
     assert [(k[0], k[1], k[2]) for k in b] == a
     assert all(k[3] == torch.long and len(k[4]) == len(k[1]) for k in b)
+
+
+def _per_item_collate(items):
+    """Not mix_collate itself: MixDataLoader then takes the per-item path (DataLoader batching)."""
+    return mix_collate(items)
+
+
+def _loader_batches(cat, kw, nw, collate, stop=None, state=None, **dl_kw):
+    kw = dict(kw)
+    sql = kw.pop("sql", SQL)
+    dl = MixDataLoader(MixDataset(sql, catalog=cat, **kw), num_workers=nw, collate_fn=collate, **dl_kw)
+    if state is not None:
+        dl.load_state_dict(json.loads(json.dumps(state)))
+    out = []
+    for i, b in enumerate(dl):
+        out.append((b["input_ids"].tolist(), b["group_ids"].tolist(), b["length"].tolist(), b["mask"].tolist(),
+                    b["group"], list(b), b["input_ids"].dtype, b["group_ids"].dtype, b["mask"].dtype))
+        if stop is not None and i + 1 == stop:
+            break
+    return out, json.loads(json.dumps(dl.state_dict()))
+
+
+@pytest.mark.parametrize("mode,nw,bs,drop_last", [("packed", 0, 3, False), ("packed", 2, 4, True),
+                                                  ("by_group", 1, 3, False), ("by_group", 3, 2, False),
+                                                  ("by_group", 2, 5, True)])
+def test_fast_batches_equal_per_item_batches(cat, mode, nw, bs, drop_last):
+    """Packed mode with mix_collate: workers build whole batches (and send them in bundles); the
+    batches, their order and every state_dict equal DataLoader's per-item batching."""
+    kw = MODES[mode]
+    dl_kw = dict(batch_size=bs, drop_last=drop_last)
+    fast, _ = _loader_batches(cat, kw, nw, mix_collate, **dl_kw)
+    slow, _ = _loader_batches(cat, kw, nw, _per_item_collate, **dl_kw)
+    assert fast == slow and len(fast) > 3
+    dl = MixDataLoader(MixDataset(kw.get("sql", SQL), catalog=cat, seq_len=16), batch_size=bs, drop_last=drop_last,
+                       num_workers=nw)
+    assert (dl.batch_size, dl.drop_last) == (bs, drop_last)
+    for stop in (len(fast) // 2, len(fast) - 1):   # mid-epoch, and inside the final flush
+        a, sa = _loader_batches(cat, kw, nw, mix_collate, stop=stop, **dl_kw)
+        b, sb = _loader_batches(cat, kw, nw, _per_item_collate, stop=stop, **dl_kw)
+        assert a == b and sa == sb
+        tail, _ = _loader_batches(cat, kw, nw, mix_collate, state=sa, **dl_kw)
+        assert a + tail == fast
+
+
+def test_fast_path_resume_with_other_worker_counts(cat):
+    kw = MODES["by_group"]
+    full, _ = _loader_batches(cat, kw, 2, mix_collate, batch_size=3)
+    a, s1 = _loader_batches(cat, kw, 2, mix_collate, stop=5, batch_size=3)
+    b, s2 = _loader_batches(cat, kw, 3, mix_collate, stop=4, state=s1, batch_size=3)
+    c, _ = _loader_batches(cat, kw, 1, mix_collate, state=s2, batch_size=3)
+    key = lambda bs: [(x[0], x[3]) for x in bs]   # noqa: E731
+    assert _token_counter([(i, None, m) for i, m in key(a + b + c)]) == _token_counter([(i, None, m) for i, m in key(full)])
+
+
+def test_batch_size_none_keeps_per_item_path(cat):
+    dl = MixDataLoader(MixDataset(SQL_TOKENS, catalog=cat, seq_len=16), batch_size=None, num_workers=0,
+                       collate_fn=lambda item: {**item, "_mix": [item["_mix"]]})
+    items = list(dl)
+    assert all(it["input_ids"].shape == (17,) for it in items)
+    assert sum(it["length"] for it in items) == sum(it["length"] for it in MixDataset(SQL_TOKENS, catalog=cat, seq_len=16))
