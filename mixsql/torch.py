@@ -20,9 +20,22 @@ Hot path (per chunk, no per-token Python)
     via offsets; raw text: one ``encode_flat`` batch call, see ``mixsql.tokenize`` for the thread
     policy in workers) that ``Packer.add_chunk`` frames and cuts with reshape; items are row views
     of one per-chunk tensor. Only the first item of a chunk carries the chunk's resume info; the
-    others carry a (worker, task, key, tokens) tuple. With DataLoader workers, ``MixDataLoader`` ships each packed batch
-    as one flat buffer (pickled in-band when small: no shared-memory handle per tensor) and
-    rebuilds ``mix_collate``'s batch in the main process.
+    others carry a (worker, task, key, tokens) tuple.
+
+Batches (``MixDataLoader``)
+    Packed mode with the default ``mix_collate`` and a ``batch_size``: the dataset itself cuts
+    each worker's rows into batches (``_Batcher``: slices of the per-chunk packed arrays, one flat
+    int32 buffer of ids, group ids and lengths per batch, one aggregated resume token
+    (worker, task, {key: tokens}, info) per task the batch touches) and the underlying
+    ``DataLoader`` runs with ``batch_size=None``; ``dl.batch_size`` / ``dl.drop_last`` still show
+    the user's values. Workers send their batches in bundles (``_bundled``: one DataLoader message
+    per up to ~256 KB of batches, the first bundle a single batch) and the main process restores
+    the per-batch round robin over workers (``_interleave``), so the batches, their order and every
+    ``state_dict()`` are exactly those of DataLoader's own per-item batching (each worker groups its
+    own rows, B at a time, its last batch short or dropped with ``drop_last``). A custom
+    ``collate_fn``, ``batch_size=None`` or ``seq_len=None`` keep the per-item path; there, with
+    workers, ``_wire_collate`` ships each packed batch as one flat buffer. Either way the main
+    process rebuilds ``mix_collate``'s batch (int64 tensors, ``mask``) in ``_unwire``.
 
 Exactly-once resume
     Every item carries a compact resume token (worker, task, buffer key, tokens). ``MixDataLoader``
@@ -271,7 +284,10 @@ class _Batcher:
             for k, n in zip(pb.keys[a:b], ln.tolist()):
                 counts[k] = counts.get(k, 0) + n
             toks.append((self.w, t, counts, info))
-        wire = torch.from_numpy(buf) if self.shared and buf.nbytes > _WIRE_TENSOR_BYTES else buf
+        if self.shared:   # to a worker's queue: bytes pickle at half the cost of an ndarray
+            wire = torch.from_numpy(buf) if buf.nbytes > _WIRE_TENSOR_BYTES else buf.tobytes()
+        else:
+            wire = buf
         return {"_wire": wire, "_wire_shape": (B, L), "_wire_full": bool((lens == L).all()), "group": names,
                 "_mix": toks}
 
@@ -291,11 +307,11 @@ def _bundled(batches: Iterator[dict], w: int) -> Iterator[tuple]:
         if len(buf) >= k:   # only sent once more is known to follow (the last one is flagged)
             yield (w, buf, False)
             buf, k = [], min(2 * k, kmax)
-        if kmax == _BUNDLE_MAX and isinstance(b.get("_wire"), np.ndarray):
-            kmax = max(1, min(_BUNDLE_MAX, _BUNDLE_BYTES // max(1, b["_wire"].nbytes)))
-            k = min(k, kmax)
-        elif not isinstance(b.get("_wire"), np.ndarray):
+        if isinstance(b["_wire"], torch.Tensor):
             kmax = k = 1    # shared-memory batches travel one by one
+        elif kmax == _BUNDLE_MAX:
+            kmax = max(1, min(_BUNDLE_MAX, _BUNDLE_BYTES // max(1, len(b["_wire"]))))
+            k = min(k, kmax)
         buf.append(b)
     yield (w, buf, True)
 
@@ -785,9 +801,11 @@ def _unwire(batch: dict, pin: bool = False) -> dict:
         return batch
     B, L = batch.pop("_wire_shape")
     full = batch.pop("_wire_full", None)
+    if isinstance(buf, bytes):   # the fast path ships int32 bytes
+        buf = np.frombuffer(buf, dtype=np.int32)
     if isinstance(buf, np.ndarray):
-        buf = torch.from_numpy(buf)
-    if buf.dtype != torch.long:   # the fast path ships int32
+        buf = torch.from_numpy(buf.astype(np.int64, copy=False))
+    elif buf.dtype != torch.long:
         buf = buf.long()
     if pin and not buf.is_pinned():
         buf = buf.pin_memory()
