@@ -7,7 +7,8 @@ Who reads what
     peers get identical data) unless given; workers come from ``get_worker_info()``.
 
 What is yielded
-    ``seq_len=None``: one dict per sample ``{"text", "group"}`` (+ ``columns=`` from the chunk).
+    ``seq_len=None``: one dict per sample ``{"text", "group"}`` (+ ``columns=`` from the chunk);
+    samples of pre-tokenized sources come as ``{"tokens" (LongTensor), "group"}``.
     ``seq_len=N``: packed ``{"input_ids" (LongTensor N+1), "group_ids" (per token), "group",
     "length"}``; with ``unit = 'tokens'`` (or ``by_group=True``) every sequence holds one group's
     tokens. Leftover tokens carry to the worker's next chunk; at the end of the stream each
@@ -131,7 +132,7 @@ _GROUP_ROWS = 256   # read consecutive small chunks together, up to this many ro
 _GROUP_MAX = 32     # ... or this many chunks (the first read is always a single chunk)
 
 
-def _grouped(tasks):
+def _grouped(tasks, max_group: int = _GROUP_MAX):
     """Batch consecutive tasks so tiny chunks share one read (and one thread hand-off)."""
     size, buf, rows = 1, [], 0
     for x in tasks:
@@ -139,7 +140,7 @@ def _grouped(tasks):
         rows += 0 if x[3] is None else x[3].num_rows
         if len(buf) >= size or rows >= _GROUP_ROWS or x[1] == "flush":
             yield buf
-            buf, rows, size = [], 0, min(2 * size, _GROUP_MAX)
+            buf, rows, size = [], 0, min(2 * size, max_group)
     if buf:
         yield buf
 
@@ -492,13 +493,27 @@ class MixDataset(IterableDataset):
         self._tracker: _Tracker | None = None
         self._stream = None
         self._engine = None
+        self._algo = None                 # in-process USING algorithm (feedback with num_workers=0)
+        self._algo_state: dict | None = None   # restored algorithm state, applied when it is created
+        self._weight_log: list = []       # in-process weight changes [[at_chunk, weights], ...]
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """What was consumed by direct iteration in this process (use MixDataLoader.state_dict()
         with DataLoader workers)."""
         return {"mixsql": self._tracker.state() if self._tracker else self._state,
-                "statement": self._fingerprint()}
+                "statement": self._fingerprint(), **self._dynamic_state()}
+
+    def _dynamic_state(self) -> dict:
+        """In-process feedback's part of a checkpoint: the algorithm's state and the weight
+        changes it made (re-applied from the restored engine position on)."""
+        import copy
+
+        algo = self._algo.state_dict() if self._algo is not None else self._algo_state
+        algo = copy.deepcopy(algo)   # a snapshot: the live algorithm keeps appending
+        if algo is None and not self._weight_log:
+            return {}
+        return {"dynamic": {"algorithm": algo, "weights": [[int(a), list(w)] for a, w in self._weight_log]}}
 
     def load_state_dict(self, state: dict) -> None:
         st = state.get("mixsql", state)
@@ -514,6 +529,11 @@ class MixDataset(IterableDataset):
             )
         self._state = st
         self._tracker = None
+        dyn = state.get("dynamic") or {}
+        if self._algo is not None:
+            self._algo.close()
+        self._algo, self._algo_state = None, dyn.get("algorithm")
+        self._weight_log = [[int(a), [float(x) for x in w]] for a, w in dyn.get("weights", [])]
 
     def _fingerprint(self) -> str:
         text = f"{self.sql}\x00{self.params!r}\x00{self.seq_len}"
@@ -572,6 +592,9 @@ class MixDataset(IterableDataset):
         bos = self.bos_id  # BOS is prepended only when asked for explicitly
         reader = ChunkReader(stream.files, cache_bytes=self.cache_bytes)
         engine = stream.engine(state["engine"])
+        for at, weights in self._weight_log:   # in-process feedback beyond the restored position
+            if at >= engine.next_index:
+                engine.set_weights(weights, at_chunk=at)
         self._engine = engine
         D, r, K = state["dp_world"], state["dp_rank"], state["frontier"]
         end = state.get("end")
@@ -613,7 +636,10 @@ class MixDataset(IterableDataset):
         running: dict = {}
         try:
             for (t, kind, task, _table, eng), data in _ungroup(reader.prefetch(
-                    _grouped(with_chunks()), depth=self.prefetch_depth, read=_GroupRead(reader))):
+                    # feedback-driven weights apply from the engine's next unfetched chunk: with one
+                    # chunk per read, how far reading runs ahead is the same in a resumed run
+                    _grouped(with_chunks(), 1 if spec.algorithm is not None else _GROUP_MAX),
+                    depth=self.prefetch_depth, read=_GroupRead(reader))):
                 carry_in = _merge_carry(running, task["carry"])
                 info = {"kind": kind, "chunk": task["chunk"] if data is not None else None,
                         "carry": carry_in, "drop": dict(task["drop"]), "eng": eng,
@@ -630,11 +656,18 @@ class MixDataset(IterableDataset):
                     skip = task["drop"].get(MIXED, 0)
                     if data is None:
                         continue
-                    texts = data.column("text").to_pylist()
+                    cols = data.column_names
+                    n_rows = data.num_rows
+                    texts = data.column("text").to_pylist() if "text" in cols else [None] * n_rows
+                    ids = data.column("tokens").to_pylist() if "tokens" in cols else None
                     gids = data.column("group_id").to_pylist()
                     extra = {c: data.column(c).to_pylist() for c in self.columns}
-                    for i in range(skip, len(texts)):
-                        item = {"text": texts[i], "group": names.get(gids[i], str(gids[i]))}
+                    for i in range(skip, n_rows):
+                        g = names.get(gids[i], str(gids[i]))
+                        if texts[i] is None and ids is not None and ids[i] is not None:
+                            item = {"tokens": torch.tensor(ids[i], dtype=torch.long), "group": g}   # pre-tokenized
+                        else:
+                            item = {"text": texts[i], "group": g}
                         for c in self.columns:
                             item[c] = extra[c][i]
                         item["_mix"] = token(MIXED, 1)
@@ -689,13 +722,17 @@ class MixDataset(IterableDataset):
             return
         from .algorithms import make_algorithm
 
-        algo = getattr(self, "_algo", None)
+        algo = self._algo
         if algo is None:
             algo = self._algo = make_algorithm(spec.algorithm.name, [g.path for g in spec.groups],
                                                spec.weights(), spec.algorithm.kwargs())
+            if self._algo_state is not None:
+                algo.load_state_dict(self._algo_state)
+                self._algo_state = None
         weights = algo.update(step, list(group_loss_sums), list(group_token_counts))
         if weights is not None:
-            self._engine.set_weights(weights, at_chunk=self._engine.next_index)
+            at = self._engine.set_weights(weights, at_chunk=self._engine.next_index)
+            self._weight_log.append([int(at), [float(x) for x in weights]])
 
 
 class _ServerEngine:
@@ -897,7 +934,7 @@ class MixDataLoader(DataLoader):
 
     def state_dict(self) -> dict:
         st = self._tracker.state() if self._tracker else self.dataset._state
-        return {"mixsql": st, "statement": self.dataset._fingerprint()}
+        return {"mixsql": st, "statement": self.dataset._fingerprint(), **self.dataset._dynamic_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.dataset.load_state_dict(state)

@@ -58,3 +58,40 @@ def test_in_process_feedback_moves_the_weights(catalog):
     rest = [item["group"] for item in it]
     shares = Counter(rest[20:])  # the chunk after the one in flight uses the new weights
     assert shares["en"] > 3 * shares["de"]
+
+
+ADO_SQL = ("SELECT * FROM samples MIX BY language WITH (en 0.4, de 0.3, fr 0.3) USING ADO (update_every = 6, "
+           "fit_skip = 0, subsample = 1, smooth_window = 3, fit_lag = 1) "
+           "SETTINGS (chunk_size = 5, on_exhausted = 'repeat', seed = 4)")
+
+
+def _ado_run(catalog, steps: int, start_state=None, stop_at=None):
+    """Items grouped per step (10 per step), with in-process ADO feedback after every step."""
+    ds = MixDataset(ADO_SQL, catalog=catalog)
+    if start_state is not None:
+        ds.load_state_dict(start_state)
+    first = 0 if start_state is None else start_state["_step"]
+    it = iter(ds)
+    out, state = [], None
+    for step in range(first, steps):
+        batch = [next(it) for _ in range(10)]
+        out.append([(x["group"], x["text"]) for x in batch])
+        n = step + 1
+        losses = {"en": 2 + 5 * n ** -0.8, "de": 2 + 0.5 * n ** -0.1, "fr": 2.2}
+        counts = Counter(x["group"] for x in batch)
+        groups = ["en", "de", "fr"]
+        ds.feedback(step, [losses[g] * counts[g] for g in groups], [float(counts[g]) for g in groups])
+        if stop_at is not None and step + 1 == stop_at:
+            state = {**ds.state_dict(), "_step": stop_at}
+    return out, state, ds
+
+
+@pytest.mark.parametrize("stop", [9, 17, 26])
+def test_in_process_ado_resume_continues_identically(catalog, stop):
+    full, _, ds_full = _ado_run(catalog, 30)
+    _, state, _ = _ado_run(catalog, 30, stop_at=stop)
+    assert state["dynamic"]["algorithm"]["steps"] == list(range(stop))
+    assert state["dynamic"]["weights"], "ADO changed the weights before the checkpoint"
+    rest, _, ds_rest = _ado_run(catalog, 30, start_state=state)
+    assert rest == full[stop:]
+    assert ds_rest._algo.state_dict()["history"] == ds_full._algo.state_dict()["history"]
