@@ -8,7 +8,8 @@ subprocess (bench.peers.runner) so peak RSS is clean. Figures per system:
                       registration, an index over the unchanged files, with BPE token counting)
 * ``first_batch_s``   loader construction to first batch (1 DataLoader worker)
 * ``tok_s_core_w1`` / ``tok_s_core_w2``  steady tokens/s divided by worker count (tokenizing on the fly)
-* ``tok_s_core_pretok``  same with pre-tokenized input, 1 worker (data-plane overhead only)
+* ``tok_s_core_pretok``  same with pre-tokenized input, 1 worker (data-plane overhead only), over
+                      at least 3,000 batches (a long enough window at millions of tokens/s)
 * ``rss_mb``          peak RSS of the process tree (2 workers)
 * ``share_err_pp``    max |realised - target| token share over the first 1,000 batches (percentage points)
 * ``resume0_s`` / ``resume10k_s``  restore a checkpoint taken at step 0 / 10,000 (batch 1,
@@ -84,7 +85,7 @@ def available(system: str) -> str | None:
 
 
 def compare(mb: float = 20, batches: int = 300, batch_size: int = 8, seq_len: int = 512, steps: int = 10_000,
-            seed: int = 0, systems=SYSTEMS, timeout: float = 240, log=print) -> dict:
+            seed: int = 0, systems=SYSTEMS, timeout: float = 240, log=print, pretok_batches: int = 3000) -> dict:
     t0 = time.perf_counter()
     corpus = corpus_mod.ensure_corpus(mb, seed=seed)
     work_root = corpus.parent / "work" / corpus.name
@@ -110,8 +111,9 @@ def compare(mb: float = 20, batches: int = 300, batch_size: int = 8, seq_len: in
         step("convert_tokens", "convert", "tokens")
         s1 = step("stream_w1", "stream", "text", workers=1, batches=batches, batch_size=batch_size, seq_len=seq_len)
         s2 = step("stream_w2", "stream", "text", workers=2, batches=batches, batch_size=batch_size, seq_len=seq_len)
-        sp = step("stream_pretok", "stream", "tokens", workers=1, batches=batches, batch_size=batch_size,
-                  seq_len=seq_len)
+        # pre-tokenized runs at millions of tokens/s: 200 batches would be a ~0.1 s window
+        sp = step("stream_pretok", "stream", "tokens", workers=1, batches=max(batches, pretok_batches),
+                  batch_size=batch_size, seq_len=seq_len)
         rs = step("resume", "resume", "tokens", steps=steps, seq_len=256)
         r["first_batch_s"] = s1.get("first_batch_s")
         r["tok_s_core_w1"] = s1.get("tokens_per_s")
