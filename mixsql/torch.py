@@ -699,7 +699,8 @@ class MixDataset(IterableDataset):
         """Report per-group loss sums and token counts (drives USING ADO / loss_average mixtures).
 
         With ``server=`` the report goes to the Flight server; otherwise it is applied to this
-        process's engine (single-process runs, ``num_workers=0``). Static mixtures refuse it."""
+        process's engine (single-process runs, ``num_workers=0``) and the algorithm's state and
+        weight changes become part of ``state_dict()``. Static mixtures refuse it."""
         if self.server is not None:
             stream = self._open()
             fb = getattr(stream, "feedback", None)
