@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterable
@@ -70,6 +71,11 @@ Ctrl-D leaves. Tab completes keywords, tables, columns and group values.
 INTERNAL_TABLES = frozenset({"sample_index", "catalog_meta"})  # queryable, but not offered by completion
 GROUP_VALUE_LIMIT = 200   # VARCHAR columns with at most this many distinct values complete as groups
 
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    """SIGINT handler while a statement runs (see ``Repl.run_statement``)."""
+    raise KeyboardInterrupt
 
 class MixSqlLexer(SqlLexer):
     """Pygments SQL lexer that also knows mixsql's keywords (MIX BY, SETTINGS, ...)."""
@@ -483,6 +489,10 @@ class Repl:
                 done.set()
 
         worker = threading.Thread(target=work, name="mixsql-statement", daemon=True)
+        # Ctrl-C must reach this loop whatever handler is installed (an event loop's left behind
+        # by the prompt, or SIG_IGN inherited from a launcher): ours for the statement's duration.
+        own_sigint = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, _raise_keyboard_interrupt) if own_sigint else None
         try:
             worker.start()
             self.busy.set()
@@ -501,6 +511,9 @@ class Repl:
                 self.cursor = self.con.cursor()
             self.console.print(Text("Cancelled (Ctrl-C).", style="yellow"))
             return False
+        finally:
+            if own_sigint:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
         if "error" in box:
             exc = box["error"]
             if isinstance(exc, Error):

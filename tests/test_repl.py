@@ -108,9 +108,12 @@ def test_ctrl_c_at_prompt_clears_input(langs_catalog):
     assert "seven" in out and "never" not in out
 
 
-def test_ctrl_c_cancels_running_statement(langs_catalog):
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_cancels_running_statement(langs_catalog, inherited):
+    """Also when the process inherited SIGINT as ignored (a launcher) or an event loop's handler."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("SIGINT is delivered to the main thread only")
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if inherited == "ignored" else signal.default_int_handler)
 
     def interrupt_when_busy(repl):
         def fire():
@@ -120,7 +123,12 @@ def test_ctrl_c_cancels_running_statement(langs_catalog):
 
     slow = ("SELECT count(*) FROM range(1000000000000) a, range(10) b "
             "WHERE a.range % 7 = b.range;\n")
-    out = run_repl(langs_catalog, slow + "SELECT 'alive' AS status;\n.quit\n", on_start=interrupt_when_busy)
+    try:
+        out = run_repl(langs_catalog, slow + "SELECT 'alive' AS status;\n.quit\n", on_start=interrupt_when_busy)
+        assert signal.getsignal(signal.SIGINT) is (signal.SIG_IGN if inherited == "ignored"
+                                                  else signal.default_int_handler)   # restored
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert "Cancelled" in out
     assert "alive" in out
 
