@@ -39,10 +39,17 @@ def _reload(catalog, jid):
     return JobManager(catalog).get(jid)
 
 
-def test_job_file_does_not_grow_with_steps(catalog):
+def _new_job(catalog, steps: int):
+    """A registered ADO job that received feedback for ``steps`` steps: (manager, job id, job)."""
     jm = JobManager(catalog)
-    job = jm.get(jm.register(ADO_SQL)["job"])
-    _feed(job, range(0, 20))
+    jid = jm.register(ADO_SQL)["job"]
+    job = jm.get(jid)
+    _feed(job, range(steps))
+    return jm, jid, job
+
+
+def test_job_file_does_not_grow_with_steps(catalog):
+    jm, _, job = _new_job(catalog, 20)
     size_20, journal_20 = job.path.stat().st_size, job.journal.path.stat().st_size
     _feed(job, range(20, 400))
     size_400, journal_400 = job.path.stat().st_size, job.journal.path.stat().st_size
@@ -52,10 +59,7 @@ def test_job_file_does_not_grow_with_steps(catalog):
 
 
 def test_reload_restores_exact_history_and_continues_identically(catalog):
-    jm = JobManager(catalog)
-    jid = jm.register(ADO_SQL)["job"]
-    job = jm.get(jid)
-    _feed(job, range(100))
+    jm, jid, job = _new_job(catalog, 100)
     back = _reload(catalog, jid)
     want, got = job.algorithm.state_dict(), back.algorithm.state_dict()
     assert got["history"] == want["history"] and got["steps"] == want["steps"] == list(range(100))
@@ -65,10 +69,7 @@ def test_reload_restores_exact_history_and_continues_identically(catalog):
 
 
 def test_uncommitted_and_torn_journal_lines_are_ignored(catalog):
-    jm = JobManager(catalog)
-    jid = jm.register(ADO_SQL)["job"]
-    job = jm.get(jid)
-    _feed(job, range(30))
+    jm, jid, job = _new_job(catalog, 30)
     job.close()
     # a crash after appending to the journal but before the job file was rewritten,
     # then a torn half line from a second crash
@@ -86,10 +87,7 @@ def test_uncommitted_and_torn_journal_lines_are_ignored(catalog):
 
 
 def test_missing_journal_is_a_clear_error(catalog):
-    jm = JobManager(catalog)
-    jid = jm.register(ADO_SQL)["job"]
-    job = jm.get(jid)
-    _feed(job, range(10))
+    jm, jid, job = _new_job(catalog, 10)
     jm.close()
     job.journal.path.unlink()
     with pytest.raises(OperationalError, match="journal .* missing committed entries .*restore"):
@@ -97,10 +95,7 @@ def test_missing_journal_is_a_clear_error(catalog):
 
 
 def test_restore_replaces_the_journaled_history(catalog):
-    jm = JobManager(catalog)
-    jid = jm.register(ADO_SQL)["job"]
-    job = jm.get(jid)
-    _feed(job, range(50))
+    jm, jid, job = _new_job(catalog, 50)
     ckpt = job.checkpoint()
     assert len(ckpt["algorithm_state"]["history"]) == 50 and "journal" not in ckpt
     _feed(job, range(50, 120))
