@@ -121,7 +121,7 @@ def compare(mb: float = 20, batches: int = 300, batch_size: int = 8, seq_len: in
         r["tok_s_core_pretok"] = sp.get("tokens_per_s")
         r["rss_mb"] = s2.get("peak_rss_mb")
         r["share_err_pp"] = s1.get("share_err_pp")
-        r["resume0_s"] = rs.get(f"resume_s_at_0")
+        r["resume0_s"] = rs.get("resume_s_at_0")
         r["resume10k_s"] = rs.get(f"resume_s_at_{steps}")
         r["status"] = "ok" if not errors else "partial: " + "; ".join(errors)
         rows[system] = r
