@@ -242,7 +242,7 @@ class _Batcher:
     of ``MixDataLoader`` with ``mix_collate``): exactly the batches the per-item path builds (the
     worker's rows in order, ``B`` at a time, the last one short or dropped with ``drop_last``).
 
-    A batch is ``_wire_collate``'s dict: one flat int64 buffer (ids, group ids, lengths), the
+    A batch is a ``_wire_collate``-style dict: one flat int32 buffer (ids, group ids, lengths), the
     group names, and one aggregated resume token ``(worker, task, {key: tokens}, info)`` per task
     the batch touches (``info`` only where the batch holds the task's first row)."""
 
@@ -344,6 +344,11 @@ def _interleave(messages: Iterator[tuple], W: int, start: int) -> Iterator[dict]
             rot.popleft()
 
 
+def _one_item(item: dict) -> dict:
+    """``mix_collate``'s stand-in with ``batch_size=None``: the item itself, its token in a list."""
+    return {**item, "_mix": [item["_mix"]]}
+
+
 def _pass(batch):
     """Collate of the fast path: the dataset already yields whole batches (or bundles of them)."""
     return batch
@@ -360,20 +365,15 @@ class _Tracker:
         self.next_worker = state.get("next_worker", 0) if state.get("workers") == self.W else 0
 
     def observe(self, tok) -> None:
+        """One item's token ``(worker, task, key, tokens, info)``."""
         w, t, key, n, info = tok
-        cur = self.cur.get(w)
-        if cur is None or cur["t"] != t:
-            if info is None:  # cannot happen: the first item of a task carries its info
-                raise InterfaceError("resume token stream out of order; consume items in DataLoader order")
-            cur = self.cur[w] = {"t": t, "info": info, "n": {}}
-        cur["n"][key] = cur["n"].get(key, 0) + n
-        self.next_worker = (w + 1) % self.W
+        self.observe_counts(w, t, {key: n}, info)
 
     def observe_counts(self, w: int, t: int, counts: dict, info) -> None:
         """An aggregated token (one batch's rows of one task): same state as one ``observe`` per row."""
         cur = self.cur.get(w)
         if cur is None or cur["t"] != t:
-            if info is None:
+            if info is None:  # cannot happen: the first item of a task carries its info
                 raise InterfaceError("resume token stream out of order; consume items in DataLoader order")
             cur = self.cur[w] = {"t": t, "info": info, "n": {}}
         n = cur["n"]
@@ -889,7 +889,9 @@ class MixDataLoader(DataLoader):
         # Both are unpacked in __iter__.
         self._fast = (collate_fn is mix_collate and batch_size is not None
                       and getattr(dataset, "seq_len", None) is not None)
-        self._wire = collate_fn is mix_collate and num_workers > 0
+        self._wire = collate_fn is mix_collate and num_workers > 0 and batch_size is not None
+        if collate_fn is mix_collate and batch_size is None:
+            collate_fn = _one_item   # DataLoader hands single items to the collate then
         drop_last = bool(kwargs.pop("drop_last", False))
         if self._fast:
             super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_pass, **kwargs)

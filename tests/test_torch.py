@@ -199,6 +199,15 @@ def test_fast_path_resume_with_other_worker_counts(cat):
     assert _token_counter([(i, None, m) for i, m in key(a + b + c)]) == _token_counter([(i, None, m) for i, m in key(full)])
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_size_none_with_default_collate_yields_items(cat, workers):
+    dl = MixDataLoader(MixDataset(SQL_TOKENS, catalog=cat, seq_len=16), batch_size=None, num_workers=workers)
+    items = list(dl)
+    assert items and all(it["input_ids"].shape == (17,) for it in items)
+    assert sum(it["length"] for it in items) == sum(it["length"] for it in MixDataset(SQL_TOKENS, catalog=cat, seq_len=16))
+    assert dl.state_dict()["mixsql"]["end"] is not None        # consumption was tracked to the end
+
+
 def test_batch_size_none_keeps_per_item_path(cat):
     dl = MixDataLoader(MixDataset(SQL_TOKENS, catalog=cat, seq_len=16), batch_size=None, num_workers=0,
                        collate_fn=lambda item: {**item, "_mix": [item["_mix"]]})
