@@ -785,7 +785,9 @@ def _scan_parquet(task: ScanTask) -> tuple[pa.Table | None, int, int]:
                     and not pa.types.is_map(schema.field(n).type)}
     else:
         prop_map = dict(task.properties)
-    need = {text_col} - {None} | {p.split(".")[0] for p in prop_map.values() if p.split(".")[0] in names}
+    need = {p.split(".")[0] for p in prop_map.values() if p.split(".")[0] in names}
+    if text_col:
+        need.add(text_col)
     if tok_col:
         need.add(tok_col)
     if task.n_tokens and task.n_tokens.split(".")[0] in names:

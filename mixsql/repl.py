@@ -72,11 +72,6 @@ INTERNAL_TABLES = frozenset({"sample_index", "catalog_meta"})  # queryable, but 
 GROUP_VALUE_LIMIT = 200   # VARCHAR columns with at most this many distinct values complete as groups
 
 
-
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    """SIGINT handler while a statement runs (see ``Repl.run_statement``)."""
-    raise KeyboardInterrupt
-
 class MixSqlLexer(SqlLexer):
     """Pygments SQL lexer that also knows mixsql's keywords (MIX BY, SETTINGS, ...)."""
 
@@ -492,7 +487,7 @@ class Repl:
         # Ctrl-C must reach this loop whatever handler is installed (an event loop's left behind
         # by the prompt, or SIG_IGN inherited from a launcher): ours for the statement's duration.
         own_sigint = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, _raise_keyboard_interrupt) if own_sigint else None
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler) if own_sigint else None
         try:
             worker.start()
             self.busy.set()
