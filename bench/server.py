@@ -36,7 +36,7 @@ TOKENS_PER_SAMPLE = 256
 SQL = ("SELECT * FROM samples MIX BY domain SETTINGS (chunk_size = {chunk}, on_exhausted = 'repeat', "
        "seed = 1)")
 ADO_SQL = ("SELECT * FROM samples MIX BY domain USING ADO (update_every = 1000) "
-           "SETTINGS (chunk_size = {chunk}, on_exhausted = 'repeat', seed = 2)")
+           "SETTINGS (chunk_size = {chunk}, batch_size = {chunk}, on_exhausted = 'repeat', seed = 2)")
 
 CLIENT = r"""
 import json, sys, threading, time

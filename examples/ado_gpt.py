@@ -34,7 +34,7 @@ SQL = """
 SELECT * FROM samples
 MIX BY domain WITH (easy 0.34, medium 0.33, noise 0.33)
 USING ADO (update_every = 25, fit_skip = 0, subsample = 1, smooth_window = 7, fit_lag = 2)
-SETTINGS (chunk_size = 16, on_exhausted = 'repeat', seed = 1)
+SETTINGS (chunk_size = 16, batch_size = 16, on_exhausted = 'repeat', seed = 1)
 """
 SEQ = 48
 
@@ -93,9 +93,7 @@ def main(steps: int = 150) -> None:
             client = MixClient(server.location)
             info = client.register(SQL)
             job, groups = info["job"], info["groups"]
-            c = Catalog(cat, read_only=True)
-            reader = ChunkReader(c.files_table())
-            c.close()
+            reader = ChunkReader(client.files(job))      # the server sends what a reader needs
             model = TinyGPT()
             opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
             print(f"job {job}; groups {groups}; prior {np.round(info['weights'], 3).tolist()}")

@@ -29,7 +29,7 @@ examples:
   echo "SELECT * FROM samples LIMIT 5" | mixsql sql --format json
   mixsql sql "SELECT * FROM samples MIX BY language WITH (en 0.8, OTHER 0.2)" --limit 20
   mixsql explain "SELECT * FROM samples MIX BY source WITH NATURAL LIMIT 1e9 TOKENS"
-  mixsql serve --catalog ./mixsql_catalog --host 127.0.0.1 --port 8815 --token s3cret
+  mixsql serve --catalog ./mixsql_catalog --host 127.0.0.1 --port 8815
 
 The catalog defaults to $MIXSQL_CATALOG or ./mixsql_catalog.
 """
@@ -107,15 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default 8)")
 
     v = add("serve", "serve the catalog to training ranks over Arrow Flight",
-            epilog="example:\n  mixsql serve --catalog /data/catalog --host 0.0.0.0 --port 8815 "
-                   "--token $TOKEN --tls-cert cert.pem --tls-key key.pem\n")
+            epilog="example:\n  MIXSQL_TOKEN=... mixsql serve --catalog /data/catalog --host 0.0.0.0 --port 8815 "
+                   "--tls-cert cert.pem --tls-key key.pem\n"
+                   "  mixsql serve --catalog /data/catalog --host 0.0.0.0 --token-file tokens.txt "
+                   "--tls-cert cert.pem --tls-key key.pem\n")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     v.add_argument("--port", type=int, default=8815, help="port (default 8815)")
-    v.add_argument("--token", default=None,
-                   help="shared secret clients must present (default $MIXSQL_TOKEN; generated when "
-                        "binding a non-loopback address without one)")
+    v.add_argument("--token-file", metavar="PATH",
+                   help="file of tokens clients must present, one per line, each its own tenant "
+                        "(default: the token in $MIXSQL_TOKEN)")
+    v.add_argument("--token", default=None, help=argparse.SUPPRESS)
     v.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain")
     v.add_argument("--tls-key", metavar="PEM", help="TLS private key")
+    v.add_argument("--insecure", action="store_true",
+                   help="serve a non-loopback address without TLS or a token (trusted networks only)")
+    v.add_argument("--query-timeout", type=float, metavar="SECONDS", help="DuckDB time per statement (default 30)")
+    v.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory per statement (default 1GB)")
+    v.add_argument("--max-jobs", type=int, metavar="N", help="jobs per server (default 256)")
+    v.add_argument("--max-jobs-per-token", type=int, metavar="N", help="jobs per token (default 32)")
+    v.add_argument("--feedback-lag", type=int, metavar="STEPS",
+                   help="feedback of step s changes the weights from the first chunk of step s + STEPS "
+                        "(default 2)")
     return p
 
 
@@ -313,11 +325,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if exc.name == f"{__package__}.server":
             raise UserError("this mixsql build has no Flight server (mixsql.server is missing)") from exc
         raise
+    if args.token is not None:
+        raise UserError("a token on the command line shows in `ps` and shell history: put it in "
+                        "$MIXSQL_TOKEN or in a file passed with --token-file")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UserError("TLS needs both --tls-cert and --tls-key")
-    serve(args.catalog, host=args.host, port=args.port, token=args.token,
-          tls_cert=args.tls_cert, tls_key=args.tls_key)
+    limits = {name: getattr(args, name) for name in SERVE_LIMITS if getattr(args, name) is not None}
+    serve(args.catalog, host=args.host, port=args.port, token_file=args.token_file,
+          tls_cert=args.tls_cert, tls_key=args.tls_key, insecure=args.insecure, **limits)
     return 0
+
+
+SERVE_LIMITS = ("query_timeout", "memory_limit", "max_jobs", "max_jobs_per_token", "feedback_lag")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -5,6 +5,10 @@ call is idempotent on the server (registration by content, chunks by index, feed
 step), so when the server is unreachable (restarting after a crash) calls reconnect and
 retry for up to ``retry_for`` seconds before raising :class:`mixsql.OperationalError`.
 Server-side errors are re-raised as the mixsql error class the server named.
+
+A chunk of a feedback-driven job that waits for an earlier step's feedback
+(``[mixsql:FeedbackPending]``) is requested again until it is ready, for up to
+``feedback_wait`` seconds: the training loop's ``feedback()`` calls release it.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import pyarrow.flight as flight
 from . import errors
 
 _ERR = re.compile(r"\[mixsql:(\w+)\] (.*?)(?:\. Detail: .*)?$", re.S)
+_PENDING = "[mixsql:FeedbackPending]"
 
 
 def _raise_mapped(exc: flight.FlightError) -> None:
@@ -39,6 +44,10 @@ def _raise_mapped(exc: flight.FlightError) -> None:
     raise exc
 
 
+class _Pending(Exception):
+    """The requested chunk waits for feedback (internal: get_chunk retries)."""
+
+
 def normalise_location(location: str) -> str:
     if "://" not in location:
         location = f"grpc://{location}"
@@ -48,10 +57,15 @@ def normalise_location(location: str) -> str:
 class MixClient:
     """Connection to ``mixsql serve``. ``location``: ``grpc://host:port`` (or ``grpc+tls://``)."""
 
-    def __init__(self, location: str, token: str | None = None, *, tls_root_certs: bytes | str | None = None,
-                 retry_for: float = 60.0, timeout: float | None = 120.0):
+    def __init__(self, location: str, token: str | None = None, *, token_file: str | os.PathLike | None = None,
+                 tls_root_certs: bytes | str | None = None, retry_for: float = 60.0,
+                 timeout: float | None = 120.0, feedback_wait: float = 600.0):
         self.location = normalise_location(location)
+        if token is None and token_file is not None:
+            with open(token_file) as f:
+                token = next((ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")), None)
         self.token = token if token is not None else os.environ.get("MIXSQL_TOKEN")
+        self.feedback_wait = feedback_wait
         if isinstance(tls_root_certs, str) and os.path.exists(tls_root_certs):
             with open(tls_root_certs, "rb") as f:
                 tls_root_certs = f.read()
@@ -79,7 +93,7 @@ class MixClient:
             except Exception:
                 pass
 
-    def _call(self, fn):
+    def _call(self, fn, pending_ok: bool = False):
         deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:
@@ -99,6 +113,8 @@ class MixClient:
                     f"mixsql server at {self.location} rejected the token: {exc}"
                 ) from None
             except flight.FlightError as exc:
+                if pending_ok and _PENDING in str(exc):
+                    raise _Pending(str(exc).split(_PENDING, 1)[1].split(". Detail:")[0].strip()) from None
                 _raise_mapped(exc)
 
     def action(self, kind: str, body: dict | None = None) -> Any:
@@ -130,7 +146,17 @@ class MixClient:
         if worker is not None:
             req["worker"] = worker
         ticket = flight.Ticket(json.dumps(req).encode())
-        table = self._call(lambda c: c.do_get(ticket, self._options).read_all())
+        deadline = time.monotonic() + self.feedback_wait
+        while True:
+            try:
+                table = self._call(lambda c: c.do_get(ticket, self._options).read_all(), pending_ok=True)
+                break
+            except _Pending as exc:
+                if time.monotonic() >= deadline:
+                    raise errors.OperationalError(
+                        f"{exc} -- still waiting after {self.feedback_wait:.0f} s: does the training loop "
+                        "call feedback() every step (and is the server's feedback_lag at least 1)?") from None
+                time.sleep(0.02)
         md = table.schema.metadata or {}
         if md.get(b"mixsql.end") == b"true":
             return None
@@ -141,6 +167,15 @@ class MixClient:
         return self.action("feedback", {"job": job, "step": int(step),
                                         "loss_sums": [float(x) for x in loss_sums],
                                         "token_counts": [float(x) for x in token_counts]})
+
+    def files(self, job: str) -> pa.Table:
+        """The job's files table (paths, formats, options, fingerprints): what a reader needs."""
+        ticket = flight.Ticket(json.dumps({"job": job, "files": True}).encode())
+        return self._call(lambda c: c.do_get(ticket, self._options).read_all())
+
+    def drop_job(self, job: str) -> dict:
+        """Delete the job and its files on the server (frees one of the token's job slots)."""
+        return self.action("drop_job", {"job": job})
 
     def checkpoint(self, job: str) -> dict:
         return self.action("checkpoint", {"job": job})

@@ -758,25 +758,22 @@ class _ServerEngine:
 
 
 class _ServerStream:
-    """Stream adapter for ``MixDataset(server=...)``: the server executes the statement; data
-    files are read locally, located through the catalog's files table."""
+    """Stream adapter for ``MixDataset(server=...)``: the server executes the statement and
+    sends the job's files table (paths, formats, options, fingerprints) with it, so ranks read
+    the data files without the catalog (``catalog`` is not used)."""
 
     def __init__(self, server, sql, params, catalog, rank):
-        from .catalog import Catalog
-        from .client import MixClient  # the server engineer's client
+        import json
+
+        from .client import MixClient
         from .spec import MixSpec
 
         self.client = MixClient(server) if isinstance(server, str) else server
         info = self.client.register(sql, params)
         self.job = info["job"]
         spec = info["spec"]
-        self.spec = MixSpec.from_json(spec if isinstance(spec, str) else __import__("json").dumps(spec))
-        cat = catalog if hasattr(catalog, "files_table") else Catalog(catalog, read_only=True)
-        try:
-            self.files = cat.files_table()
-        finally:
-            if cat is not catalog:
-                cat.close()
+        self.spec = MixSpec.from_json(spec if isinstance(spec, str) else json.dumps(spec))
+        self.files = self.client.files(self.job)
         self.rank = rank
 
     def engine(self, state=None):

@@ -142,10 +142,14 @@ def test_serve_calls_server(capsys, tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(mixsql.server, "serve", lambda *a, **k: calls.append((a, k)))
-    code, _, err = run(capsys, "serve", "--catalog", tmp_path, "--port", 9999, "--token", "t")
+    code, _, err = run(capsys, "serve", "--catalog", tmp_path, "--port", 9999, "--token-file", "t.txt",
+                       "--query-timeout", "5", "--feedback-lag", "3")
     assert code == 0, err
-    assert calls == [((str(tmp_path),), {"host": "127.0.0.1", "port": 9999, "token": "t",
-                                         "tls_cert": None, "tls_key": None})]
+    assert calls == [((str(tmp_path),), {"host": "127.0.0.1", "port": 9999, "token_file": "t.txt",
+                                         "tls_cert": None, "tls_key": None, "insecure": False,
+                                         "query_timeout": 5.0, "feedback_lag": 3})]
+    code, _, err = run(capsys, "serve", "--token", "s3cret")          # would show in ps
+    assert code == 1 and "MIXSQL_TOKEN" in err and "s3cret" not in err
     code, _, err = run(capsys, "serve", "--tls-cert", "c.pem")
     assert code == 1 and "--tls-key" in err
 

@@ -5,24 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
 
 from conftest import write_jsonl_catalog
+from servers import REPO, Running, free_port, start_server_process
 from mixsql.client import MixClient
 from mixsql.errors import OperationalError, ProgrammingError
-from mixsql.server import MixServer
 
-REPO = Path(__file__).resolve().parents[1]
 STATIC = ("SELECT * FROM samples MIX BY language WITH (JavaScript 0.4, HTML 0.2, Python 0.4) "
           "SETTINGS (chunk_size = 10, on_exhausted = 'redistribute', seed = 3)")
 
@@ -41,18 +37,6 @@ def two_groups(tmp_path_factory):
     recs = [{"text": f"{g} {i}", "kind": g} for g in ("a", "b") for i in range(400)]
     return write_jsonl_catalog(tmp_path_factory.mktemp("two") / "cat", recs,
                                properties={"kind": "VARCHAR"}, rows_per_file=200)
-
-
-class Running:
-    def __init__(self, catalog, **kw):
-        self.server = MixServer(catalog, "127.0.0.1", 0, **kw)
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
-        self.thread.start()
-        self.location = self.server.location
-
-    def stop(self):
-        self.server.shutdown()
-        self.thread.join(10)
 
 
 @pytest.fixture
@@ -152,7 +136,7 @@ def test_malformed_requests_get_clear_errors_and_server_keeps_serving(server):
         c.get_chunk(job, 2, rank=1, worker=0)
     with pytest.raises(ProgrammingError, match=r"(?s)unknown column 'langage'.*\^.*Did you mean 'language'"):
         c.register_job("SELECT * FROM samples MIX BY langage WITH (x 1)")
-    with pytest.raises(ProgrammingError, match="3 numbers, one per group"):
+    with pytest.raises(ProgrammingError, match="3 finite numbers, one per group"):
         c.feedback(job, 0, [1.0], [1.0])
     with pytest.raises(ProgrammingError, match="topology.dp_world"):
         c.register_job(STATIC, topology={"dp_world": 0})
@@ -202,15 +186,9 @@ def test_schedule_switches_at_the_mapped_chunk(two_groups):
         switch = 3 * 20 // 10                                       # AT STEP 3 -> chunk 6
         assert all(x == {"a": 8, "b": 2} for x in comp[:switch])
         assert all(x == {"a": 2, "b": 8} for x in comp[switch:])
-        # without batch_size the reported training step drives the schedule
-        job2 = c.register_job(sql.replace(", batch_size = 20", ""))
-        for k in range(3):
-            c.get_chunk(job2, k)
-            assert c.feedback(job2, k, [1, 1], [1, 1])["at_chunk"] is None
-        c.get_chunk(job2, 3)
-        assert c.feedback(job2, 3, [1, 1], [1, 1])["at_chunk"] == 4
-        comp = [Counter(c.get_chunk(job2, k).column("group").to_pylist()) for k in range(6)]
-        assert comp[3] == {"a": 8, "b": 2} and comp[4] == comp[5] == {"a": 2, "b": 8}
+        # without batch_size a step cannot be mapped onto a chunk: refused, not timing-dependent
+        with pytest.raises(ProgrammingError, match=r"needs SETTINGS \(batch_size"):
+            c.register_job(sql.replace(", batch_size = 20", ""))
     finally:
         srv.stop()
 
@@ -219,17 +197,19 @@ def test_loss_average_mixtera_scenario_5(two_groups):
     srv = Running(two_groups)
     try:
         c = MixClient(srv.location)
+        # one chunk per step; feedback of step s lands at the first chunk of step s + 2
         job = c.register_job("SELECT * FROM samples MIX BY kind WITH (a 0.5, b 0.5) USING LOSS_AVERAGE "
-                             "SETTINGS (chunk_size = 12)")
+                             "SETTINGS (chunk_size = 12, batch_size = 12)")
         assert Counter(c.get_chunk(job, 0).column("group").to_pylist()) == {"a": 6, "b": 6}
         r = c.feedback(job, 0, [2.0, 1.0], [1, 1])
-        assert r["at_chunk"] == 1
-        assert Counter(c.get_chunk(job, 1).column("group").to_pylist()) == {"a": 8, "b": 4}
+        assert r["at_chunk"] == 2
+        assert Counter(c.get_chunk(job, 1).column("group").to_pylist()) == {"a": 6, "b": 6}
+        assert Counter(c.get_chunk(job, 2).column("group").to_pylist()) == {"a": 8, "b": 4}
         assert c.feedback(job, 0, [9.0, 9.0], [1, 1])["duplicate"]   # a resent step is ignored
         c.feedback(job, 1, [0.0, 3.0], [1, 1])                        # cumulative (2, 4)
-        assert Counter(c.get_chunk(job, 2).column("group").to_pylist()) == {"a": 4, "b": 8}
+        assert Counter(c.get_chunk(job, 3).column("group").to_pylist()) == {"a": 4, "b": 8}
         log = c.job_info(job)["weight_log"]
-        assert [e[0] for e in log] == [1, 2]
+        assert [e[0] for e in log] == [2, 3]
     finally:
         srv.stop()
 
@@ -240,7 +220,7 @@ def test_ado_reacts_to_synthetic_losses(two_groups):
         c = MixClient(srv.location)
         job = c.register_job("SELECT * FROM samples MIX BY kind WITH (a 0.5, b 0.5) USING ADO (update_every = 30, "
                              "fit_skip = 0, subsample = 1, smooth_window = 5, fit_lag = 2) "
-                             "SETTINGS (chunk_size = 10, on_exhausted = 'repeat')")
+                             "SETTINGS (chunk_size = 10, on_exhausted = 'repeat', batch_size = 10)")
         for step in range(40):
             n = step + 1
             la, lb = 2.0 + 6.0 * n ** -0.6, 2.5 + 0.3 * n ** -0.05     # a improves much faster
@@ -249,35 +229,21 @@ def test_ado_reacts_to_synthetic_losses(two_groups):
             assert time.perf_counter() - t0 < 5
             if step < 31:
                 assert r["at_chunk"] is None                         # prior until the fit lands
-        assert r["weights"][0] > 0.6
-        comp = Counter(c.get_chunk(job, 0).column("group").to_pylist())
-        assert comp["a"] >= 7
+        assert r["weights"][0] > 0.6 and r["at_chunk"] == 41        # step 39 + lag 2, one chunk a step
+        assert Counter(c.get_chunk(job, 0).column("group").to_pylist()) == {"a": 5, "b": 5}   # the prior
+        assert Counter(c.get_chunk(job, 41).column("group").to_pylist())["a"] >= 7
     finally:
         srv.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_subprocess(catalog, port):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "mixsql.server", str(catalog), str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert "listening on" in line, proc.stderr.read()
-    return proc
-
-
 def test_kill9_and_restart_resumes_without_lost_or_repeated_samples(catalog):
-    port = _free_port()
-    proc = _start_subprocess(catalog, port)
+    port = free_port()
+    proc = start_server_process(catalog, port)
     try:
         c = MixClient(f"grpc://127.0.0.1:{port}", retry_for=30)
         sql = STATIC.replace("WITH (JavaScript 0.4, HTML 0.2, Python 0.4)",
-                             "WITH (JavaScript 0.4, HTML 0.2, Python 0.4) USING LOSS_AVERAGE").replace("seed = 3", "seed = 9")
+                             "WITH (JavaScript 0.4, HTML 0.2, Python 0.4) USING LOSS_AVERAGE").replace(
+            "seed = 3", "seed = 9, batch_size = 10")
         job = c.register_job(sql)
         before = {}
         for k in range(12):
@@ -286,7 +252,7 @@ def test_kill9_and_restart_resumes_without_lost_or_repeated_samples(catalog):
         info = c.job_info(job)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        proc = _start_subprocess(catalog, port)
+        proc = start_server_process(catalog, port)
         after_info = c.job_info(job)                          # same client reconnects
         assert after_info["last_step"] == info["last_step"] == 11
         assert after_info["weight_log"] == info["weight_log"]  # no acknowledged feedback lost
