@@ -14,7 +14,9 @@ The grammar is documented in ``grammar/GRAMMAR.md``.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import re
 
 from sqlglot import exp
@@ -299,6 +301,9 @@ class MixSQL(DuckDB):
             if tt == TokenType.NATURAL:
                 self._advance()
                 return self.expression(exp.Var(this="NATURAL"), tok)
+            if tt in (TokenType.VAR, TokenType.IDENTIFIER):   # the common case, without the generic path
+                self._advance()
+                return self.expression(exp.Identifier(this=tok.text, quoted=tt == TokenType.IDENTIFIER), tok)
             if tt in (TokenType.L_PAREN, TokenType.R_PAREN, TokenType.COMMA, TokenType.SEMICOLON):
                 self._mix_fail("expected a group value (a name, 'string', number or TRUE/FALSE)", tok)
             ident = self._parse_id_var(any_token=True)
@@ -592,10 +597,32 @@ def _unterminated(sql: str) -> int:
     return -1
 
 
+@contextlib.contextmanager
+def _gc_paused(size: int):
+    """Pause the cyclic garbage collector while a long statement becomes tokens and nodes: its
+    passes over the growing, all-live object graph cost more than the parse itself."""
+    if size < _LONG_STATEMENT or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+_LONG_STATEMENT = 20_000   # characters
+
+
 def parse(sql: str) -> exp.Expr:
     """Parse one mixsql statement. Raises :class:`mixsql.errors.SQLError` (and nothing else)."""
     if not isinstance(sql, str):
         raise SQLError(f"expected a SQL string, got {type(sql).__name__}")
+    with _gc_paused(len(sql)):
+        return _parse(sql)
+
+
+def _parse(sql: str) -> exp.Expr:
     try:
         tokens = _DIALECT.tokenize(sql)
     except TokenError as exc:

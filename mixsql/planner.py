@@ -2,18 +2,24 @@
 
 ``plan()`` parses and validates statically (names, values, weights, settings, schedule,
 algorithm) and builds the query with sqlglot expressions. The query returns one row per
-selected sample: the ``spec.MIX_COLUMNS`` pointer columns (``__mix_group`` computed by a
-nested CASE over the MIX BY tree), the ORDER BY keys (``__mix_order_<i>_<asc|desc>_<nf|nl>``,
-ranked in numpy by :func:`mixsql.shuffle.ordered_permutation`) when ORDER BY is given, then the user's
-projection. ``execute_plan()`` runs it, checks what needs data (a listed value in no row, an
-empty OTHER, a nested MIX over an empty group) and resolves NATURAL weights.
+selected sample: ``__mix_group`` (the leaf, resolved by lookup joins over the MIX BY tree, see
+:mod:`mixsql.groups`: linear in rows plus listed values, whatever the number of groups), the
+entry columns ``__mix_e<depth>`` of depths with multi-value groups, the other
+``spec.MIX_COLUMNS`` pointer columns, the ORDER BY keys
+(``__mix_order_<i>_<asc|desc>_<nf|nl>``, ranked in numpy by
+:func:`mixsql.shuffle.ordered_permutation`) when ORDER BY is given, then the user's projection.
+``execute_plan()`` runs it, checks what needs data (a listed value in no row, an empty OTHER, a
+nested MIX over an empty group) and resolves NATURAL weights; its pointer table drops the entry
+columns.
 
 Semantics fixed here:
 
 * ``OTHER`` is every row whose MIX BY value matches no value listed at that level, NULL
   included; rows matching no group are not selected.
 * ``MIX BY e`` without ``WITH`` (or ``WITH NATURAL``) makes one group per distinct value of
-  ``e`` (found by a DISTINCT query at plan time), weighted by its available share.
+  ``e`` (found by a DISTINCT query at plan time, ascending, NULLS LAST; at most
+  ``SETTINGS (max_discovered_groups = n)``, default :data:`MAX_DISCOVERED_GROUPS`), weighted by its
+  available share.
 * Plain ``LIMIT n`` in a MIX statement is ``LIMIT n SAMPLES``: a budget on the mixed stream.
 * ``ORDER BY`` is the consumption order inside each group (ties broken by file and row).
 * ``AT STEP n`` is a training step (``ScheduleStep.step``). With ``SETTINGS (batch_size = b)``
@@ -34,6 +40,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from . import dialect as D
+from . import groups as G
 from .errors import ProgrammingError, SQLError
 from .shuffle import order_key_columns, order_key_name, ordered_permutation, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, Algorithm, Budget, Group, MixSpec, ScheduleStep, Shuffle
@@ -47,8 +54,11 @@ SETTINGS = {
     "seed": "int>=0", "chunk_size": "int>0", "unit": ("samples", "tokens"),
     "on_exhausted": ("stop", "redistribute", "repeat"), "max_epochs": "int>0",
     "shuffle_block": "int>0", "shuffle_window": "int>0", "batch_size": "int>0",
+    "max_discovered_groups": "int>0",
 }
-MAX_DISCOVERED = 10_000
+# Most groups one MIX BY level may discover (WITH NATURAL / no WITH list): a guard against
+# grouping by a near-unique column by mistake; SETTINGS (max_discovered_groups = n) raises it.
+MAX_DISCOVERED_GROUPS = 1_000_000
 # samples columns that are pointer columns too: a user column selecting one shares its array
 _SHARED = {"source": "__mix_source", "file": "__mix_file", "row": "__mix_row", "n_bytes": "__mix_n_bytes",
            "n_tokens": "__mix_n_tokens", "file_id": "__mix_file_id", "loc_offset": "__mix_offset",
@@ -78,7 +88,7 @@ class RegistrationRequest:
     if_exists: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Node:
     """One MIX BY level during planning."""
 
@@ -86,9 +96,15 @@ class _Node:
     key_sql_node: exp.Expr         # original node, for error positions
     natural: bool                  # weights resolved from data
     groups: list = field(default_factory=list)   # list[_Grp]
+    depth: int = 0
+    key_col: str = ""              # the query's column of the key (``__mix_k<j>``, shared by equal keys)
+    key_type: str = ""             # DuckDB type of the key
+    parent: Any = None             # the _Grp this level is nested in (None at the root)
+    origin: Any = None             # the MixBy node
+    prefix: str = ""               # path prefix of its groups
 
 
-@dataclass
+@dataclass(slots=True)
 class _Grp:
     node: _Node
     values: list                   # python values ([] for OTHER)
@@ -100,6 +116,20 @@ class _Grp:
     path: str
     child: _Node | None = None
     leaf: int | None = None
+    gid: int | None = None         # group number in the membership tables
+    entries: list | None = None    # entry id per listed value (one for OTHER); None when discovered
+
+
+@dataclass
+class _Membership:
+    """The tree as :mod:`mixsql.groups` lookup tables."""
+
+    tables: list                   # list[groups.Table]
+    root_other: tuple | None       # (entry, gid, leaf) of the root's OTHER
+    entries: dict                  # entry id of a listed value -> (group, value index)
+    n_entries: int
+    depths: int
+    entry_depths: list             # depths with a multi-value group (their entry column is fetched)
 
 
 @dataclass
@@ -109,7 +139,10 @@ class MixPlan:
     spec: MixSpec                  # weights final unless NATURAL (resolved by execute_plan)
     statement: str                 # the original statement text
     user_columns: list[str]        # the user's projection output names, in order
-    matches: list = field(default_factory=list, repr=False)   # match id -> (leaf, ((grp, value_idx), ...))
+    # ``__mix_e<depth>`` columns the query returns after ``__mix_group`` (the entry, i.e. listed
+    # value, each row matched at that depth: execute_plan counts rows per value with them)
+    entry_columns: list = field(default_factory=list)
+    n_entries: int = 0
     root: Any = field(default=None, repr=False)
     leaves: list = field(default_factory=list, repr=False)
     natural: bool = False
@@ -281,9 +314,12 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
         return e
 
     # -- base selection (the user's query without MIX modifiers)
+    detached = {k: tree.args.get(k) for k in ("mix", "mix_using", "mix_settings", "order", "limit")}
+    for k in detached:   # copy the selection without its MIX clauses (thousands of groups)
+        tree.set(k, None)
     base = tree.copy()
-    for k in ("mix", "mix_using", "mix_settings", "order", "limit"):
-        base.set(k, None)
+    for k, v in detached.items():
+        tree.set(k, v)
     positional = any(isinstance(p, exp.Placeholder) and not p.name for p in tree.find_all(exp.Placeholder))
     if positional:
         for part in [mix] + ([tree.args["order"]] if tree.args.get("order") else []):
@@ -355,29 +391,27 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
             args.append((opt.this.name.lower(), v))
         algorithm = Algorithm(name, tuple(args))
 
-    # -- key types (bind only, no data read)
+    # -- key types (bind only, no data read): one column per distinct MIX BY expression
     levels: list[D.MixBy] = [m for m in mix.walk() if isinstance(m, D.MixBy)]
+    key_index: dict[str, int] = {}
+    key_exprs: list[exp.Expr] = []
+    level_key: dict[int, int] = {}
+    for m in levels:
+        key = resolve(m.this)
+        if not isinstance(key, (exp.Column, exp.Func, exp.Literal, exp.Paren, exp.Boolean)):
+            key = exp.Paren(this=key)
+        level_key[id(m)] = key_index.setdefault(key.sql("duckdb"), len(key_exprs))
+        if level_key[id(m)] == len(key_exprs):
+            key_exprs.append(key)
+    key_cols = [f"__mix_k{j}" for j in range(len(key_exprs))]
     probe = base.copy()
-    probe.set("expressions", [resolve(m.this).as_(f"__k{i}") for i, m in enumerate(levels)])
+    probe.set("expressions", [k.copy().as_(c) for k, c in zip(key_exprs, key_cols)])
     try:
         desc = con.execute(f"SELECT * FROM ({probe.sql('duckdb')}) LIMIT 0", params).description
     except duckdb.Error as exc:
         raise _duck_error(sql, exc, tree) from None
-    key_types = {id(m): str(d[1]).upper() for m, d in zip(levels, desc)}
-
-    # -- the mixture tree
-    leaves: list[_Grp] = []
-
-    def discover(key: exp.Expr, conds: list[exp.Expr]) -> list:
-        q = base.copy()
-        q.set("expressions", [key.copy().as_("__k")])
-        if conds:
-            q = q.where(exp.and_(*[c.copy() for c in conds]), copy=False)
-        text = f"SELECT DISTINCT __k FROM ({q.sql('duckdb')}) ORDER BY __k NULLS LAST LIMIT {MAX_DISCOVERED + 1}"
-        try:
-            return [r[0] for r in con.execute(text, params).fetchall()]
-        except duckdb.Error as exc:
-            raise _duck_error(sql, exc, tree) from None
+    col_types = [str(d[1]).upper() for d in desc]
+    key_types = {mid: col_types[j] for mid, j in level_key.items()}
 
     def literal(v) -> exp.Expr:
         if v is None:
@@ -418,116 +452,90 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
             return vnode.this
         return str(raw)
 
-    def build(m: D.MixBy, conds: list[exp.Expr], prefix: str, weights_from=None) -> _Node:
-        key = resolve(m.this)
-        if not isinstance(key, (exp.Column, exp.Func, exp.Literal, exp.Paren, exp.Boolean)):
-            key = exp.Paren(this=key)
+    # -- the mixture tree: groups numbered in creation order (gid), leaves in tree order
+    all_groups: list[_Grp] = []
+    discovered: dict[str, _Node] = {}   # path prefix -> natural level (for later SCHEDULE steps)
+
+    def build(m: D.MixBy, parent: _Grp | None, prefix: str, weights_from=None, register=True) -> _Node:
         ktype = key_types[id(m)]
         natural = bool(m.args.get("natural")) or (not m.expressions and not m.args.get("schedule"))
-        node = _Node(key=key, key_sql_node=m.this, natural=natural)
+        node = _Node(key=key_exprs[level_key[id(m)]], key_sql_node=m.this, natural=natural,
+                     depth=0 if parent is None else parent.node.depth + 1, key_col=key_cols[level_key[id(m)]],
+                     key_type=ktype, parent=parent, origin=m, prefix=prefix)
         if m.args.get("schedule") and m is not mix:
             raise _err(sql, "WITH SCHEDULE is only allowed on the outermost MIX BY", m)
         if natural:
-            found = discover(key, conds)
-            if len(found) > MAX_DISCOVERED:
-                raise _err(sql, f"MIX BY {m.this.sql('duckdb')} has more than {MAX_DISCOVERED} distinct values; "
-                                "list the groups explicitly or group by a coarser expression", m.this)
-            if not found:
-                raise _err(sql, f"MIX BY {m.this.sql('duckdb')} selects no rows", m.this)
-            for v in found:
-                node.groups.append(_Grp(node, [v], [], False, 1.0, None, m, prefix + _fmt(v)))
-        else:
-            entries = weights_from if weights_from is not None else m.expressions
-            seen: dict = {}
-            other = None
-            for g in entries:
-                if g.args.get("other"):
-                    if other is not None:
-                        raise _err(sql, "OTHER is listed twice at this level", g)
-                    other = g
-                    vals, vnodes, path = [], [], "OTHER"
-                else:
-                    vals, vnodes = [], []
-                    for vn in g.expressions:
-                        v = coerce(vn, ktype, m)
-                        hkey = ("v", v) if not isinstance(v, str) else ("s", v)
-                        if hkey in seen:
-                            raise _err(sql, f"group value {v!r} is listed twice in MIX BY {m.this.sql('duckdb')}"
-                                            " (each row must belong to exactly one group)", vn)
-                        seen[hkey] = vn
-                        vals.append(v)
-                        vnodes.append(vn)
-                    path = ",".join(_fmt(v) for v in vals)
-                w = _number(sql, g.args["weight"], "a weight")
-                if w < 0:
-                    raise _err(sql, f"weight {w:g} is negative; weights must be >= 0", g.args["weight"])
-                node.groups.append(_Grp(node, vals, vnodes, bool(g.args.get("other")), w, g.args["weight"], g,
-                                        prefix + path))
-            if entries and all(gr.weight == 0 for gr in node.groups):
-                raise _err(sql, "all weights are zero; at least one group needs a positive weight",
-                           entries[0].args["weight"])
-        # conditions and children
-        listed = [v for gr in node.groups if not gr.other for v in gr.values]
+            if register:
+                discovered[prefix] = node
+            elif prefix in discovered:   # a later SCHEDULE step: the groups step 0 discovered
+                node.groups = [_Grp(node, list(g.values), [], False, 1.0, None, m, g.path)
+                               for g in discovered[prefix].groups]
+            return node
+        entries = weights_from if weights_from is not None else m.expressions
+        seen: dict = {}
+        other = None
+        for g in entries:
+            if g.args.get("other"):
+                if other is not None:
+                    raise _err(sql, "OTHER is listed twice at this level", g)
+                other = g
+                vals, vnodes, path = [], [], "OTHER"
+            else:
+                vals, vnodes = [], []
+                for vn in g.expressions:
+                    v = coerce(vn, ktype, m)
+                    hkey = ("v", v) if not isinstance(v, str) else ("s", v)
+                    if hkey in seen:
+                        raise _err(sql, f"group value {v!r} is listed twice in MIX BY {m.this.sql('duckdb')}"
+                                        " (each row must belong to exactly one group)", vn)
+                    seen[hkey] = vn
+                    vals.append(v)
+                    vnodes.append(vn)
+                path = ",".join(_fmt(v) for v in vals)
+            w = _number(sql, g.args["weight"], "a weight")
+            if w < 0:
+                raise _err(sql, f"weight {w:g} is negative; weights must be >= 0", g.args["weight"])
+            gr = _Grp(node, vals, vnodes, bool(g.args.get("other")), w, g.args["weight"], g, prefix + path)
+            node.groups.append(gr)
+            if register:
+                gr.gid = len(all_groups)
+                all_groups.append(gr)
+        if entries and all(gr.weight == 0 for gr in node.groups):
+            raise _err(sql, "all weights are zero; at least one group needs a positive weight",
+                       entries[0].args["weight"])
         for gr in node.groups:
-            gr.cond = group_condition(key, gr, listed)
             child_mix = gr.origin.args.get("mix") if isinstance(gr.origin, D.MixGroup) else None
             if child_mix is not None:
-                gr.child = build(child_mix, conds + [gr.cond], gr.path + "/")
-            else:
-                gr.leaf = len(leaves)
-                leaves.append(gr)
+                gr.child = build(child_mix, gr, gr.path + "/", register=register)
         return node
-
-    def group_condition(key, gr: _Grp, listed) -> exp.Expr:
-        if gr.other:
-            non_null = [v for v in listed if v is not None]
-            parts = []
-            if non_null:
-                parts.append(exp.Not(this=exp.In(this=key.copy(), expressions=[literal(v) for v in non_null])))
-            if None in listed:
-                return exp.and_(key.copy().is_(exp.Null()).not_(), *parts) if parts else key.copy().is_(exp.Null()).not_()
-            if not parts:
-                return exp.true()
-            return exp.or_(key.copy().is_(exp.Null()), parts[0])
-        conds = []
-        non_null = [v for v in gr.values if v is not None]
-        if non_null:
-            conds.append(exp.EQ(this=key.copy(), expression=literal(non_null[0])) if len(non_null) == 1
-                         else exp.In(this=key.copy(), expressions=[literal(v) for v in non_null]))
-        if None in gr.values:
-            conds.append(key.copy().is_(exp.Null()))
-        return exp.or_(*conds) if len(conds) > 1 else conds[0]
 
     schedule_nodes = None
     if mix.args.get("schedule"):
         schedule_nodes = mix.args["schedule"].expressions
-        root = build(mix, [], "", weights_from=schedule_nodes[0].expressions)
+        root = build(mix, None, "", weights_from=schedule_nodes[0].expressions)
     else:
-        root = build(mix, [], "")
-
-    # -- match ids: one per (leaf, listed value on each level of its path)
-    matches: list = []   # (leaf, ((grp, value_index), ...))
-
-    def case_for(node: _Node, trail: tuple) -> exp.Expr:
-        ifs = []
-        for gr in node.groups:
-            options = [None] if gr.other or len(gr.values) <= 1 else list(range(len(gr.values)))
-            for vi in options:
-                if vi is None:
-                    cond = gr.cond
-                else:
-                    v = gr.values[vi]
-                    cond = node.key.copy().is_(exp.Null()) if v is None else exp.EQ(this=node.key.copy(), expression=literal(v))
-                step = trail + ((gr, vi),)
-                if gr.child is not None:
-                    then = case_for(gr.child, step)
-                else:
-                    then = exp.Literal.number(len(matches))
-                    matches.append((gr.leaf, step))
-                ifs.append(exp.If(this=cond.copy(), true=then))
-        return exp.Case(ifs=ifs)
-
-    group_expr = case_for(root, ())
+        root = build(mix, None, "")
+    nodes = _nodes_of(root)
+    source_for = lambda projection: _with_projection(base, projection)  # noqa: E731
+    key_projection = [k.copy().as_(c) for k, c in zip(key_exprs, key_cols)]
+    _discover(con, sql, tree, params, nodes, all_groups, source_for(key_projection).sql("duckdb"),
+              settings.get("max_discovered_groups", MAX_DISCOVERED_GROUPS))
+    leaves: list[_Grp] = _leaves_of(root)
+    for j, g in enumerate(leaves):
+        g.leaf = j
+    membership = _membership(nodes)
+    col_type = dict(zip(key_cols, col_types))
+    for t in membership.tables:   # values equal only once cast to the key's type (dates, enums, ...)
+        if t.kind == "values" and t.v and col_type[t.key].split("(")[0] not in (*_NUMERIC, "BOOLEAN", "VARCHAR"):
+            try:
+                dup = con.execute(G.duplicate_entry_sql(t, col_type[t.key])).fetchall()
+            except duckdb.Error as exc:
+                raise _duck_error(sql, exc, tree) from None
+            if dup:
+                gr, vi = membership.entries[dup[0][0]]
+                raise _err(sql, f"group value {gr.values[vi]!r} is listed twice in MIX BY "
+                                f"{gr.node.key_sql_node.sql('duckdb')} (each row must belong to exactly one group)",
+                           gr.value_nodes[vi])
 
     # -- weights, schedule
     def static_weights(node: _Node, scale: float, out: list):
@@ -539,18 +547,15 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
             else:
                 out[g.leaf] = share
 
-    def any_natural(node: _Node) -> bool:
-        return node.natural or any(g.child is not None and any_natural(g.child) for g in node.groups)
-
-    natural = any_natural(root) or prior_natural
+    natural = any(n.natural for n in nodes) or prior_natural
     weights = [0.0] * len(leaves)
     static_weights(root, 1.0, weights)
     schedule = ()
     if schedule_nodes:
         paths = [g.path for g in leaves]
+        path_set = set(paths)
         steps = []
         prev = None
-        batch = settings.get("batch_size")
         for i, st in enumerate(schedule_nodes):
             step = _number(sql, st.this, "AT STEP")
             if step < 0 or not float(step).is_integer():
@@ -560,25 +565,24 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
             if prev is not None and step <= prev:
                 raise _err(sql, f"SCHEDULE steps must increase: AT STEP {step:g} comes after AT STEP {prev:g}", st.this)
             prev = step
-            leaves_before = len(leaves)
-            sub = build(mix, [], "", weights_from=st.expressions) if i else root
-            del leaves[leaves_before:]
-            sub_paths = [g.path for g in _leaves_of(sub)]
-            if sorted(sub_paths) != sorted(paths):
-                missing = sorted(set(paths) - set(sub_paths))
-                extra = sorted(set(sub_paths) - set(paths))
+            sub = build(mix, None, "", weights_from=st.expressions, register=False) if i else root
+            sub_leaves = _leaves_of(sub)
+            sub_paths = [g.path for g in sub_leaves]
+            if len(sub_paths) != len(paths) or set(sub_paths) != path_set:
+                missing = sorted(path_set - set(sub_paths))
+                extra = sorted(set(sub_paths) - path_set)
                 detail = (f"missing {', '.join(missing)}" if missing else "") + ("; " if missing and extra else "") + \
                          (f"unexpected {', '.join(extra)}" if extra else "")
                 raise _err(sql, f"AT STEP {step:g} must list the same groups as AT STEP 0 ({detail})", st)
             w = [0.0] * len(sub_paths)
-            sub_leaves = _leaves_of(sub)
+            saved = [g.leaf for g in sub_leaves]
             for j, g in enumerate(sub_leaves):
                 g.leaf = j
             static_weights(sub, 1.0, w)
+            for g, leaf in zip(sub_leaves, saved):
+                g.leaf = leaf
             by_path = {g.path: w[j] for j, g in enumerate(sub_leaves)}
             steps.append(ScheduleStep(int(step), tuple(by_path[p] for p in paths)))
-        for j, g in enumerate(leaves):
-            g.leaf = j
         schedule = tuple(steps)
 
     weighting = "algorithm" if algorithm else "schedule" if schedule else "natural" if natural else "static"
@@ -598,7 +602,6 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
     # __mix_source / __mix_file are filled in from file_id by execute_plan (dictionary-encoded:
     # far cheaper than materialising one string per row in DuckDB)
     internal = [
-        group_expr.as_("__mix_group"),
         col("file_id").as_("__mix_file_id"),
         col("row").as_("__mix_row"),
         col("loc_offset").as_("__mix_offset"),
@@ -617,26 +620,28 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
             internal.append(o.this.copy().as_(order_key_name(i, bool(o.args.get("desc")),
                                                             bool(o.args.get("nulls_first")))))
 
-    def query_for(projection) -> str:
-        inner = base.copy()
-        inner.set("expressions", [e.copy() for e in internal] + [p.copy() for p in projection])
-        return (exp.select("*").from_(inner.subquery("__mix_q"))
-                .where(exp.column("__mix_group").is_(exp.Null()).not_())).sql("duckdb")
+    entry_columns = [f"__mix_e{d}" for d in membership.entry_depths]
+    n_lead = 1 + len(entry_columns)   # __mix_group and the entry columns come first
+
+    def query_for(projection, frm: exp.Select = base) -> str:
+        source = _with_projection(frm, internal + key_projection + list(projection)).sql("duckdb")
+        return G.membership_sql(source, key_cols, membership.tables, membership.root_other, membership.depths,
+                                membership.entry_depths)
 
     query = query_for(base.expressions)
     try:
         desc = con.execute(f"SELECT * FROM ({query}) LIMIT 0", params).description
     except duckdb.Error as exc:
         raise _duck_error(sql, exc, tree) from None
-    n_internal = len(internal)
+    n_internal = n_lead + len(internal)
     n_keys = len(order_keys)
     if n_keys and not all(_rankable(str(d[1])) for d in desc[n_internal - n_keys:n_internal]):
         # a key type numpy cannot rank exactly like DuckDB (nested, interval, enum, ...):
         # DuckDB computes the consumption order itself
         keys = order_keys + [exp.Ordered(this=col("file_id")), exp.Ordered(this=col("row"))]
-        internal[n_internal - n_keys:] = [
+        internal[len(internal) - n_keys:] = [
             exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=keys)).as_(ORDER_COLUMN)]
-        n_internal = len(internal)
+        n_internal = n_lead + len(internal)
         query = query_for(base.expressions)
         desc = con.execute(f"SELECT * FROM ({query}) LIMIT 0", params).description
     order_columns = [e.alias for e in internal[len(internal) - (1 if n_keys and internal[-1].alias == ORDER_COLUMN
@@ -673,23 +678,22 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
     # pointers only: straight from sample_index (no joins, so DuckDB keeps (file, row) insertion
     # order) when WHERE / MIX BY / ORDER BY need no view-only column (source, file); else the
     # full query with DuckDB pruning the unused projection
-    internal_names = ", ".join(f'"{e.alias}"' for e in internal)
+    internal_names = ", ".join(["__mix_group", *entry_columns] + [f'"{e.alias}"' for e in internal])
     pointer_sql = f"SELECT {internal_names} FROM ({query})"
     if len(sources) == 1 and isinstance(tree.args["from_"].this, exp.Table) and tree.args["from_"].this is samples_tbl \
             and "samples" not in ctes:
         lean = base.copy()
         lean.args["from_"].set("this", exp.to_table("sample_index").as_(qual))
         try:
-            lean.set("expressions", [e.copy() for e in internal])
-            candidate = (exp.select("*").from_(lean.subquery("__mix_q"))
-                         .where(exp.column("__mix_group").is_(exp.Null()).not_())).sql("duckdb")
+            candidate = query_for([], lean)
             con.execute(f"SELECT * FROM ({candidate}) LIMIT 0", params).fetchall()
             pointer_sql = candidate
         except duckdb.Error:
             pass
     return MixPlan(
-        sql=query, params=params, spec=spec, statement=sql, user_columns=user_columns, matches=matches,
-        root=root, leaves=leaves, natural=natural, prior_natural=prior_natural, unit_node=unit_node,
+        sql=query, params=params, spec=spec, statement=sql, user_columns=user_columns,
+        entry_columns=entry_columns, n_entries=membership.n_entries, root=root, leaves=leaves, natural=natural,
+        prior_natural=prior_natural, unit_node=unit_node,
         base_sql=base.sql("duckdb"), shared=shared, fetch_sql=fetch_sql, pointer_sql=pointer_sql,
         order_columns=order_columns,
     )
@@ -724,6 +728,114 @@ def _leaves_of(node: _Node) -> list:
     return out
 
 
+def _nodes_of(node: _Node) -> list:
+    """The MIX BY levels of the tree, parents before children."""
+    out = [node]
+    for g in node.groups:
+        if g.child is not None:
+            out.extend(_nodes_of(g.child))
+    return out
+
+
+def _with_projection(select: exp.Select, projection: list) -> exp.Select:
+    """Copy of ``select`` projecting ``projection`` (copied)."""
+    out = select.copy()
+    out.set("expressions", [e.copy() for e in projection])
+    return out
+
+
+def _value_type(key_type: str, values: list) -> str:
+    """DuckDB type listed values travel as (then compared with the key as ``key = literal`` is)."""
+    base_t = key_type.split("(")[0]
+    if base_t == "BOOLEAN":
+        return "BOOLEAN"
+    if base_t in _NUMERIC:
+        ints = [v for v in values if v is not None]
+        if all(isinstance(v, int) for v in ints):
+            return "BIGINT" if all(-2**63 <= v < 2**63 for v in ints) else "HUGEINT"
+        return "DOUBLE"
+    return "VARCHAR"
+
+
+def _membership(nodes: list, below: int | None = None) -> _Membership:
+    """Number the entries of ``nodes`` and lay them out as lookup tables; ``below``: only the
+    listed levels above that depth (what discovering that depth's groups needs)."""
+    tables: dict = {}
+    entries: dict = {}
+    count = 0   # entries numbered so far
+    root_other = None
+    multi: set = set()
+    depths = 0
+    for node in nodes:
+        if below is not None and (node.depth >= below or node.natural):
+            continue
+        depths = max(depths, node.depth + 1)
+        parent = node.parent.gid if node.parent is not None else G.ROOT
+        if node.natural:   # one entry per discovered group, numbered like the groups
+            if node.groups:
+                first = node.groups[0]
+                t = tables.setdefault(("natural", node.depth, node.key_col), G.Table("natural", node.depth, node.key_col))
+                t.add(parent, count, first.gid, first.leaf)
+            count += len(node.groups)
+            continue
+        for g in node.groups:
+            leaf = g.leaf if g.child is None else None
+            if g.other:
+                g.entries = [count]
+                if node.depth == 0:
+                    root_other = (count, g.gid, leaf)
+                else:
+                    t = tables.setdefault(("other", node.depth), G.Table("other", node.depth))
+                    t.add(parent, count, g.gid, leaf)
+                count += 1
+                continue
+            t = tables.setdefault(("values", node.depth, node.key_col),
+                                  G.Table("values", node.depth, node.key_col, node.key_type))
+            g.entries = list(range(count, count + len(g.values)))
+            for vi, v in enumerate(g.values):
+                t.add(parent, count, g.gid, leaf, v)
+                entries[count] = (g, vi)
+                count += 1
+            if len(g.values) > 1:
+                multi.add(node.depth)
+    for t in tables.values():
+        if t.kind == "values":
+            t.vtype = _value_type(t.vtype, t.v)
+    return _Membership(list(tables.values()), root_other, entries, count, depths, sorted(multi))
+
+
+def _discover(con, sql: str, tree, params, nodes: list, all_groups: list, source_sql: str, limit: int) -> None:
+    """Give each WITH NATURAL level one group per distinct key value under its parent group
+    (ascending, NULLS LAST: the order the query ranks them in), depth by depth."""
+    levels: dict = {}
+    for n in nodes:
+        if n.natural:
+            levels.setdefault((n.depth, n.key_col), []).append(n)
+    for (depth, key), naturals in sorted(levels.items()):
+        above = _membership(nodes, below=depth)
+        parents = [n.parent.gid if n.parent is not None else G.ROOT for n in naturals]
+        text = G.discovery_sql(source_sql, above.tables, above.root_other, depth, key, parents, limit + 1)
+        try:
+            rows = con.execute(text, params).fetchall()
+        except duckdb.Error as exc:
+            raise _duck_error(sql, exc, tree) from None
+        if len(rows) > limit:
+            first = naturals[0].key_sql_node
+            raise _err(sql, f"MIX BY {first.sql('duckdb')} has more than {limit:,} distinct values (the "
+                            f"max_discovered_groups setting): list the groups, group by a coarser expression, "
+                            f"or raise it with SETTINGS (max_discovered_groups = <n>)", first)
+        found: dict = {}
+        for p, v in rows:
+            found.setdefault(p, []).append(v)
+        for n, p in zip(naturals, parents):
+            if not found.get(p):
+                raise _err(sql, f"MIX BY {n.key_sql_node.sql('duckdb')} selects no rows", n.key_sql_node)
+            for v in found[p]:
+                g = _Grp(n, [v], [], False, 1.0, None, n.origin, n.prefix + _fmt(v), gid=len(all_groups))
+                n.groups.append(g)
+                all_groups.append(g)
+
+
 # --------------------------------------------------------------------------- execution
 def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = True):
     """Run the plan's query; validate data-dependent errors; resolve NATURAL weights.
@@ -750,7 +862,7 @@ def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = Tr
     order_cols = list(plan.order_columns) if ordered else []
     if ordered and not order_cols:   # a MixPlan built by hand / by an older planner
         order_cols = [ORDER_COLUMN]
-    internal = [c for c in MIX_COLUMNS if c not in _FILLED] + order_cols
+    internal = [MIX_COLUMNS[0], *plan.entry_columns, *(c for c in MIX_COLUMNS[1:] if c not in _FILLED), *order_cols]
     fetch = [c for c in want if c not in plan.shared]
     if want == list(plan.user_columns) and plan.fetch_sql:
         query = plan.fetch_sql
@@ -763,49 +875,19 @@ def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = Tr
         table = catalog.con.sql(query, params=plan.params).to_arrow_table()
     except duckdb.Error as exc:
         raise SQLError(f"DuckDB failed running the MIX query: {str(exc).splitlines()[0]}", sql) from None
-    n_matches = len(plan.matches)
-    match_ids = _np(table.column("__mix_group"), np.int32)
-    counts = np.bincount(match_ids, minlength=n_matches) if len(match_ids) else np.zeros(n_matches, np.int64)
-    leaf_of = np.array([m[0] for m in plan.matches], dtype=np.int32)
-    if n_matches and len(match_ids) and not np.array_equal(leaf_of, np.arange(n_matches, dtype=np.int32)):
-        group_ids = leaf_of[match_ids]
-    else:
-        group_ids = match_ids
     n_leaves = len(plan.leaves)
-    leaf_rows = np.bincount(leaf_of, weights=counts, minlength=n_leaves).astype(np.int64) if n_matches \
-        else np.zeros(n_leaves, np.int64)
+    group_ids = _np(table.column("__mix_group"), np.int32)
+    leaf_rows = np.bincount(group_ids, minlength=n_leaves) if len(group_ids) else np.zeros(n_leaves, np.int64)
+    entry_rows = {}
+    for i, name in enumerate(plan.entry_columns, start=1):
+        entry_rows[name] = np.bincount(_np(table.column(i).drop_null(), np.int64), minlength=plan.n_entries)
+    if plan.entry_columns:
+        keep = [0] + list(range(1 + len(plan.entry_columns), table.num_columns))
+        table = table.select(keep)
+        internal = [c for c in internal if c not in plan.entry_columns]
     table = _finish_pointers(catalog, table, group_ids, ordered, internal + fetch, want, plan.shared, canonical)
     group_ids = _np(table.column("__mix_group"), np.int32)
-
-    # -- data-dependent checks
-    grp_rows: dict = {}
-    value_rows: dict = {}
-    for mid, (leaf, trail) in enumerate(plan.matches):
-        for gr, vi in trail:
-            grp_rows[id(gr)] = grp_rows.get(id(gr), 0) + int(counts[mid])
-            if vi is not None:
-                value_rows[(id(gr), vi)] = value_rows.get((id(gr), vi), 0) + int(counts[mid])
-
-    def check(node: _Node):
-        for gr in node.groups:
-            if grp_rows.get(id(gr), 0) == 0:
-                if gr.child is not None:
-                    raise _err(sql, f"group {gr.path!r} has no rows, so its nested MIX BY has nothing to mix",
-                               gr.value_nodes[0] if gr.value_nodes else gr.origin)
-                if gr.other:
-                    raise _err(sql, "OTHER matches no row: every selected row is in a listed group; remove OTHER",
-                               gr.origin)
-            if not gr.other and gr.value_nodes:
-                for vi, vn in enumerate(gr.value_nodes):
-                    n = value_rows.get((id(gr), vi), 0) if len(gr.values) > 1 else grp_rows.get(id(gr), 0)
-                    if n == 0:
-                        raise _err(sql, f"group value {gr.values[vi]!r} matches no selected row of MIX BY "
-                                        f"{node.key_sql_node.sql('duckdb')}", vn,
-                                   _value_suggestion(catalog, plan, node, gr.values[vi]))
-            if gr.child is not None:
-                check(gr.child)
-
-    check(plan.root)
+    _check_rows(catalog, plan, leaf_rows, entry_rows)
 
     # -- tokens
     spec = plan.spec
@@ -832,6 +914,43 @@ def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = Tr
 _FILLED = ("__mix_source", "__mix_file")
 
 
+def _check_rows(catalog, plan: MixPlan, leaf_rows: np.ndarray, entry_rows: dict) -> None:
+    """Errors that need data: a listed value in no selected row, an empty OTHER, a nested MIX BY
+    over an empty group. ``leaf_rows``: rows per leaf; ``entry_rows``: rows per entry, per depth
+    with a multi-value group."""
+    sql = plan.statement
+    rows: dict = {}
+
+    def count(node: _Node) -> int:
+        total = 0
+        for gr in node.groups:
+            rows[id(gr)] = count(gr.child) if gr.child is not None else int(leaf_rows[gr.leaf])
+            total += rows[id(gr)]
+        return total
+
+    def check(node: _Node):
+        for gr in node.groups:
+            n = rows[id(gr)]
+            if n == 0 and gr.child is not None:
+                raise _err(sql, f"group {gr.path!r} has no rows, so its nested MIX BY has nothing to mix",
+                           gr.value_nodes[0] if gr.value_nodes else gr.origin)
+            if n == 0 and gr.other:
+                raise _err(sql, "OTHER matches no row: every selected row is in a listed group; remove OTHER",
+                           gr.origin)
+            if not gr.other and gr.value_nodes:
+                per_value = entry_rows.get(f"__mix_e{node.depth}") if len(gr.values) > 1 else None
+                for vi, vn in enumerate(gr.value_nodes):
+                    if (int(per_value[gr.entries[vi]]) if per_value is not None else n) == 0:
+                        raise _err(sql, f"group value {gr.values[vi]!r} matches no selected row of MIX BY "
+                                        f"{node.key_sql_node.sql('duckdb')}", vn,
+                                   _value_suggestion(catalog, plan, node, gr.values[vi]))
+            if gr.child is not None:
+                check(gr.child)
+
+    count(plan.root)
+    check(plan.root)
+
+
 def _wanted(plan: MixPlan, user_columns) -> list[str]:
     if user_columns is True:
         return list(plan.user_columns)
@@ -850,7 +969,9 @@ def _wanted(plan: MixPlan, user_columns) -> list[str]:
 def _np(col, dtype) -> np.ndarray:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    # without nulls, numbers convert without a copy (and without pyarrow importing pandas)
+    plain = col.null_count == 0 and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type))
+    return col.to_numpy(zero_copy_only=plain).astype(dtype, copy=False)
 
 
 def _finish_pointers(catalog, table: pa.Table, group: np.ndarray, ordered: bool, names: list[str],

@@ -102,7 +102,13 @@ class MixSpec:
         return tuple(g.weight for g in self.groups)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["groups"] = [{"id": g.id, "path": g.path, "weight": g.weight, "values": g.values} for g in self.groups]
+        d["schedule"] = [{"step": s.step, "weights": s.weights} for s in self.schedule]
+        for name in ("budget", "shuffle", "algorithm"):
+            d[name] = dataclasses.asdict(d[name]) if d[name] is not None else None
+        # discovered group values of other types (dates, decimals, ...) travel as their text
+        return json.dumps(d, sort_keys=True, default=str)
 
     @classmethod
     def from_json(cls, text: str) -> "MixSpec":
