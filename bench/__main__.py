@@ -1,5 +1,5 @@
 """``python -m bench <name> [--quick]``: run one benchmark (or ``all``), print its figures and
-append them to ``bench/RESULTS.md``."""
+append them to ``bench/RESULTS.md``, every section of one invocation under one run id."""
 from __future__ import annotations
 
 import argparse
@@ -12,20 +12,20 @@ import traceback
 NAMES = ("corpus", "registration", "planner", "engine", "throughput", "server", "compare")
 
 
-def run_one(name: str, quick: bool, command: str) -> dict:
+def run_one(name: str, quick: bool, command: str, run_id: str | None = None) -> dict:
     from . import results
     t0 = time.perf_counter()
     try:
         mod = importlib.import_module(f"bench.{name}")
     except ImportError as exc:
         print(f"[bench {name}] not available: {exc}", file=sys.stderr)
-        results.append(name, command, notes=f"not run: bench/{name}.py is not importable ({exc})")
+        results.append(name, command, notes=f"not run: bench/{name}.py is not importable ({exc})", run=run_id)
         return {"error": f"not importable: {exc}"}
     try:
         out = mod.run(quick=quick)
     except Exception as exc:  # one failing bench must not hide the others' figures
         traceback.print_exc()
-        results.append(name, command, notes=f"FAILED: {type(exc).__name__}: {exc}")
+        results.append(name, command, notes=f"FAILED: {type(exc).__name__}: {exc}", run=run_id)
         return {"error": f"{type(exc).__name__}: {exc}"}
     out = dict(out or {})
     table = out.pop("_table", None)
@@ -35,7 +35,7 @@ def run_one(name: str, quick: bool, command: str) -> dict:
     if table:
         print(table)
     print(json.dumps(out, indent=1, default=str))
-    results.append(name, command, figures=out, table=table, notes=notes)
+    results.append(name, command, figures=out, table=table, notes=notes, run=run_id)
     return out
 
 
@@ -46,10 +46,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     names = [n for n in NAMES if n != "corpus"] if a.name == "all" else [a.name]
+    from .results import new_run_id
+    run_id = new_run_id()
+    print(f"bench run {run_id}")
     t0 = time.perf_counter()
     failed = []
     for n in names:
-        out = run_one(n, a.quick, command + (f"  [{n}]" if a.name == "all" else ""))
+        out = run_one(n, a.quick, command + (f"  [{n}]" if a.name == "all" else ""), run_id)
         if "error" in out:
             failed.append(n)
     print(f"bench {a.name}: {time.perf_counter() - t0:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))

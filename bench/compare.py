@@ -1,23 +1,31 @@
 """mixsql side by side with the loaders users would pick instead (``python -m bench compare``).
 
 Same corpus (bench.corpus, SlimPajama-shaped), same target token shares (``corpus.MIX_TARGET``),
-same BPE tokenizer (bench.tokenizer), same ``seq_len`` and batch size, every run in its own
-subprocess (bench.peers.runner) so peak RSS is clean. Figures per system:
+same BPE tokenizer (bench.tokenizer), same ``seq_len`` and batch size. After reading, every peer
+and the ``mixsql_harness`` row do identical work (``bench.peers.common``: one ``encode_batch_fast``
+call per 256 documents, a vectorised packer, whole-batch collation); ``mixsql`` is mixsql's native
+path. Every run is its own subprocess (bench.peers.runner). ``reps`` rounds run every system once
+each, in a rotated order (interleaved), and every figure is the median over the rounds with its
+min..max. Figures per system:
 
-* ``convert_s``       the system's own preparation (peers: conversion to their format; mixsql:
-                      registration, an index over the unchanged files, with BPE token counting)
-* ``first_batch_s``   loader construction to first batch (1 DataLoader worker)
-* ``tok_s_core_w1`` / ``tok_s_core_w2``  steady tokens/s divided by worker count (tokenizing on the fly)
-* ``tok_s_core_pretok``  same with pre-tokenized input, 1 worker (data-plane overhead only), over
-                      at least 3,000 batches (a long enough window at millions of tokens/s)
-* ``rss_mb``          peak RSS of the process tree (2 workers)
-* ``share_err_pp``    max |realised - target| token share over the first 1,000 batches (percentage points)
+* ``convert_s``         the system's own preparation (peers: conversion to their format; mixsql:
+                        registration, an index over the unchanged files, with BPE token counting)
+* ``first_batch_s``     loader construction to first batch (2 DataLoader workers, fresh process)
+* ``rss_mb``            peak RSS of the process tree with 2 workers
+* ``cpu_tok_s_w1|w2``   tokens per CPU-second of the whole process tree (main process, workers,
+                        all threads; psutil), BPE on the fly, 1 or 2 DataLoader workers
+* ``wall_tok_s_w1|w2``  tokens per wall-second of the same window
+* ``cpu_tok_s_pretok`` / ``wall_tok_s_pretok``  same with pre-tokenized input, 1 worker
+* ``share_err_max_pp``  max over batches 10..N of the cumulative |realised - target| token share
+                        (percentage points), N = min(batches, 1000), 1 worker
 * ``resume0_s`` / ``resume10k_s``  restore a checkpoint taken at step 0 / 10,000 (batch 1,
-                      seq_len 256, pre-tokenized) and deliver the next sequence
-Every figure also as a ratio to mixsql's.
+                        seq_len 256, pre-tokenized) and deliver the next sample
+* mixsql only: ``cpu_tok_s_w1_small_cache``: 1 worker with a 2 MiB reader cache, below the
+                        corpus' compressed size, so chunks keep re-decompressing shard prefixes
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import subprocess
@@ -27,17 +35,33 @@ from pathlib import Path
 
 from . import corpus as corpus_mod
 from .peers import SYSTEMS
-from .peers.common import env_for_subprocess
-from .results import markdown_table
+from .peers.common import SHARE_FROM, env_for_subprocess
+from .peers.runner import CONFIGS
+from .results import fmt_spread, markdown_table, spread
 
 REPO = Path(__file__).resolve().parent.parent
-FIGURES = ("convert_s", "first_batch_s", "tok_s_core_w1", "tok_s_core_w2", "tok_s_core_pretok", "rss_mb",
-           "share_err_pp", "resume0_s", "resume10k_s")
-HIGHER_IS_BETTER = {"tok_s_core_w1", "tok_s_core_w2", "tok_s_core_pretok"}
-IMPORTS = {"mixsql": "mixsql.torch", "hf_datasets": "datasets", "mosaic_streaming": "streaming",
-           "litdata": "litdata", "torchdata_nodes": "torchdata.nodes"}
-PIP = {"mixsql": "mixsql", "hf_datasets": "datasets", "mosaic_streaming": "mosaicml-streaming",
-       "litdata": "litdata", "torchdata_nodes": "torchdata"}
+IMPORTS = {"mixsql": "mixsql.torch", "mixsql_harness": "mixsql.torch", "hf_datasets": "datasets",
+           "mosaic_streaming": "streaming", "litdata": "litdata", "torchdata_nodes": "torchdata.nodes"}
+PIP = {"mixsql": "mixsql", "mixsql_harness": "mixsql", "hf_datasets": "datasets",
+       "mosaic_streaming": "mosaicml-streaming", "litdata": "litdata", "torchdata_nodes": "torchdata"}
+# figure -> (stream config, key of measure_stream's result)
+STREAM_FIGURES = {
+    "first_batch_s": ("w2", "first_batch_s"), "rss_mb": ("w2", "peak_rss_mb"),
+    "cpu_tok_s_w1": ("w1", "tokens_per_cpu_s"), "wall_tok_s_w1": ("w1", "tokens_per_s"),
+    "cpu_tok_s_w2": ("w2", "tokens_per_cpu_s"), "wall_tok_s_w2": ("w2", "tokens_per_s"),
+    "cpu_tok_s_pretok": ("pretok", "tokens_per_cpu_s"), "wall_tok_s_pretok": ("pretok", "tokens_per_s"),
+    "share_err_max_pp": ("w1", "share_err_max_pp"),
+    "cpu_tok_s_w1_small_cache": ("w1_small_cache", "tokens_per_cpu_s"),
+    "wall_tok_s_w1_small_cache": ("w1_small_cache", "tokens_per_s"),
+}
+FIGURES = ("convert_s", *STREAM_FIGURES, "resume0_s", "resume10k_s")
+HIGHER_IS_BETTER = {f for f in FIGURES if "tok_s" in f}
+RESUMES = ("mixsql", "hf_datasets", "mosaic_streaming", "litdata", "torchdata_nodes")
+# Mosaic's StreamingDataset keeps worker barriers in shared memory that a second dataset in the
+# same process waits on forever: one stream configuration per process there
+ONE_CONFIG_PER_PROCESS = {"mosaic_streaming"}
+PEERS = ("hf_datasets", "mosaic_streaming", "litdata", "torchdata_nodes")
+TARGET_PRETOK_X_BEST_PEER = 1.5     # BRIEF: pre-tokenized tokens/s per core >= 1.5x the best peer
 
 
 def _version(system: str) -> str:
@@ -48,11 +72,11 @@ def _version(system: str) -> str:
         return "?"
 
 
-def _call(system: str, task: str, corpus: Path, work: Path, timeout: float, **kw) -> dict:
-    cmd = [sys.executable, "-m", "bench.peers.runner", system, task, "--corpus", str(corpus), "--work", str(work)]
+def _call(system: str, task: str, corpus: Path, work_root: Path, timeout: float, **kw) -> dict:
+    cmd = [sys.executable, "-m", "bench.peers.runner", system, task, "--corpus", str(corpus),
+           "--work-root", str(work_root)]
     for k, v in kw.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
-    t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True,
                            timeout=timeout)
@@ -60,9 +84,7 @@ def _call(system: str, task: str, corpus: Path, work: Path, timeout: float, **kw
         return {"error": f"timeout after {timeout:.0f} s"}
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("@@RESULT "):
-            res = json.loads(line[len("@@RESULT "):])
-            res["_wall_s"] = round(time.perf_counter() - t0, 1)
-            return res
+            return json.loads(line[len("@@RESULT "):])
     tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
     return {"error": f"exit {p.returncode}: {tail[0][:300]}"}
 
@@ -72,10 +94,10 @@ def available(system: str) -> str | None:
     mod = IMPORTS[system]
     try:
         if importlib.util.find_spec(mod.split(".")[0]) is None:
-            return f"{PIP[system]} not installed (pip install -e '.[bench]')"
+            return f"{PIP[system]} not installed (see bench/README.md)"
     except (ImportError, ValueError) as exc:
         return str(exc)
-    if system == "mixsql":
+    if system.startswith("mixsql"):
         try:
             importlib.import_module("mixsql.torch")
             importlib.import_module("mixsql.registration")
@@ -84,86 +106,130 @@ def available(system: str) -> str | None:
     return None
 
 
-def compare(mb: float = 20, batches: int = 300, batch_size: int = 8, seq_len: int = 512, steps: int = 10_000,
-            seed: int = 0, systems=SYSTEMS, timeout: float = 240, log=print, pretok_batches: int = 3000) -> dict:
+def compressed_mb(corpus: Path) -> float:
+    return round(sum(p.stat().st_size for p in (corpus / "jsonl").glob("*.jsonl.zst")) / 1e6, 1)
+
+
+def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batch_size: int = 8,
+            seq_len: int = 512, steps: int = 10_000, reps: int = 5, convert_reps: int | None = None,
+            configs=("w2", "w1", "pretok"), seed: int = 0, systems=SYSTEMS, timeout: float = 600,
+            resume: bool = True, log=print) -> dict:
+    """Run the comparison; returns figures (median/min/max per system), a table and notes."""
     t0 = time.perf_counter()
     corpus = corpus_mod.ensure_corpus(mb, seed=seed)
     work_root = corpus.parent / "work" / corpus.name
-    rows, raw, notes = {}, {}, []
-    for system in systems:
-        why = available(system)
+    convert_reps = reps if convert_reps is None else convert_reps
+    runs = {s: {f: [] for f in FIGURES} for s in systems}
+    errors = {s: [] for s in systems}
+    skipped = {}
+    for s in systems:
+        why = available(s)
         if why:
-            rows[system] = {"status": f"not run: {why}"}
-            log(f"[compare] {system}: not run ({why})")
+            skipped[s] = why
+            log(f"[compare] {s}: not run ({why})")
+    live = [s for s in systems if s not in skipped]
+    own_data = [s for s in live if s != "mixsql_harness"]
+
+    def note_error(s, what, res):
+        if "error" in res:
+            errors[s].append(f"{what}: {res['error']}")
+            log(f"[compare] {s} {what}: {res['error']}")
+            return True
+        return False
+
+    for r in range(max(convert_reps, 1)):                 # preparation, interleaved
+        for s in own_data[r % len(own_data):] + own_data[:r % len(own_data)]:
+            res = _call(s, "convert", corpus, work_root, timeout, mode="text")
+            if not note_error(s, "convert", res):
+                runs[s]["convert_s"].append(res["conversion_s"])
+    for s in own_data:
+        note_error(s, "convert tokens", _call(s, "convert", corpus, work_root, timeout, mode="tokens"))
+    for r in range(reps):                                  # streams and resumes, interleaved
+        for s in live[r % len(live):] + live[:r % len(live)]:
+            cfgs = list(configs) + (["w1_small_cache"] if s == "mixsql" and "w1" in configs else [])
+            groups = [[c] for c in cfgs] if s in ONE_CONFIG_PER_PROCESS else [cfgs]
+            res = {}
+            for g in groups:
+                part = _call(s, "stream", corpus, work_root, timeout, configs=",".join(g), batches=batches,
+                             pretok_batches=pretok_batches, batch_size=batch_size, seq_len=seq_len, seed=seed + r)
+                if "error" in part:
+                    res = part
+                    break
+                res.update(part)
+            if not note_error(s, "stream", res):
+                for fig, (cfg, key) in STREAM_FIGURES.items():
+                    v = res.get(cfg, {}).get(key)
+                    if v is not None:
+                        runs[s][fig].append(v)
+            if resume and s in RESUMES:
+                rs = _call(s, "resume", corpus, work_root, timeout, steps=steps, seq_len=256, seed=seed)
+                if not note_error(s, "resume", rs):
+                    runs[s]["resume0_s"].append(rs["resume_s_at_0"])
+                    runs[s]["resume10k_s"].append(rs[f"resume_s_at_{steps}"])
+        log(f"[compare] round {r + 1}/{reps} done ({time.perf_counter() - t0:.0f} s)")
+    stats = {s: {f: spread(v) for f, v in runs[s].items() if v} for s in live}
+    shown = [f for f in FIGURES if any(f in stats[s] for s in live)]
+    rows = []
+    for s in systems:
+        row = {"system": f"{s} {_version(s)}"}
+        for f in shown:
+            row[f] = fmt_spread(stats[s][f]) if s in stats and f in stats[s] else "—"
+        row["status"] = (f"not run: {skipped[s]}" if s in skipped else
+                         "ok" if not errors[s] else "errors: " + "; ".join(errors[s])[:400])
+        rows.append(row)
+    ratio_rows = []
+    ref = stats.get("mixsql", {})
+    for s in live:
+        row = {"system": s}
+        for f in shown:
+            m, v = ref.get(f, {}).get("median"), stats[s].get(f, {}).get("median")
+            row[f] = f"{v / m:.2f}x" if m and v is not None else "—"
+        ratio_rows.append(row)
+    table = (markdown_table(rows, ["system", *shown, "status"]) + "\n\nMedians as a ratio to mixsql's "
+             "(for tok_s higher is better, for the rest lower is better):\n\n"
+             + markdown_table(ratio_rows, ["system", *shown]))
+    notes = (
+        f"Corpus {mb:g} MB of text SlimPajama-shaped (bench.corpus, seed {seed}), {compressed_mb(corpus)} MB of "
+        f".jsonl.zst shards; target token shares {json.dumps(corpus_mod.MIX_TARGET)}; batch {batch_size} x "
+        f"seq_len {seq_len}; {batches} batches per BPE stream run, {pretok_batches} pre-tokenized (CPU and "
+        f"wall over the batches after the first {max(2, min(20, batches // 10))}); share error over batches "
+        f"{SHARE_FROM}..{min(batches, 1000)}; resume at step 0 vs {steps} (batch 1, seq_len 256, pre-tokenized). "
+        f"Each cell: median (min..max) of {reps} interleaved rounds (preparation: {convert_reps}). Peers get "
+        "per-sample weights target_d / mean_tokens_d, mixsql weights tokens directly (unit = 'tokens'). "
+        "Shared 2-core machine: other jobs ran at the same time, so the spreads include their load.")
+    vs_best = {}
+    for f in shown:
+        peers = [(p, stats[p][f]["median"]) for p in PEERS if p in stats and f in stats[p]]
+        m = ref.get(f, {}).get("median")
+        if not peers or m is None:
             continue
-        r: dict = {}
-        errors = []
-
-        def step(key, task, mode, **kw):
-            res = _call(system, task, corpus, work_root / f"{system}-{mode}", timeout, mode=mode, seed=seed, **kw)
-            raw[f"{system}.{key}"] = res
-            if "error" in res:
-                errors.append(f"{key}: {res['error']}")
-            return res
-
-        c = step("convert_text", "convert", "text")
-        r["convert_s"] = c.get("conversion_s")
-        step("convert_tokens", "convert", "tokens")
-        s1 = step("stream_w1", "stream", "text", workers=1, batches=batches, batch_size=batch_size, seq_len=seq_len)
-        s2 = step("stream_w2", "stream", "text", workers=2, batches=batches, batch_size=batch_size, seq_len=seq_len)
-        # pre-tokenized runs at millions of tokens/s: 200 batches would be a ~0.1 s window
-        sp = step("stream_pretok", "stream", "tokens", workers=1, batches=max(batches, pretok_batches),
-                  batch_size=batch_size, seq_len=seq_len)
-        rs = step("resume", "resume", "tokens", steps=steps, seq_len=256)
-        r["first_batch_s"] = s1.get("first_batch_s")
-        r["tok_s_core_w1"] = s1.get("tokens_per_s")
-        r["tok_s_core_w2"] = s2["tokens_per_s"] / 2 if s2.get("tokens_per_s") else None
-        r["tok_s_core_pretok"] = sp.get("tokens_per_s")
-        r["rss_mb"] = s2.get("peak_rss_mb")
-        r["share_err_pp"] = s1.get("share_err_pp")
-        r["resume0_s"] = rs.get("resume_s_at_0")
-        r["resume10k_s"] = rs.get(f"resume_s_at_{steps}")
-        r["status"] = "ok" if not errors else "partial: " + "; ".join(errors)
-        rows[system] = r
-        log(f"[compare] {system}: {json.dumps(r)}")
-    ref = rows.get("mixsql", {})
-    table_rows = []
-    for system, r in rows.items():
-        row = {"system": f"{system} {_version(system)}"}
-        for f in FIGURES:
-            v, m = r.get(f), ref.get(f)
-            if v is None:
-                row[f] = "—"
-            elif m:
-                row[f] = f"{_fmt(v)} ({v / m:.2f}x)"
-            else:
-                row[f] = _fmt(v)
-        row["status"] = r.get("status", "")
-        table_rows.append(row)
-    table = markdown_table(table_rows, ["system", *FIGURES, "status"])
-    notes.append(
-        f"Corpus {mb:g} MB SlimPajama-shaped (bench.corpus, seed {seed}); target token shares "
-        f"{json.dumps(corpus_mod.MIX_TARGET)}; batch {batch_size} x seq_len {seq_len}; {batches} batches per "
-        f"stream run (share error over min({batches}, 1000) batches); resume at step 0 vs {steps} (batch 1, "
-        "seq_len 256, pre-tokenized). Ratios are system / mixsql (for tokens/s higher is better, for all "
-        "other columns lower is better). Peers get per-sample weights target_d / mean_tokens_d, mixsql "
-        "weights tokens directly (unit = 'tokens').")
-    return {"_table": table, "_notes": "\n".join(notes), "systems": rows,
-            "compare_seconds": round(time.perf_counter() - t0, 1), "raw": raw}
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
-    return str(v)
+        best, v = (max if f in HIGHER_IS_BETTER else min)(peers, key=lambda pv: pv[1])
+        vs_best[f] = {"best_peer": best, "best_peer_value": fmt_spread(stats[best][f]),
+                      "mixsql_over_best_peer": f"{m / v:.2f}x" if v else "—",
+                      "mixsql_ahead": (m > v) if f in HIGHER_IS_BETTER else (m < v)}
+    figures = {"systems": {s: {f: fmt_spread(v) for f, v in stats[s].items()} for s in live},
+               "vs_best_peer": vs_best, "target_pretok_x_best_peer": TARGET_PRETOK_X_BEST_PEER,
+               "corpus_mb": mb, "corpus_compressed_mb": compressed_mb(corpus), "reps": reps,
+               "compare_seconds": round(time.perf_counter() - t0, 1)}
+    if "cpu_tok_s_pretok" in vs_best:
+        m, v = ref["cpu_tok_s_pretok"]["median"], stats[vs_best["cpu_tok_s_pretok"]["best_peer"]]["cpu_tok_s_pretok"]["median"]
+        figures["pretok_target_met"] = m >= TARGET_PRETOK_X_BEST_PEER * v
+    if skipped:
+        figures["not_run"] = skipped
+    return {"_table": table, "_notes": notes, **figures, "_stats": stats}
 
 
 def run(quick: bool = False) -> dict:
     if quick:
-        out = compare(mb=20, batches=200, batch_size=8, seq_len=512, steps=10_000)
+        out = compare(mb=20, batches=300, pretok_batches=3000, batch_size=8, seq_len=512, reps=5)
     else:
-        out = compare(mb=200, batches=1000, batch_size=8, seq_len=1024, steps=10_000, timeout=900)
-    out.pop("raw", None)
+        out = compare(mb=200, batches=1000, pretok_batches=10000, batch_size=8, seq_len=1024, reps=5, timeout=1800)
+        big = compare(mb=1000, batches=1000, pretok_batches=10000, batch_size=8, seq_len=1024, reps=5,
+                      convert_reps=1, configs=("w1",), resume=False, timeout=3600)
+        out["_table"] += "\n\n1 GB corpus (BPE on the fly, 1 worker, default caches):\n\n" + big["_table"]
+        out["_notes"] += "\n\n" + big["_notes"]
+        out["gb_run"] = {k: v for k, v in big.items() if not k.startswith("_")}
+    out.pop("_stats", None)
     return out
 
 

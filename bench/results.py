@@ -1,10 +1,17 @@
-"""The results log ``bench/RESULTS.md``: one section per run (machine, date, command, figures)."""
+"""The results log ``bench/RESULTS.md``: one section per run (machine, date, command, run id,
+figures), plus the summary every repeated figure uses: median with its min..max.
+
+A run id (``YYYY-MM-DDTHH:MMZ`` of the invocation's start) ties together the sections one
+``python -m bench ...`` invocation appends, so README can cite one run (tests/test_readme_figures.py).
+"""
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
 import platform
+import re
+import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -64,12 +71,46 @@ def flat_figures(figures: dict, prefix: str = "") -> list[dict]:
     return rows
 
 
+def spread(values) -> dict:
+    """Median, min, max and count of repeated measurements (never a best-of)."""
+    vals = [float(v) for v in values]
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def fmt_num(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def fmt_spread(s: dict) -> str:
+    """``median (min..max)``; a single run says so."""
+    if s["n"] == 1:
+        return f"{fmt_num(s['median'])} (1 run)"
+    return f"{fmt_num(s['median'])} ({fmt_num(s['min'])}..{fmt_num(s['max'])})"
+
+
+def new_run_id(when: _dt.datetime | None = None) -> str:
+    when = when or _dt.datetime.now(_dt.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def sections(run_id: str, path: Path = RESULTS) -> dict[str, str]:
+    """The sections of one run: bench name -> section text."""
+    out = {}
+    for part in re.split(r"\n(?=## )", Path(path).read_text()):
+        if f"\n- run: {run_id}\n" in part + "\n":
+            out[part.split("\n", 1)[0][3:].split(" — ")[0]] = part
+    return out
+
+
 def append(name: str, command: str, figures: dict | None = None, table: str | None = None,
-           notes: str | None = None, path: Path = RESULTS, when: _dt.datetime | None = None) -> str:
+           notes: str | None = None, path: Path = RESULTS, when: _dt.datetime | None = None,
+           run: str | None = None) -> str:
     """Append one section to the results file; returns the section's text."""
     when = when or _dt.datetime.now(_dt.timezone.utc)
     parts = [f"\n## {name} — {when.strftime('%Y-%m-%d %H:%M UTC')}\n",
-             f"- machine: {machine()}", f"- command: `{command}`", ""]
+             f"- machine: {machine()}", f"- command: `{command}`", f"- run: {run or new_run_id(when)}", ""]
     if table:
         parts += [table, ""]
     if figures:

@@ -1,15 +1,19 @@
-"""Flight server under many ranks, plus the cost of ADO feedback and refits.
+"""Flight server under many ranks (real client processes), plus the cost of ADO feedback and refits.
 
 Method: the server runs in its own process (``python -m mixsql.server``) over a generated
-catalog (8 domains, 5000 samples each, 256 tokens per sample). Ranks are threads spread
-over 4 client processes; each process shares 2 ``MixClient`` connections among its threads.
-Every rank is data-parallel rank r of ``dp_world = clients`` and pulls its own chunks
-(``r, r + clients, ...``) with ``get_chunk(job, k, rank=r)``.
+catalog (8 domains, 5000 samples each, 256 tokens per sample). 256 ranks run as threads spread
+over 16 client processes (16 ranks each, 2 ``MixClient`` connections per process), started once
+and driven phase by phase. Every rank is data-parallel rank r of ``dp_world = 256`` and pulls its
+own chunks (``r, r + 256, ...``) with ``get_chunk(job, k, rank=r)``; each phase uses a fresh job.
 
-* paced phase: each rank pulls one chunk (chunk_size samples * 256 tokens) every
-  ``chunk_tokens / demand`` seconds, i.e. a per-GPU demand of ``demand`` tokens/s, with
-  start times spread over one interval; reports p50/p99 chunk latency (client side).
-* unpaced phase: every rank pulls back to back; reports the server's throughput.
+* paced phases: every rank pulls one chunk every ``256 / rate`` seconds (start times spread over
+  one interval), for aggregate rates from half to four times the demand of 256 GPUs at 16,000
+  tokens/s each (125 chunks/s of 128 x 256 tokens); p50/p99 latency per chunk, client side.
+  A 1 s paced warm-up phase after the clients connect is not recorded.
+* unpaced phase: every rank pulls back to back; the server's throughput and its latencies.
+* ``p99_crosses_50ms_at``: the lowest swept rate whose median p99 exceeds 50 ms.
+* Rounds: all phases run ``reps`` times (rounds interleave the phases); each figure is the median
+  over rounds with its min..max.
 * ADO: one feedback call through the server (median of 50) on a 8-group ADO job, and one
   refit of a 22-group (The Pile's domains) 5000-step loss history, measured in-process.
 * ADO at depth: the job's own persistence cost per feedback call (in-process ``Job.feedback``,
@@ -41,43 +45,46 @@ ADO_SQL = ("SELECT * FROM samples MIX BY domain USING ADO (update_every = 1000) 
 CLIENT = r"""
 import json, sys, threading, time
 from mixsql.client import MixClient
-loc, job, ranks, world, conns, interval, duration = sys.argv[1:8]
+loc, ranks, world, conns = sys.argv[1:5]
 ranks = [int(x) for x in ranks.split(",")]
-world, conns, interval, duration = int(world), int(conns), float(interval), float(duration)
+world, conns = int(world), int(conns)
 clients = [MixClient(loc) for _ in range(conns)]
 for c in clients:
     c.ping()
 print("ready", flush=True)
-start = float(sys.stdin.readline())
-lat, tokens, errors = [], [0], []
-lock = threading.Lock()
-def rank_loop(i, r):
-    c = clients[i % conns]
-    k = r
-    offset = interval * (r / world) if interval > 0 else 0.0
-    nxt = start + offset
-    while True:
-        now = time.time()
-        if now < nxt:
-            time.sleep(nxt - now)
-        if time.time() > start + duration:
-            return
-        t0 = time.perf_counter()
-        try:
-            t = c.get_chunk(job, k, rank=r, worker=0)
-        except Exception as exc:
-            with lock: errors.append(str(exc)[:200])
-            return
-        dt = time.perf_counter() - t0
-        with lock:
-            lat.append(dt)
-            tokens[0] += int(sum(t.column("n_tokens").to_pylist())) if t is not None else 0
-        k += world
-        nxt = nxt + interval if interval > 0 else time.time()
-threads = [threading.Thread(target=rank_loop, args=(i, r)) for i, r in enumerate(ranks)]
-for t in threads: t.start()
-for t in threads: t.join()
-print(json.dumps({"lat": lat, "tokens": tokens[0], "errors": errors[:3]}))
+for line in sys.stdin:
+    phase = json.loads(line)
+    if phase is None:
+        break
+    job, interval, duration, start = phase["job"], phase["interval"], phase["duration"], phase["start"]
+    lat, tokens, errors = [], [0], []
+    lock = threading.Lock()
+    def rank_loop(i, r):
+        c = clients[i % conns]
+        k = r
+        nxt = start + (interval * (r / world) if interval > 0 else 0.0)
+        while True:
+            now = time.time()
+            if now < nxt:
+                time.sleep(nxt - now)
+            if time.time() > start + duration:
+                return
+            t0 = time.perf_counter()
+            try:
+                t = c.get_chunk(job, k, rank=r, worker=0)
+            except Exception as exc:
+                with lock: errors.append(str(exc)[:200])
+                return
+            dt = time.perf_counter() - t0
+            with lock:
+                lat.append(dt)
+                tokens[0] += int(sum(t.column("n_tokens").to_pylist())) if t is not None else 0
+            k += world
+            nxt = nxt + interval if interval > 0 else time.time()
+    threads = [threading.Thread(target=rank_loop, args=(i, r)) for i, r in enumerate(ranks)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    print(json.dumps({"lat": lat, "tokens": tokens[0], "errors": errors[:3]}), flush=True)
 """
 
 
@@ -112,29 +119,49 @@ def _pct(xs, q):
     return float(np.percentile(np.asarray(xs) * 1000, q)) if xs else float("nan")
 
 
-def _phase(loc, job, clients, procs, conns, interval, duration, env):
-    per = [list(range(p, clients, procs)) for p in range(procs)]
-    ps = [subprocess.Popen([sys.executable, "-c", CLIENT, loc, job, ",".join(map(str, rs)), str(clients),
-                            str(conns), str(interval), str(duration)], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rs in per]
-    for p in ps:                              # every process imported and connected
-        if p.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"bench client failed to start: {p.stderr.read()[-2000:]}")
-    start = time.time() + 0.5
-    for p in ps:
-        p.stdin.write(f"{start}\n")
-        p.stdin.flush()
-    lat, tokens, errors = [], 0, []
-    for p in ps:
-        out, err = p.communicate(timeout=duration + 120)
-        if p.returncode != 0:
-            raise RuntimeError(f"bench client failed: {err[-2000:]}")
-        r = json.loads(out)
-        lat += r["lat"]
-        tokens += r["tokens"]
-        errors += r["errors"]
-    return {"chunks": len(lat), "chunks_per_s": len(lat) / duration, "tokens_per_s": tokens / duration,
-            "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "max_ms": _pct(lat, 100), "errors": errors}
+class ClientPool:
+    """``procs`` client processes holding ``clients`` ranks between them, driven phase by phase."""
+
+    def __init__(self, loc: str, clients: int, procs: int, conns: int, env: dict):
+        per = [list(range(p, clients, procs)) for p in range(procs)]
+        self.ps = [subprocess.Popen([sys.executable, "-c", CLIENT, loc, ",".join(map(str, rs)), str(clients),
+                                     str(conns)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env) for rs in per]
+        for p in self.ps:                      # every process imported and connected
+            if p.stdout.readline().strip() != "ready":
+                self.close()
+                raise RuntimeError(f"bench client failed to start: {p.stderr.read()[-2000:]}")
+
+    def phase(self, job: str, interval: float, duration: float) -> dict:
+        start = time.time() + 0.5
+        for p in self.ps:
+            p.stdin.write(json.dumps({"job": job, "interval": interval, "duration": duration, "start": start}) + "\n")
+            p.stdin.flush()
+        lat, tokens, errors = [], 0, []
+        for p in self.ps:
+            line = p.stdout.readline()
+            if not line:
+                raise RuntimeError(f"bench client died: {p.stderr.read()[-2000:]}")
+            r = json.loads(line)
+            lat += r["lat"]
+            tokens += r["tokens"]
+            errors += r["errors"]
+        return {"chunks": len(lat), "chunks_per_s": len(lat) / duration, "tokens_per_s": tokens / duration,
+                "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "max_ms": _pct(lat, 100), "errors": errors}
+
+    def close(self) -> None:
+        for p in self.ps:
+            try:
+                p.stdin.write("null\n")
+                p.stdin.close()
+            except (OSError, ValueError):
+                pass
+        for p in self.ps:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def ado_costs(client, cat_job) -> dict:
@@ -193,40 +220,78 @@ def ado_feedback_at_depth(catalog: Path, chunk: int, depths=(100, 100_000)) -> d
     return out
 
 
-def run(quick: bool) -> dict:
+CLIENTS, CLIENT_PROCS, CONNS = 256, 16, 2
+CHUNK = 128
+DEMAND = 16_000                      # tokens/s per GPU
+RATE_FACTORS = (0.5, 1, 2, 3, 4)     # paced aggregate rates, in multiples of the demand of CLIENTS GPUs
+TARGET_P99_MS = 50
+
+
+def run(quick: bool, reps: int = 5) -> dict:
     from mixsql.client import MixClient
 
-    clients = 64 if quick else 256
-    duration = 5.0 if quick else 20.0
-    chunk = 128
-    demand = 16_000                                   # tokens/s per GPU
-    chunk_tokens = chunk * TOKENS_PER_SAMPLE
-    interval = chunk_tokens / demand
+    from .results import fmt_spread, spread
+
+    duration = 3.0 if quick else 10.0
+    chunk_tokens = CHUNK * TOKENS_PER_SAMPLE
+    demand_rate = CLIENTS * DEMAND / chunk_tokens                   # chunks/s of CLIENTS GPUs
+    rates = [round(f * demand_rate, 1) for f in RATE_FACTORS]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    phases = {f"paced_{r:g}": r for r in rates}
+    phases["unpaced"] = 0.0
+    by_phase: dict[str, list[dict]] = {k: [] for k in phases}
     with tempfile.TemporaryDirectory() as tmp:
         cat = make_catalog(Path(tmp))
         port = _free_port()
         server = subprocess.Popen([sys.executable, "-m", "mixsql.server", str(cat), str(port)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pool = None
         try:
             server.stdout.readline()
             loc = f"grpc://127.0.0.1:{port}"
             c = MixClient(loc)
-            topo = {"dp_world": clients, "num_workers": 1}
-            job = c.register_job(SQL.format(chunk=chunk), topology=topo)
-            paced = _phase(loc, job, clients, 4, 2, interval, duration, env)
-            job2 = c.register_job(SQL.format(chunk=chunk).replace("seed = 1", "seed = 3"), topology=topo)
-            unpaced = _phase(loc, job2, clients, 4, 2, 0.0, duration / 2, env)
-            ado_job = c.register_job(ADO_SQL.format(chunk=chunk))
+            topo = {"dp_world": CLIENTS, "num_workers": 1}
+            pool = ClientPool(loc, CLIENTS, CLIENT_PROCS, CONNS, env)
+            warm = c.register_job(SQL.format(chunk=CHUNK).replace("seed = 1", "seed = 9"), topology=topo)
+            pool.phase(warm, CLIENTS / demand_rate, 1.0)     # warm-up, not recorded
+            names = list(phases)
+            seed = 10
+            for r in range(reps):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    seed += 1
+                    job = c.register_job(SQL.format(chunk=CHUNK).replace("seed = 1", f"seed = {seed}"), topology=topo)
+                    rate = phases[name]
+                    by_phase[name].append(pool.phase(job, CLIENTS / rate if rate else 0.0, duration))
+            ado_job = c.register_job(ADO_SQL.format(chunk=CHUNK))
             ado = ado_costs(c, ado_job)
         finally:
+            if pool is not None:
+                pool.close()
             server.terminate()
             server.wait(10)
-        ado.update(ado_feedback_at_depth(cat, chunk))
-    return {"clients": clients, "client_processes": 4, "connections_per_process": 2,
-            "chunk_samples": chunk, "chunk_tokens": chunk_tokens, "demand_tokens_per_s_per_gpu": demand,
-            "paced": paced, "unpaced": unpaced, **ado,
-            "target_p99_ms": 50, "p99_ok": paced["p99_ms"] < 50}
+        ado.update(ado_feedback_at_depth(cat, CHUNK))
+    out = {"clients": CLIENTS, "client_processes": CLIENT_PROCS, "connections_per_process": CONNS,
+           "chunk_samples": CHUNK, "chunk_tokens": chunk_tokens, "demand_tokens_per_s_per_gpu": DEMAND,
+           "demand_chunks_per_s": round(demand_rate, 1), "phase_s": duration, "reps": reps}
+    p99_median = {}
+    for name, res in by_phase.items():
+        fig = {k: fmt_spread(spread([x[k] for x in res])) for k in ("chunks_per_s", "p50_ms", "p99_ms")}
+        errors = [e for x in res for e in x["errors"]]
+        if errors:
+            fig["errors"] = errors[:3]
+        out[name] = fig
+        p99_median[name] = spread([x["p99_ms"] for x in res])["median"]
+    crossing = next((r for r in rates if p99_median[f"paced_{r:g}"] > TARGET_P99_MS), None)
+    out["p99_crosses_50ms_at_chunks_per_s"] = crossing if crossing is not None else f"> {rates[-1]:g} (not reached)"
+    out["p99_at_demand_ms"] = out[f"paced_{demand_rate:g}"]["p99_ms"]
+    out["target_p99_ms"] = TARGET_P99_MS
+    out["p99_ok_at_demand"] = p99_median[f"paced_{demand_rate:g}"] < TARGET_P99_MS
+    out.update(ado)
+    out["_notes"] = (f"{CLIENTS} ranks as threads in {CLIENT_PROCS} client processes, {CONNS} connections each; "
+                     f"phases of {duration:g} s, {reps} rounds, interleaved; each cell median (min..max) over rounds. "
+                     f"Paced rates are aggregate chunks/s ({demand_rate:g} = {CLIENTS} GPUs at {DEMAND:,} tokens/s). "
+                     "Server, clients and any other jobs share this machine's 2 cores.")
+    return out
 
 
 if __name__ == "__main__":

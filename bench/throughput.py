@@ -1,141 +1,130 @@
-"""Delivered tokens/s per core: mixsql (read .jsonl.zst + BPE + pack) vs. the tokenizer alone on
-the same texts, and pre-tokenized Parquet (read + pack only).
+"""Delivered tokens per CPU-second: mixsql (read .jsonl.zst + BPE + pack + batch) against the
+tokenizer alone on the same texts, and mixsql over pre-tokenized Parquet (read + pack only).
 
-    python -c "import bench.throughput as t; print(t.run(quick=True))"
+    python -m bench throughput [--quick]
 
-"Per core" = tokens / process CPU seconds (all threads), with the tokenizer pinned to one thread
-(RAYON_NUM_THREADS=1) so both sides use the same compute; each side runs 3 times, interleaved,
-and its best run counts (the shared machine's noise exceeds the effect measured). Target: mixsql
-overhead < 10%.
+Corpus: shards of the SlimPajama-shaped bench corpus (bench.corpus; quick: 3 shards, full: all 5
+shards of the 20 MB corpus). Tokenizer alone: the texts in memory, one ``encode_batch_fast`` call
+per 512 documents (mixsql's chunk size, and mixsql's own call). mixsql: ``MixDataLoader(batch_size=8,
+num_workers=0)`` over ``MixDataset(tokenizer=..., seq_len=2048)`` of every document exactly once
+(``MIX BY redpajama_set_name WITH NATURAL``, ``on_exhausted = 'redistribute'``).
+
+Both clocks cover everything: mixsql's from before ``iter()`` (query, first chunk included) to the
+last batch. CPU time is process CPU time of the whole process tree (all threads, psutil); the
+tokenizer is pinned to one thread (RAYON_NUM_THREADS=1) on both sides so both use the same
+compute. Wall time is reported separately. The three sides run ``reps`` times, interleaved;
+every figure is the median with its min..max. Target: mixsql's overhead < 10%.
 """
 from __future__ import annotations
 
 import json
 import os
-import random
+import shutil
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = ("the of and to in is was for on that with as by at from his her it an were are which this be or "
-         "has had not but one their they its new after first also who two been have more into other time "
-         "data model train token python function return value system language world city river school").split()
+CHUNK = 512
+SEQ_LEN = 2048
+TARGET_OVERHEAD_PCT = 10
 
 
-def _corpus(n_docs: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
+def _link_shards(corpus: Path, sub: str, pattern: str, n: int, dest: Path) -> list[Path]:
+    dest.mkdir(parents=True)
     out = []
-    for i in range(n_docs):
-        n = rng.randint(50, 600)
-        out.append({"text": " ".join(rng.choice(WORDS) for _ in range(n)) + f" #{i}",
-                    "domain": rng.choice(["web", "code", "books"])})
+    for p in sorted((corpus / sub).glob(pattern))[:n]:
+        (dest / p.name).symlink_to(p)
+        out.append(p)
     return out
 
 
-def _cpu() -> float:
-    return time.process_time()
-
-
-def run(quick: bool = True) -> dict:
-    import pyarrow as pa
+def run(quick: bool = True, reps: int = 5) -> dict:
     import pyarrow.parquet as pq
-    import zstandard
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     from mixsql.catalog import Catalog
     from mixsql.registration import create_source
-    from mixsql.torch import MixDataset
+    from mixsql.torch import MixDataLoader, MixDataset
 
-    n_docs = 3000 if quick else 30000
-    seq_len = 2048
-    recs = _corpus(n_docs)
-    tmp = Path(tempfile.mkdtemp(prefix="mixsql-bench-"))
-    (tmp / "zst").mkdir()
-    shards = 4
-    for s in range(shards):
-        blob = "".join(json.dumps(r) + "\n" for r in recs[s::shards]).encode()
-        (tmp / "zst" / f"part{s}.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=3).compress(blob))
-    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator((r["text"] for r in recs[:2000]),
-                            trainers.BpeTrainer(vocab_size=4096, special_tokens=["[UNK]", "<|endoftext|>"]))
-    tok_path = tmp / "tokenizer.json"
-    tok.save(str(tok_path))
-    texts = [r["text"] for r in recs]
+    from . import corpus as corpus_mod
+    from .peers.common import TreeMeter, encode_flat
+    from .results import fmt_spread, spread
+    from .tokenizer import load
 
-    # tokenizer alone, same texts, same batching granularity as mixsql (one chunk = 512 docs), same
-    # call as mixsql (encode_batch_fast: no offsets, tokenizers >= 0.20) so the overhead is mixsql's own
-    tok = Tokenizer.from_file(str(tok_path))   # the same object kind mixsql loads (not the trainer's)
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    corpus = corpus_mod.ensure_corpus(20)
+    shards = 3 if quick else 5
+    tmp = Path(tempfile.mkdtemp(prefix="mixsql-bench-throughput-"))
+    try:
+        _link_shards(corpus, "jsonl", "*.jsonl.zst", shards, tmp / "zst")
+        pq_files = _link_shards(corpus, "parquet", "*.parquet", shards, tmp / "pq")
+        _link_shards(corpus, "tokenized", "*.parquet", shards, tmp / "tok")
+        tok_path = str(corpus / "tokenizer.json")
+        texts = [t for p in pq_files for t in pq.read_table(p, columns=["text"]).column("text").to_pylist()]
+        cat_dir = tmp / "cat"
+        with Catalog(cat_dir) as cat:
+            create_source(cat, "zst", str(tmp / "zst" / "*.jsonl.zst"), options={"preset": "slimpajama"},
+                          progress=False)
+            create_source(cat, "pretok", str(tmp / "tok" / "*.parquet"), format="parquet",
+                          options={"tokens": "tokens"}, progress=False)
+        tok = load(tok_path)
+        meter = TreeMeter()
 
-    def baseline():
-        c0 = _cpu()
-        n = 0
-        for i in range(0, len(texts), 512):
-            n += sum(len(e.ids) + 1 for e in encode(texts[i:i + 512], add_special_tokens=False))
-        return n, _cpu() - c0
+        def tokenizer_alone():
+            c0, w0 = meter.read()
+            n = 0
+            for i in range(0, len(texts), CHUNK):
+                _, lengths = encode_flat(tok, texts[i:i + CHUNK])
+                n += int(lengths.sum()) + len(lengths)          # + EOS per document, as packed
+            c1, w1 = meter.read()
+            return n, c1 - c0, w1 - w0
 
-    cat_dir = tmp / "cat"
-    with Catalog(cat_dir) as cat:
-        create_source(cat, "zst", str(tmp / "zst" / "*.jsonl.zst"), progress=False)
-    sql = ("SELECT * FROM samples WHERE source = 'zst' MIX BY domain WITH NATURAL "
-           "SETTINGS (chunk_size = 512, seed = 1)")
+        def mixsql(source: str):
+            sql = (f"SELECT * FROM samples WHERE source = '{source}' MIX BY redpajama_set_name WITH NATURAL "
+                   f"SETTINGS (chunk_size = {CHUNK}, seed = 1, on_exhausted = 'redistribute')")
+            c0, w0 = meter.read()
+            ds = MixDataset(sql, catalog=str(cat_dir), tokenizer=tok_path, seq_len=SEQ_LEN)
+            n = 0
+            for b in MixDataLoader(ds, batch_size=8, num_workers=0):
+                n += int(b["length"].sum())
+            c1, w1 = meter.read()
+            return n, c1 - c0, w1 - w0
 
-    def mixsql_once():
-        ds = MixDataset(sql, catalog=str(cat_dir), tokenizer=str(tok_path), seq_len=seq_len, prefetch=2)
-        it = iter(ds)
-        first = next(it)  # exclude the query / open cost (measured elsewhere: query-to-first-chunk)
-        c0, w0 = _cpu(), time.perf_counter()
-        n = int(first["length"])
-        for item in it:
-            n += int(item["length"])
-        return n, _cpu() - c0, time.perf_counter() - w0
+        sides = {"tokenizer_alone": tokenizer_alone, "mixsql_zst_bpe": lambda: mixsql("zst"),
+                 "mixsql_pretokenized": lambda: mixsql("pretok")}
+        runs = {k: [] for k in sides}
+        names = list(sides)
+        for r in range(reps):                                   # interleaved, rotated order
+            for k in names[r % 3:] + names[:r % 3]:
+                runs[k].append(sides[k]())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
-    # interleaved, best of 3 on each side: the shared machine's noise is larger than the effect
-    base_runs, mix_runs = [], []
-    for _ in range(3):
-        base_runs.append(baseline())
-        mix_runs.append(mixsql_once())
-    base_tokens, base_cpu = min(base_runs, key=lambda r: r[1])
-    mix_tokens, mix_cpu, mix_wall = min(mix_runs, key=lambda r: r[1])
+    def per_core(k):
+        return spread([n / c for n, c, _ in runs[k]])
 
-    # pre-tokenized parquet: same documents, ids precomputed
-    ids = [e.ids + [1] for e in tok.encode_batch(texts, add_special_tokens=False)]
-    (tmp / "pq").mkdir()
-    pq.write_table(pa.table({"text": texts, "tokens": pa.array(ids, pa.list_(pa.int32())),
-                             "domain": [r["domain"] for r in recs]}), tmp / "pq" / "part0.parquet",
-                   row_group_size=1024)
-    with Catalog(cat_dir) as cat:
-        create_source(cat, "pretok", str(tmp / "pq" / "*.parquet"), format="parquet",
-                      options={"tokens": "tokens"}, progress=False)
-    sql_pq = ("SELECT * FROM samples WHERE source = 'pretok' MIX BY domain WITH NATURAL "
-              "SETTINGS (chunk_size = 512, seed = 1)")
-    ds = MixDataset(sql_pq, catalog=str(cat_dir), tokenizer=str(tok_path), seq_len=seq_len)
-    it = iter(ds)
-    first = next(it)
-    c0 = _cpu()
-    pq_tokens = int(first["length"])
-    for item in it:
-        pq_tokens += int(item["length"])
-    pq_cpu = _cpu() - c0
+    def wall(k):
+        return spread([n / w for n, _, w in runs[k]])
 
-    base_rate = base_tokens / base_cpu
-    mix_rate = mix_tokens / mix_cpu
-    return {
-        "docs": n_docs, "seq_len": seq_len,
-        "tokenizer_alone_tokens_per_core_s": round(base_rate),
-        "mixsql_zst_bpe_tokens_per_core_s": round(mix_rate),
-        "mixsql_zst_bpe_wall_tokens_per_s": round(mix_tokens / mix_wall),
-        "overhead_pct": round(100 * (1 - mix_rate / base_rate), 1),
-        "pretokenized_parquet_tokens_per_core_s": round(pq_tokens / pq_cpu),
-        "tokens_delivered_vs_tokenizer": [mix_tokens, base_tokens],
-    }
+    # overhead per round (each round's mixsql against the same round's tokenizer), then the median
+    overhead = spread([100 * (1 - (m[0] / m[1]) / (b[0] / b[1]))
+                       for m, b in zip(runs["mixsql_zst_bpe"], runs["tokenizer_alone"])])
+    out = {"shards": shards, "docs": len(texts), "seq_len": SEQ_LEN, "reps": reps,
+           "tokens": {k: runs[k][0][0] for k in runs}}
+    for k in sides:
+        out[f"{k}_tokens_per_cpu_s"] = fmt_spread(per_core(k))
+        out[f"{k}_tokens_per_wall_s"] = fmt_spread(wall(k))
+    out["overhead_pct"] = fmt_spread(overhead)
+    out["target_overhead_pct"] = TARGET_OVERHEAD_PCT
+    out["overhead_target_met"] = overhead["median"] < TARGET_OVERHEAD_PCT
+    out["_notes"] = (f"Each figure: median (min..max) of {reps} interleaved runs per side; overhead_pct per round "
+                     "= 1 - (mixsql tokens per CPU-s) / (tokenizer-alone tokens per CPU-s of the same round). "
+                     "Clocks include mixsql's query and first chunk. Shared 2-core machine: other jobs ran "
+                     "at the same time.")
+    return out
 
 
 if __name__ == "__main__":
     import sys
 
-    print(json.dumps(run(quick="--full" not in sys.argv), indent=2))
+    print(json.dumps(run(quick="--full" not in sys.argv), indent=2, default=str))

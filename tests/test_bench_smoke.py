@@ -108,3 +108,28 @@ def test_results_writer(tmp_path):
     assert body.count("\n## ") == 2 and text in body
     assert "- command: `python -m bench compare --quick`" in body and "- machine: " in body
     assert "| nested.b | — |" in body and "x\\|y" in body and "n1" in body
+
+
+def test_shared_packer_keeps_every_token_in_order():
+    np = pytest.importorskip("numpy")
+    from bench.peers.common import N_DOM, VecPacker
+    rng = np.random.default_rng(0)
+    packer = VecPacker(seq_len=16, batch_size=3, eos=9999)
+    docs = [rng.integers(0, 100, rng.integers(1, 40)).astype(np.int32) for _ in range(60)]
+    doms = rng.integers(0, N_DOM, len(docs))
+    expect_ids = np.concatenate([np.append(d, 9999) for d in docs])
+    expect_dom = np.concatenate([np.full(len(d) + 1, g) for d, g in zip(docs, doms)])
+    got, counts = [], []
+    for i in range(0, len(docs), 7):
+        part = docs[i:i + 7]
+        packer.add(np.concatenate(part), np.array([len(d) for d in part]), doms[i:i + 7])
+        for rows, c in packer.batches():
+            assert rows.shape == (3, 16) and c.shape == (3, N_DOM)
+            got.append(rows)
+            counts.append(c)
+    flat = np.concatenate(got).ravel()
+    assert len(flat) == len(expect_ids) // 48 * 48
+    assert (flat == expect_ids[:len(flat)]).all()
+    per_row = np.stack([np.bincount(expect_dom[i:i + 16], minlength=N_DOM) for i in range(0, len(flat), 16)])
+    assert (np.concatenate(counts) == per_row).all()
+    assert len(packer.ids) == len(expect_ids) - len(flat)

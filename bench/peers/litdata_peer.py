@@ -1,4 +1,6 @@
-"""LitData: ``optimize`` per domain + ``CombinedStreamingDataset(weights=...)``."""
+"""LitData: ``optimize`` per domain + ``CombinedStreamingDataset(weights=...)`` of shuffled
+``StreamingDataset``s, iterated by each DataLoader worker as ``StreamingDataLoader`` does (LitData
+partitions chunks over workers itself); ``StreamingDataLoader`` for resume."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..corpus import DOMAIN_NAMES
-from .common import iter_parquet, sample_weights
+from .common import batched, iter_parquet, sample_weights
 
 PACKAGE = "litdata"
 
@@ -50,6 +52,9 @@ class Source:
         self.loader = StreamingDataLoader(self.ds, batch_size=1, num_workers=0, collate_fn=_first)
         if state is not None:
             self.loader.load_state_dict(state)
+
+    def sample_batches(self, n: int):
+        return batched(self.samples(), n)
 
     def samples(self):
         """In a DataLoader worker: the combined dataset itself. In the main process (resume test):

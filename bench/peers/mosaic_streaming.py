@@ -1,4 +1,6 @@
-"""MosaicML Streaming: one MDS directory per domain + ``Stream(proportion=...)``."""
+"""MosaicML Streaming: one MDS directory per domain (``MDSWriter``) + ``StreamingDataset(streams=
+[Stream(local=..., proportion=...)])``, iterated by each DataLoader worker (Mosaic partitions the
+samples over workers itself)."""
 from __future__ import annotations
 
 import shutil
@@ -9,7 +11,7 @@ import numpy as np
 
 from ..corpus import DOMAIN_NAMES
 from ._compat import stub_torchvision
-from .common import iter_parquet, sample_weights
+from .common import batched, iter_parquet, sample_weights
 
 PACKAGE = "mosaicml-streaming"
 
@@ -42,11 +44,13 @@ class Source:
         self.key = "text" if mode == "text" else "tokens"
         w = sample_weights(corpus)
         streams = [Stream(local=str(work / d), proportion=w[d]) for d in DOMAIN_NAMES]
-        n = sum(1 for _ in (work / DOMAIN_NAMES[0]).glob("*.mds"))  # noqa: F841 (touch the dirs)
         self.ds = StreamingDataset(streams=streams, shuffle=True, shuffle_seed=seed, num_canonical_nodes=1,
                                    batch_size=1, epoch_size=200_000, replication=None)
         if state is not None:
             self.ds.load_state_dict(state)
+
+    def sample_batches(self, n: int):
+        return batched(self.samples(), n)
 
     def samples(self):
         while True:

@@ -1,8 +1,9 @@
-"""One system, one task, in its own process (clean peak RSS): ``python -m bench.peers.runner``.
+"""One system, one task, in its own process (clean RSS and CPU accounting): ``python -m bench.peers.runner``.
 
-Tasks: ``convert`` (the system's own data preparation, timed), ``stream`` (first batch, tokens/s,
-share error, peak RSS through a torch DataLoader with N workers), ``resume`` (time from a
-checkpoint taken after 0 and after K sequences to the next sequence, in-process).
+Tasks: ``convert`` (the system's own data preparation, timed), ``stream`` (one or more stream
+configurations in sequence, each measured by ``common.measure_stream``: first batch, tokens/s
+wall, tokens per CPU-second of the process tree, share error, peak RSS), ``resume`` (time from a
+checkpoint taken after 0 and after K sequences to the next sample, in-process).
 The result is printed as the last line, prefixed ``@@RESULT``.
 """
 from __future__ import annotations
@@ -12,68 +13,82 @@ import importlib
 import time
 from pathlib import Path
 
-from .common import DOM_INDEX, Packer, measure_stream, packed_iterable, write_json_result
+from .common import harness_dataset, measure_stream, write_json_result
 
-MODULES = {"mixsql": "mixsql_sys", "hf_datasets": "hf_datasets", "mosaic_streaming": "mosaic_streaming",
-           "litdata": "litdata_peer", "torchdata_nodes": "torchdata_nodes"}
+MODULES = {"mixsql": "mixsql_sys", "mixsql_harness": "mixsql_sys", "hf_datasets": "hf_datasets",
+           "mosaic_streaming": "mosaic_streaming", "litdata": "litdata_peer", "torchdata_nodes": "torchdata_nodes"}
+# systems sharing another's prepared data (the same registration)
+DATA_OF = {"mixsql_harness": "mixsql"}
+# systems whose reading is driven through the shared harness even though the module has a native path
+FORCE_HARNESS = {"mixsql_harness"}
+# stream configurations: name -> (input mode, DataLoader workers, mixsql cache_bytes or None)
+CONFIGS = {
+    "w2": ("text", 2, None),
+    "w1": ("text", 1, None),
+    "pretok": ("tokens", 1, None),
+    "w1_small_cache": ("text", 1, 2 << 20),
+}
 
 
 def adapter(system: str):
     return importlib.import_module(f"bench.peers.{MODULES[system]}")
 
 
-def _stream(a, mod) -> dict:
+def work_dir(work_root: Path, system: str, mode: str) -> Path:
+    return Path(work_root) / f"{DATA_OF.get(system, system)}-{mode}"
+
+
+def _stream_one(a, mod, config: str) -> dict:
+    mode, workers, cache = CONFIGS[config]
     tok_path = str(Path(a.corpus) / "tokenizer.json")
+    work = work_dir(a.work_root, a.system, mode)
+    kw = {"cache_bytes": cache} if cache is not None else {}
+    n = a.pretok_batches if mode == "tokens" else a.batches
+
+    def open_source():
+        return mod.open(a.corpus, work, mode, a.seed, **kw)
 
     def make_batches():
-        src = mod.open(a.corpus, a.work, a.mode, a.seed)
-        if hasattr(src, "batches"):
-            return src.batches(a.workers, a.batch_size, a.seq_len, tok_path)
+        src = open_source()
+        if hasattr(src, "batches") and a.system not in FORCE_HARNESS:
+            return src.batches(workers, a.batch_size, a.seq_len, tok_path)
         from torch.utils.data import DataLoader
-        ds = packed_iterable(src.samples, tok_path, a.seq_len, a.mode)
-        return DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers, prefetch_factor=4 if a.workers else None,
-                          multiprocessing_context="fork" if a.workers else None)
+        ds = harness_dataset(open_source, tok_path, mode, a.seq_len, a.batch_size)
+        return DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
+                          multiprocessing_context="fork" if workers else None)
 
-    return measure_stream(make_batches, a.batches, share_batches=1000)
+    return measure_stream(make_batches, n, share_batches=1000)
 
 
 def _resume(a, mod) -> dict:
-    """Checkpoint after `steps` sequences (batch of 1, in-process), then time restore -> next sequence."""
-    from ..tokenizer import EOS, load
+    """Checkpoint after `steps` sequences (batch of 1, in-process), then time restore -> next sample."""
+    from ..tokenizer import load
+    from .common import encode_flat
     tok = load(Path(a.corpus) / "tokenizer.json")
+    work = work_dir(a.work_root, a.system, "tokens")
     out = {}
-    warm = mod.open(a.corpus, a.work, a.mode, a.seed)  # imports and caches warm, for both timings alike
+    warm = mod.open(a.corpus, work, "tokens", a.seed)  # imports and caches warm, for both timings alike
     next(warm.sequences(a.seq_len) if hasattr(warm, "sequences") else warm.samples())
     for steps in (0, a.steps):
-        src = mod.open(a.corpus, a.work, a.mode, a.seed)
+        src = mod.open(a.corpus, work, "tokens", a.seed)
+        t0 = time.perf_counter()
         if hasattr(src, "sequences"):  # the system packs itself
-            t0 = time.perf_counter()
             it = src.sequences(a.seq_len)
             for _ in range(steps):
                 next(it)
-            reach = time.perf_counter() - t0
             state = src.state(steps)
-            t1 = time.perf_counter()
-            next(mod.open(a.corpus, a.work, a.mode, a.seed, state=state).sequences(a.seq_len))
-            out[f"resume_s_at_{steps}"] = round(time.perf_counter() - t1, 4)
-            out[f"reach_s_{steps}"] = round(reach, 2)
-            continue
-        packer = Packer(a.seq_len, tok.token_to_id(EOS))
-        consumed, seqs = 0, 0
-        t0 = time.perf_counter()
-        it = src.samples()
-        while seqs < steps:
-            payload, dom = next(it)
-            consumed += 1
-            ids = tok.encode(payload, add_special_tokens=False).ids if a.mode == "text" else payload
-            seqs += sum(1 for _ in packer.add(ids, DOM_INDEX[dom]))
-        reach = time.perf_counter() - t0
-        state = src.state(consumed)
+        else:                          # sequences of seq_len tokens (documents + EOS) consumed
+            consumed, tokens, it = 0, 0, src.samples()
+            while tokens < steps * a.seq_len:
+                payload, _ = next(it)
+                consumed += 1
+                tokens += (len(payload) if not isinstance(payload, str) else len(encode_flat(tok, [payload])[0])) + 1
+            state = src.state(consumed)
+        out[f"reach_s_{steps}"] = round(time.perf_counter() - t0, 2)
         t1 = time.perf_counter()
-        src2 = mod.open(a.corpus, a.work, a.mode, a.seed, state=state)
-        next(iter(src2.samples()))
+        src2 = mod.open(a.corpus, work, "tokens", a.seed, state=state)
+        next(src2.sequences(a.seq_len) if hasattr(src2, "sequences") else iter(src2.samples()))
         out[f"resume_s_at_{steps}"] = round(time.perf_counter() - t1, 4)
-        out[f"reach_s_{steps}"] = round(reach, 2)
     return out
 
 
@@ -82,22 +97,24 @@ def main(argv=None) -> None:
     ap.add_argument("system", choices=sorted(MODULES))
     ap.add_argument("task", choices=["convert", "stream", "resume"])
     ap.add_argument("--corpus", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--mode", choices=["text", "tokens"], default="text")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--work-root", required=True)
+    ap.add_argument("--mode", choices=["text", "tokens"], default="text", help="convert: which copy")
+    ap.add_argument("--configs", default="w1", help=f"stream: comma-separated of {', '.join(CONFIGS)}")
     ap.add_argument("--batches", type=int, default=300)
+    ap.add_argument("--pretok-batches", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--steps", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    a.corpus, a.work = Path(a.corpus), Path(a.work)
+    a.corpus, a.work_root = Path(a.corpus), Path(a.work_root)
     mod = adapter(a.system)
     if a.task == "convert":
-        a.work.mkdir(parents=True, exist_ok=True)
-        res = mod.convert(a.corpus, a.work, a.mode)
+        work = work_dir(a.work_root, a.system, a.mode)
+        work.mkdir(parents=True, exist_ok=True)
+        res = mod.convert(a.corpus, work, a.mode)
     elif a.task == "stream":
-        res = _stream(a, mod)
+        res = {c: _stream_one(a, mod, c) for c in a.configs.split(",")}
     else:
         res = _resume(a, mod)
     write_json_result(res)
