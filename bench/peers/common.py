@@ -120,9 +120,10 @@ def packed_batches(sample_batches, tok, mode: str, seq_len: int, batch_size: int
             yield {"input_ids": torch.from_numpy(rows), "dom": torch.from_numpy(counts)}
 
 
-def harness_dataset(open_source, tokenizer_path: str, mode: str, seq_len: int, batch_size: int):
-    """A torch IterableDataset yielding whole batches; ``open_source()`` runs inside each worker,
-    so the peer's own worker sharding (which reads ``get_worker_info``) applies."""
+def harness_dataset(source, tokenizer_path: str, mode: str, seq_len: int, batch_size: int):
+    """A torch IterableDataset yielding whole batches. ``source`` is built in the main process (as
+    each peer documents: Mosaic's StreamingDataset must not be constructed in a worker) and
+    iterated in each worker, so the peer's own worker sharding (``get_worker_info``) applies."""
     from torch.utils.data import IterableDataset
 
     from ..tokenizer import EOS, load
@@ -130,7 +131,7 @@ def harness_dataset(open_source, tokenizer_path: str, mode: str, seq_len: int, b
     class HarnessBatches(IterableDataset):
         def __iter__(self):
             tok = load(tokenizer_path)
-            yield from packed_batches(open_source().sample_batches(READ_BATCH), tok, mode, seq_len, batch_size,
+            yield from packed_batches(source.sample_batches(READ_BATCH), tok, mode, seq_len, batch_size,
                                       tok.token_to_id(EOS))
 
     return HarnessBatches()

@@ -53,7 +53,7 @@ def _stream_one(a, mod, config: str) -> dict:
         if hasattr(src, "batches") and a.system not in FORCE_HARNESS:
             return src.batches(workers, a.batch_size, a.seq_len, tok_path)
         from torch.utils.data import DataLoader
-        ds = harness_dataset(open_source, tok_path, mode, a.seq_len, a.batch_size)
+        ds = harness_dataset(src, tok_path, mode, a.seq_len, a.batch_size)
         return DataLoader(ds, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                           multiprocessing_context="fork" if workers else None)
 
