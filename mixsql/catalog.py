@@ -7,6 +7,8 @@ Physical layout (``<dir>/catalog.duckdb``):
 * ``sample_index`` one row per sample: pointer columns + every registered property
 * ``samples``      the public VIEW: ``source, file, row, n_bytes, n_tokens, <properties...>,
                    file_id, loc_offset, loc_length``
+* ``seek_points``  per multi-frame zstd / multi-member gzip file: ``(c_offset, d_offset)`` of
+                   frame starts (compressed and decompressed byte offsets), for random access
 * ``catalog_meta`` key/value: ``format_version``, ``snapshot`` (bumped by every change)
 
 Location columns, per format (SAMPLE_INDEX_DOC):
@@ -63,6 +65,11 @@ CREATE TABLE IF NOT EXISTS files (
     fingerprint  VARCHAR NOT NULL,   -- cheap content hash (head + tail + size)
     n_samples    BIGINT NOT NULL,
     n_bytes      BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seek_points (
+    file_id      INTEGER NOT NULL,
+    c_offset     BIGINT NOT NULL,
+    d_offset     BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sample_index (
     file_id      INTEGER NOT NULL,
@@ -176,10 +183,15 @@ class Catalog:
         return [r[0] for r in self.con.execute("SELECT name FROM sources ORDER BY name").fetchall()]
 
     def files_table(self, file_ids=None):
-        """Arrow table of files joined with their source's format and options (for readers)."""
+        """Arrow table of files joined with their source's format and options (for readers), and
+        ``seek``: the file's seek table as a list of ``[c_offset, d_offset]`` (NULL when none)."""
+        has_seek = fetch_one(self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'seek_points'"))[0]
+        seek = ("(SELECT list([p.c_offset, p.d_offset] ORDER BY p.d_offset) FROM seek_points p "
+                "WHERE p.file_id = f.file_id)" if has_seek else "NULL::BIGINT[][]")
         sql = (
             "SELECT f.file_id, f.path, f.compression, f.size, f.mtime_ns, f.fingerprint, "
-            "s.name AS source, s.format, s.options FROM files f JOIN sources s USING (source_id)"
+            f"s.name AS source, s.format, s.options, {seek} AS seek FROM files f JOIN sources s USING (source_id)"
         )
         if file_ids is not None:
             ids = sorted({int(i) for i in file_ids})

@@ -6,7 +6,11 @@
               property (named by property), in file order;
 * ``skipped`` number of malformed records skipped (``on_error='skip'``), ``skipped_lines`` the
               first few 1-based line numbers (jsonl) or sample keys (webdataset);
-* ``raw_bytes`` decompressed bytes read; ``error`` ``None`` or ``{"message", "line", "hint"}``.
+* ``raw_bytes`` decompressed bytes read; ``error`` ``None`` or ``{"message", "line", "hint"}``;
+* ``seek``    for multi-frame zstd / multi-member gzip JSONL, the seek table: ``[(compressed
+              offset, decompressed offset), ...]`` of frame starts (else ``None``).
+
+Files are opened through :mod:`mixsql.storage`, so a path may be an object-store URI.
 
 Location semantics are the catalog's (see mixsql.catalog). JSONL: a zstd frame whose header gives
 its size is decompressed into one buffer (else large streamed blocks), cut at newlines; line
@@ -40,6 +44,8 @@ import pyarrow.json as pj
 import pyarrow.parquet as pq
 import zstandard
 
+from . import storage
+
 BLOCK_BYTES = 32 << 20          # decompressed bytes parsed per pyarrow.json call
 READ_BYTES = 64 << 20           # compressed bytes read per I/O call
 WRITE_BYTES = 16 << 20          # decompressed bytes produced per zstd output buffer
@@ -47,6 +53,7 @@ ONE_SHOT_BYTES = 256 << 20      # a zstd frame up to this size decompresses into
 FAST_MAX_FAILS = 2              # blocks the DuckDB fast path may fall back on before a file stops trying it
 FINGERPRINT_BYTES = 64 << 10    # head and tail bytes hashed into the fingerprint
 MAX_REPORTED_SKIPS = 20
+SEEK_SPACING = 256 << 10        # decompressed bytes between recorded seek points (at least)
 
 FORMATS = ("jsonl", "parquet", "webdataset")
 
@@ -110,7 +117,7 @@ def fingerprint(path: str, size: int | None = None) -> str:
     if size is None:
         size = os.path.getsize(path)
     h = hashlib.blake2b(str(size).encode(), digest_size=12)
-    with open(path, "rb") as fh:
+    with storage.open_input(path, size, buffer_size=FINGERPRINT_BYTES) as fh:
         h.update(fh.read(FINGERPRINT_BYTES))
         if size > FINGERPRINT_BYTES:
             fh.seek(max(size - FINGERPRINT_BYTES, FINGERPRINT_BYTES))
@@ -168,11 +175,14 @@ def _zstd_one_shot(raw: bytes) -> memoryview | None:
     return buf[:size] if n == size else None
 
 
-def _decompressed_chunks(path: str, compression: str):
+def _decompressed_chunks(path: str, compression: str, seek: list | None = None):
     """Yield decompressed byte chunks; raise ScanError for truncated/corrupt input.
 
-    Compressed files may hold several concatenated frames (zstd) or members (gzip)."""
-    with open(path, "rb") as fh:
+    Compressed files may hold several concatenated frames (zstd) or members (gzip). When ``seek``
+    is a list, it receives a seek table: ``(compressed offset, decompressed offset)`` of frame or
+    member starts at least SEEK_SPACING decompressed bytes apart, starting with ``(0, 0)``; readers
+    resume decompression at the nearest one instead of byte 0."""
+    with storage.open_input(path, buffer_size=READ_BYTES) as fh:
         if compression == "none":
             while b := fh.read(BLOCK_BYTES):
                 yield b
@@ -187,6 +197,8 @@ def _decompressed_chunks(path: str, compression: str):
             except zstandard.ZstdError:
                 view = None
             if view is not None:
+                if seek is not None:
+                    seek.append((0, 0))
                 yield view
                 return
         d = new_decoder()
@@ -195,6 +207,9 @@ def _decompressed_chunks(path: str, compression: str):
             if 0 < size <= ONE_SHOT_BYTES:
                 d = zstandard.ZstdDecompressor().decompressobj(write_size=size + 1)
         pending = False  # input fed into a frame that has not ended
+        c_pos = d_pos = 0   # compressed offset of b[0]; decompressed bytes so far
+        if seek is not None:
+            seek.append((0, 0))
         while b:
             while b:
                 try:
@@ -204,24 +219,30 @@ def _decompressed_chunks(path: str, compression: str):
                                     hint="re-download or re-compress the file") from None
                 pending = True
                 if out:
+                    d_pos += len(out)
                     yield out
                 if d.eof:
+                    c_pos += len(b) - len(d.unused_data)
                     b = d.unused_data
                     d = new_decoder()
                     pending = False
+                    if seek is not None and b and d_pos - seek[-1][1] >= SEEK_SPACING:
+                        seek.append((c_pos, d_pos))
                 else:
+                    c_pos += len(b)
                     b = b""
             b = fh.read(READ_BYTES)
         if pending:
             raise ScanError(truncated, hint="re-download or re-compress the file")
 
 
-def _blocks(path: str, compression: str):
-    """Yield (base_offset, memoryview) blocks of the decompressed stream, each ending at a newline."""
+def _blocks(path: str, compression: str, seek: list | None = None):
+    """Yield (base_offset, memoryview) blocks of the decompressed stream, each ending at a newline
+    (``seek``: see :func:`_decompressed_chunks`)."""
     base = 0
     buf: list[bytes] = []
     size = 0
-    for chunk in _decompressed_chunks(path, compression):
+    for chunk in _decompressed_chunks(path, compression, seek):
         if isinstance(chunk, memoryview):   # a whole one-shot file: one block
             yield 0, chunk
             return
@@ -419,6 +440,7 @@ class _JsonlScanner:
         self.skipped = 0
         self.skipped_lines: list[int] = []
         self.raw_bytes = 0
+        self.seek: list = []
         self.auto_excl = {self.text_parts[0]}
         self.prune = not task.auto   # parse only the needed fields
         self.schema: pa.Schema | None = None
@@ -428,7 +450,7 @@ class _JsonlScanner:
 
     def scan(self) -> pa.Table:
         parts, row0, line0 = [], 0, 0
-        for base, data in _blocks(self.task.path, self.task.compression):
+        for base, data in _blocks(self.task.path, self.task.compression, self.seek):
             self.raw_bytes += len(data)
             starts, lengths, keep = _line_spans(data)
             t = self._block(data, base, starts, lengths, keep, line0)
@@ -763,7 +785,7 @@ class _JsonlScanner:
 
 def _scan_parquet(task: ScanTask) -> tuple[pa.Table | None, int, int]:
     try:
-        pf = pq.ParquetFile(task.path)
+        pf = pq.ParquetFile(storage.open_input(task.path) if storage.is_remote(task.path) else task.path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ScanError(f"not a readable Parquet file ({exc})") from None
     schema = pf.schema_arrow
@@ -856,7 +878,7 @@ def _scan_webdataset(task: ScanTask, res: dict) -> pa.Table | None:
     samples: dict[str, dict] = {}
     order: list[str] = []
     try:
-        with tarfile.open(task.path, "r:") as tf:
+        with storage.open_input(task.path) as fh, tarfile.open(fileobj=fh, mode="r:") as tf:
             for m in tf:
                 if not m.isfile():
                     continue
@@ -942,12 +964,14 @@ def _scan_webdataset(task: ScanTask, res: dict) -> pa.Table | None:
 def scan_file(task: ScanTask) -> dict:
     """Index one file. Never raises: errors come back in ``result['error']``."""
     res = {"path": task.path, "table": None, "skipped": 0, "skipped_lines": [], "raw_bytes": 0,
-           "error": None}
+           "error": None, "seek": None}
     try:
         if task.format == "jsonl":
             sc = _JsonlScanner(task)
             res["table"] = sc.scan()
             res["skipped"], res["skipped_lines"], res["raw_bytes"] = sc.skipped, sc.skipped_lines, sc.raw_bytes
+            if len(sc.seek) > 1:
+                res["seek"] = sc.seek
         elif task.format == "parquet":
             res["table"], res["raw_bytes"], res["skipped"] = _scan_parquet(task)
         elif task.format == "webdataset":
@@ -956,6 +980,8 @@ def scan_file(task: ScanTask) -> dict:
             raise ScanError(f"unknown format {task.format!r}; use one of {', '.join(FORMATS)}")
     except ScanError as exc:
         res["error"] = {"message": exc.message, "line": exc.line, "hint": exc.hint}
+    except storage.StorageError as exc:
+        res["error"] = {"message": f"cannot read object ({exc})", "line": None, "hint": None}
     except (OSError, MemoryError) as exc:
         res["error"] = {"message": f"cannot read file ({exc})", "line": None, "hint": None}
     except (pa.ArrowException, ValueError, TypeError) as exc:  # unexpected data shape

@@ -2,20 +2,26 @@
 
 ``ChunkReader(files).read(chunk)`` returns the chunk table plus ``text`` (string) and/or
 ``tokens`` (list<int32>, for Parquet sources registered with a ``tokens`` option), row for
-row in chunk order.
+row in chunk order. Files may be local paths or object-store URIs (:mod:`mixsql.storage`).
 
-* JSONL (plain): rows of one file are read with positioned reads sorted by offset; nearby
+* JSONL (plain, local): rows of one file are read with positioned reads sorted by offset; nearby
   lines are coalesced into one read.
-* JSONL .zst / .gz: each needed file is decompressed at most once per chunk, by streaming up
-  to the largest needed offset; decompressed prefixes live in a bounded LRU cache
-  (``cache_bytes``), so consecutive chunks touching the same files do not decompress again.
-* Parquet: ``read_row_group`` with only the text/tokens column, cached per (file, row group)
-  in the same bounded cache.
-* WebDataset tar: ``loc_length`` bytes at ``loc_offset`` (the text member's data).
+* JSONL .zst / .gz with a seek table (multi-frame zstd, multi-member gzip; recorded at
+  registration): a row is reached by decompressing from the nearest seek point, never from
+  byte 0; decompressed segments live in the bounded in-RAM LRU (``cache_bytes``).
+* JSONL .zst / .gz without one (a single frame), and JSONL objects: the whole file is
+  decompressed (or fetched) once per node into the node cache (:mod:`mixsql.cache`), then read
+  like plain JSONL with positioned reads: decompressed bytes live on disk, not in worker RAM.
+* Parquet: ``read_row_group`` with only the text/tokens column (ranged reads for objects),
+  cached per (file, row group) in the in-RAM LRU.
+* WebDataset tar: ``loc_length`` bytes at ``loc_offset`` (the text member's data), ranged reads
+  for objects.
 
-Every file is checked against the catalog (size, mtime_ns) when first opened; a changed or
-missing file raises :class:`mixsql.errors.StaleFileError`. :meth:`ChunkReader.prefetch`
-reads the next chunks on a background thread while the caller works on the current one.
+Every file is checked against the catalog (size, mtime_ns; objects also their ETag) when first
+opened; a changed or missing file raises :class:`mixsql.errors.StaleFileError`.
+:meth:`ChunkReader.prefetch` reads the next chunks on a background thread while the caller works
+on the current one, and starts node-cache fills for the files of chunks further ahead
+(:meth:`ChunkReader.warm`).
 """
 from __future__ import annotations
 
@@ -23,18 +29,26 @@ import collections
 import gzip
 import json
 import os
+import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 import numpy as np
 import orjson
 import pyarrow as pa
+import zstandard
 
+from . import storage
+from .cache import NodeCache, entry_key, node_cache, payload_size
 from .errors import DataError, OperationalError, StaleFileError
 
 DEFAULT_CACHE_BYTES = 256 << 20
-_COALESCE_GAP = 64 << 10   # merge plain-JSONL reads whose gap is below this
+_COALESCE_GAP = 64 << 10   # merge positioned reads whose gap is below this
+_OPEN_ENTRIES = 64         # node-cache entries a reader keeps open
+_FILL_THREADS = int(os.environ.get("MIXSQL_FILL_THREADS", "2"))
+_COPY_BYTES = 4 << 20
 
 
 class _LRU:
@@ -67,15 +81,18 @@ class _LRU:
 
 
 class _FileInfo:
-    __slots__ = ("file_id", "path", "compression", "size", "mtime_ns", "source", "format",
-                 "text_path", "text_col", "tokens_col", "checked")
+    __slots__ = ("file_id", "path", "compression", "size", "mtime_ns", "fingerprint", "source", "format",
+                 "text_path", "text_col", "tokens_col", "checked", "remote", "seek_c", "seek_d")
 
     def __init__(self, row: dict):
         self.file_id = int(row["file_id"])
         self.path = row["path"]
         self.compression = (row.get("compression") or "none").lower()
+        if self.compression in ("", "zst"):
+            self.compression = "zstd" if self.compression else "none"
         self.size = row.get("size")
         self.mtime_ns = row.get("mtime_ns")
+        self.fingerprint = row.get("fingerprint")
         self.source = row.get("source")
         self.format = (row.get("format") or "jsonl").lower()
         opts = row.get("options") or {}
@@ -87,21 +104,46 @@ class _FileInfo:
         self.text_path = tuple(text.split(".")) if self.format == "jsonl" else (text,)
         self.tokens_col = opts.get("tokens")
         self.checked = False
+        self.remote = storage.is_remote(self.path)
+        seek = row.get("seek")
+        self.seek_c = self.seek_d = None
+        if seek and len(seek) > 1:
+            pts = np.asarray(seek, dtype=np.int64)
+            self.seek_c, self.seek_d = pts[:, 0], pts[:, 1]
+
+    @property
+    def cached(self) -> bool:
+        """Read through a node-cache entry (decompressed shard, or fetched JSONL object)."""
+        if self.format != "jsonl":
+            return False
+        if self.compression == "none":
+            return self.remote
+        return self.seek_c is None
+
+    def entry_key(self) -> str:
+        kind = "jsonl" if self.compression == "none" else f"jsonl-decompressed-{self.compression}"
+        return entry_key(self.path, self.size, self.mtime_ns, self.fingerprint, kind)
 
 
 class ChunkReader:
     """Reads chunks of pointers (the engine's chunk tables) into samples.
 
     ``files`` is ``Catalog.files_table()`` (at least the files the chunks reference);
-    ``cache_bytes`` bounds the decompressed-JSONL and Parquet row-group cache.
+    ``cache_bytes`` bounds the in-RAM cache (Parquet row groups, decompressed seek segments);
+    ``node_cache`` is the node-local disk cache (default: :func:`mixsql.cache.node_cache`).
     """
 
-    def __init__(self, files: pa.Table, cache_bytes: int = DEFAULT_CACHE_BYTES, check_files: bool = True):
+    def __init__(self, files: pa.Table, cache_bytes: int = DEFAULT_CACHE_BYTES, check_files: bool = True,
+                 node_cache: NodeCache | None = None):
         self.files = {int(r["file_id"]): _FileInfo(r) for r in files.to_pylist()}
         self.cache = _LRU(cache_bytes)
         self.check_files = check_files
+        self._node_cache = node_cache
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._fill_pool: ThreadPoolExecutor | None = None
+        self._fills: dict[int, Future] = {}
+        self._entries: collections.OrderedDict = collections.OrderedDict()   # file_id -> open entry
 
     # -- public ----------------------------------------------------------------------------
     def read(self, chunk: pa.Table) -> pa.Table:
@@ -121,6 +163,7 @@ class ChunkReader:
             else:
                 order = np.lexsort((offs, fids))
                 groups = np.split(order, np.flatnonzero(np.diff(fids[order])) + 1)
+            self.warm_files([int(fids[idx[0]]) for idx in groups])
             for idx in groups:
                 info = self._info(int(fids[idx[0]]))
                 self._read_file(info, idx, offs, lens, rows, cols)
@@ -133,12 +176,36 @@ class ChunkReader:
             out = out.append_column("tokens", _assemble(cols["tokens"], n, pa.list_(pa.int32())))
         return out
 
-    def prefetch(self, chunks: Iterable, depth: int = 2, table=None, read=None) -> Iterator[tuple]:
+    def warm(self, chunk: pa.Table | None) -> None:
+        """Start node-cache fills (background threads) for the files ``chunk`` reads through the
+        cache; a later :meth:`read` waits only for what is not yet there."""
+        if chunk is not None and chunk.num_rows:
+            fids = chunk.column("file_id").to_numpy(zero_copy_only=False)
+            self.warm_files(np.unique(fids).tolist())
+
+    def warm_files(self, file_ids: Iterable[int]) -> None:
+        for fid in file_ids:
+            info = self.files.get(int(fid))
+            if info is None or not info.cached:
+                continue
+            with self._lock:
+                if fid in self._entries or fid in self._fills:
+                    continue
+                if self._fill_pool is None:
+                    self._fill_pool = ThreadPoolExecutor(max_workers=max(1, _FILL_THREADS),
+                                                         thread_name_prefix="mixsql-fill")
+                self._fills[fid] = self._fill_pool.submit(self._open_entry, fid)
+
+    def prefetch(self, chunks: Iterable, depth: int = 2, table=None, read=None, tables=None) -> Iterator[tuple]:
         """Yield ``(item, read(table(item)))`` while up to ``depth`` next items are read on a
         background thread (memory stays bounded by ``depth`` chunks). ``table`` maps an item to
         its chunk table (default: the item is the table); a None table reads as None. ``read``
-        (item -> result) replaces the whole step, e.g. to read several chunks at once."""
+        (item -> result) replaces the whole step, e.g. to read several chunks at once;
+        ``tables`` (item -> chunk tables) then names the tables the item reads, so that their
+        node-cache fills start as soon as the item is queued (:meth:`warm`)."""
         get = table or (lambda x: x)
+        if tables is None:
+            tables = (lambda x: [get(x)]) if read is None else (lambda x: ())
 
         def work(item):
             if read is not None:
@@ -158,6 +225,8 @@ class ChunkReader:
                 except StopIteration:
                     exhausted = True
                     break
+                for t in tables(ch):
+                    self.warm(t)
                 pending.append((ch, self._pool.submit(work, ch)))
             if not pending:
                 return
@@ -165,12 +234,18 @@ class ChunkReader:
             yield ch, fut.result()
 
     def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            try:
-                pool.shutdown(wait=False, cancel_futures=True)
-            except Exception:  # noqa: BLE001 - interpreter shutdown (generator finalised late)
-                pass
+        for attr in ("_pool", "_fill_pool"):
+            pool = getattr(self, attr)
+            if pool is not None:
+                setattr(self, attr, None)
+                try:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                except Exception:  # noqa: BLE001 - interpreter shutdown (generator finalised late)
+                    pass
+        with self._lock:
+            entries, self._entries = list(self._entries.values()), collections.OrderedDict()
+        for f, _ in entries:
+            f.close()
 
     # -- internals ---------------------------------------------------------------------------
     def _info(self, file_id: int) -> _FileInfo:
@@ -186,23 +261,33 @@ class ChunkReader:
 
     def _check(self, info: _FileInfo) -> None:
         try:
-            st = os.stat(info.path)
+            st = storage.stat(info.path)
         except FileNotFoundError:
             raise StaleFileError(info.path, "the file no longer exists") from None
-        if info.size is not None and st.st_size != info.size:
-            raise StaleFileError(info.path, f"size {st.st_size} bytes, registered {info.size}")
-        if info.mtime_ns is not None and st.st_mtime_ns != info.mtime_ns:
-            raise StaleFileError(info.path, f"mtime_ns {st.st_mtime_ns}, registered {info.mtime_ns}")
+        except storage.StorageError as exc:
+            if "no such object" in str(exc):
+                raise StaleFileError(info.path, "the object no longer exists") from None
+            raise
+        if info.size is not None and st.size != info.size:
+            raise StaleFileError(info.path, f"size {st.size} bytes, registered {info.size}")
+        if info.mtime_ns is not None and st.mtime_ns != info.mtime_ns:
+            raise StaleFileError(info.path, f"mtime_ns {st.mtime_ns}, registered {info.mtime_ns}")
+        fp = info.fingerprint
+        if st.etag is not None and isinstance(fp, str) and fp.startswith("etag:") and fp[5:] != st.etag:
+            raise StaleFileError(info.path, f"ETag {st.etag}, registered {fp[5:]}")
         info.checked = True
 
     def _read_file(self, info, idx, offs, lens, rows, cols) -> None:
         fmt = info.format
         texts: dict = {}
         if fmt == "jsonl":
-            if info.compression in ("none", "", None):
-                self._jsonl_plain(info, idx, offs, lens, rows, texts)
+            if info.cached:
+                self._jsonl_lines(info, idx, offs, lens, rows, texts, self._entry_reader(info))
+            elif info.compression == "none":
+                with open(info.path, "rb") as f:
+                    self._jsonl_lines(info, idx, offs, lens, rows, texts, _pread(f))
             else:
-                self._jsonl_compressed(info, idx, offs, lens, rows, texts)
+                self._jsonl_seekable(info, idx, offs, lens, rows, texts)
         elif fmt == "parquet":
             self._parquet(info, idx, offs, lens, cols)
             return
@@ -212,65 +297,116 @@ class ChunkReader:
             raise OperationalError(f"{info.path}: no reader for format {fmt!r} (source {info.source})")
         cols["text"].append((idx, pa.array([texts[k] for k in idx.tolist()], type=pa.string())))
 
-    def _jsonl_plain(self, info, idx, offs, lens, rows, texts) -> None:
-        with open(info.path, "rb") as f:
-            i = 0
-            m = len(idx)
-            while i < m:
-                # coalesce a run of lines whose gaps are small into one read
-                start = int(offs[idx[i]])
-                end = start + int(lens[idx[i]])
-                j = i + 1
-                while j < m and int(offs[idx[j]]) - end < _COALESCE_GAP:
-                    end = max(end, int(offs[idx[j]]) + int(lens[idx[j]]))
-                    j += 1
-                f.seek(start)
-                buf = f.read(end - start)
-                if len(buf) < end - start:
-                    raise StaleFileError(info.path, f"file ends before byte {end} that the index points to")
-                for k in idx[i:j]:
-                    o = int(offs[k]) - start
-                    texts[k] = self._json_text(info, buf[o:o + int(lens[k])], rows[k])
-                i = j
+    # -- node-cache entries ------------------------------------------------------------------
+    def _cache(self) -> NodeCache:
+        if self._node_cache is None:
+            try:
+                self._node_cache = node_cache()
+            except OSError as exc:
+                raise OperationalError(f"cannot use the node cache directory ({exc})",
+                                       hint="set MIXSQL_CACHE_DIR to a writable local directory") from None
+        return self._node_cache
 
-    def _decompressed(self, info, need: int) -> bytes:
-        key = ("dec", info.file_id)
-        data = self.cache.get(key)
-        if data is not None and len(data) >= need:
-            return data
-        want = max(need, 2 * len(data) if data is not None else need)
-        comp = info.compression
-        with open(info.path, "rb") as raw:
-            if comp in ("zstd", "zst"):
-                import zstandard
+    def _entry_reader(self, info):
+        """pread-style reader over the file's node-cache entry (filled on first use)."""
+        with self._lock:
+            entry = self._entries.get(info.file_id)
+            if entry is not None:
+                self._entries.move_to_end(info.file_id)
+                return _pread(*entry)
+            fut = self._fills.get(info.file_id)
+        if fut is None:
+            self._open_entry(info.file_id)
+        else:
+            fut.result()
+        with self._lock:
+            return _pread(*self._entries[info.file_id])
 
-                reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            elif comp in ("gzip", "gz"):
-                reader = gzip.GzipFile(fileobj=raw)
-            else:
-                raise OperationalError(f"{info.path}: unsupported compression {comp!r}")
-            parts = []
-            got = 0
-            while got < want:
-                b = reader.read(min(want - got, 4 << 20))
-                if not b:
-                    break
-                parts.append(b)
-                got += len(b)
-        data = b"".join(parts)
-        if len(data) < need:
-            raise StaleFileError(info.path, f"decompressed stream ends before byte {need} that the index points to")
-        self.cache.put(key, data, len(data))
-        return data
+    def _open_entry(self, file_id: int) -> None:
+        """Open (filling if needed) the file's node-cache entry and keep it open."""
+        try:
+            info = self._info(file_id)
+            f = self._cache().get_or_fill(info.entry_key(), lambda out: self._fill(info, out))
+            with self._lock:
+                self._entries[file_id] = (f, payload_size(f))
+                while len(self._entries) > _OPEN_ENTRIES:
+                    self._entries.popitem(last=False)[1][0].close()
+        finally:
+            with self._lock:
+                self._fills.pop(file_id, None)
 
-    def _jsonl_compressed(self, info, idx, offs, lens, rows, texts) -> None:
+    def _fill(self, info, out) -> None:
+        """Write the file's decompressed (or fetched) bytes to ``out``."""
+        with storage.open_input(info.path, info.size) as raw:
+            if info.compression == "none":
+                shutil.copyfileobj(raw, out, _COPY_BYTES)
+                return
+            try:
+                if info.compression == "zstd":   # every frame, in C
+                    zstandard.ZstdDecompressor().copy_stream(raw, out, read_size=1 << 20, write_size=_COPY_BYTES)
+                elif info.compression == "gzip":
+                    shutil.copyfileobj(gzip.GzipFile(fileobj=raw), out, _COPY_BYTES)
+                else:
+                    raise OperationalError(f"{info.path}: unsupported compression {info.compression!r}")
+            except (zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
+                if isinstance(exc, storage.StorageError):
+                    raise
+                raise StaleFileError(info.path, f"cannot decompress the file ({exc})") from None
+
+    # -- JSONL ---------------------------------------------------------------------------------
+    def _jsonl_lines(self, info, idx, offs, lens, rows, texts, pread) -> None:
+        """Lines through ``pread(start, n)``; runs of nearby lines coalesce into one read."""
+        for run, start, buf in _coalesced(idx, offs, lens, pread, info.path):
+            mv = memoryview(buf)
+            o = offs[run].astype(np.int64) - start
+            self._parse_lines(info, run, o, o + lens[run], mv, rows, texts)
+
+    def _jsonl_seekable(self, info, idx, offs, lens, rows, texts) -> None:
+        """Rows grouped by their nearest seek point; each group decompresses from its point."""
         o_sel = offs[idx].astype(np.int64)
         e_sel = o_sel + lens[idx].astype(np.int64)
-        data = self._decompressed(info, int(e_sel.max()))
-        mv = memoryview(data)
+        seg = np.searchsorted(info.seek_d, o_sel, side="right") - 1
+        for s in np.unique(seg).tolist():
+            m = seg == s
+            base = int(info.seek_d[s])
+            data = self._decompressed_span(info, s, int(e_sel[m].max()))
+            self._parse_lines(info, idx[m], o_sel[m] - base, e_sel[m] - base, memoryview(data), rows, texts)
+
+    def _decompressed_span(self, info, s: int, end: int) -> bytes:
+        """Decompressed bytes from seek point ``s`` up to at least ``end``: segment by segment
+        (a segment runs to the next seek point), each cached in the in-RAM LRU."""
+        parts, pos, k = [], int(info.seek_d[s]), s
+        while pos < end:
+            if k >= len(info.seek_d):
+                raise StaleFileError(info.path, f"decompressed stream ends before byte {end} that the index points to")
+            seg = self._segment(info, k)
+            parts.append(seg)
+            pos += len(seg)
+            k += 1
+            if not seg:
+                raise StaleFileError(info.path, f"decompressed stream ends before byte {end} that the index points to")
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _segment(self, info, k: int) -> bytes:
+        key = ("seg", info.file_id, k)
+        data = self.cache.get(key)
+        if data is None:
+            c0 = int(info.seek_c[k])
+            c1 = int(info.seek_c[k + 1]) if k + 1 < len(info.seek_c) else int(info.size)
+            data = _decompress_frames(info, storage.read_range(info.path, c0, c1))
+            want = int(info.seek_d[k + 1] - info.seek_d[k]) if k + 1 < len(info.seek_d) else None
+            if want is not None and len(data) != want:
+                raise StaleFileError(info.path, f"frames at byte {c0} decompress to {len(data)} bytes, "
+                                                f"registered {want}")
+            self.cache.put(key, data, len(data))
+        return data
+
+    def _parse_lines(self, info, idx, starts, ends, mv, rows, texts) -> None:
         path = info.text_path
         loads = orjson.loads
-        for k, o, e in zip(idx.tolist(), o_sel.tolist(), e_sel.tolist()):
+        for k, o, e in zip(idx.tolist(), starts.tolist(), ends.tolist()):
+            if e > len(mv):
+                raise StaleFileError(info.path, f"file ends before byte {e} that the index points to")
             try:   # fast path: a top-level string field
                 obj = loads(mv[o:e])
                 if len(path) == 1:
@@ -296,6 +432,7 @@ class ChunkReader:
             obj = obj[part]
         return obj if isinstance(obj, str) else ("" if obj is None else str(obj))
 
+    # -- Parquet, WebDataset ------------------------------------------------------------------
     def _parquet(self, info, idx, offs, lens, cols) -> None:
         """Per row group: the (cached) column array, ``take`` of the chunk's rows; no per-row Python."""
         import pyarrow.parquet as pq
@@ -311,7 +448,7 @@ class ChunkReader:
             arr = self.cache.get(key)
             if arr is None:
                 if pf is None:
-                    pf = pq.ParquetFile(info.path)
+                    pf = pq.ParquetFile(storage.open_input(info.path, info.size) if info.remote else info.path)
                 if rg >= pf.num_row_groups:
                     raise StaleFileError(info.path, f"row group {rg} does not exist")
                 if col not in pf.schema_arrow.names:
@@ -330,6 +467,14 @@ class ChunkReader:
             target.append((sel_idx, arr.take(sel) if isinstance(arr, _TokenLists) else arr.take(pa.array(sel))))
 
     def _tar(self, info, idx, offs, lens, texts) -> None:
+        if info.remote:
+            runs = _coalesced(idx, offs, lens, lambda start, n: storage.read_range(info.path, start, start + n),
+                              info.path)
+            for run, start, buf in runs:
+                for k in run.tolist():
+                    o = int(offs[k]) - start
+                    texts[k] = bytes(buf[o:o + int(lens[k])]).decode("utf-8", errors="replace")
+            return
         with open(info.path, "rb") as f:
             for k in idx:
                 f.seek(int(offs[k]))
@@ -338,6 +483,48 @@ class ChunkReader:
                 if len(b) < n:
                     raise StaleFileError(info.path, f"tar ends before byte {int(offs[k]) + n}")
                 texts[k] = b.decode("utf-8", errors="replace")
+
+
+def _pread(f, limit: int | None = None):
+    """``(start, n) -> bytes`` positioned reads of ``f``, never past ``limit``."""
+    fd = f.fileno()
+    if limit is None:
+        return lambda start, n: os.pread(fd, n, start)
+    return lambda start, n: os.pread(fd, max(0, min(n, limit - start)), start)
+
+
+def _coalesced(idx, offs, lens, pread, path):
+    """Yield ``(rows, start, bytes)``: runs of rows (sorted by offset) whose gaps are below
+    _COALESCE_GAP, each read with one ``pread(start, n)``."""
+    i, m = 0, len(idx)
+    while i < m:
+        start = int(offs[idx[i]])
+        end = start + int(lens[idx[i]])
+        j = i + 1
+        while j < m and int(offs[idx[j]]) - end < _COALESCE_GAP:
+            end = max(end, int(offs[idx[j]]) + int(lens[idx[j]]))
+            j += 1
+        buf = pread(start, end - start)
+        if len(buf) < end - start:
+            raise StaleFileError(path, f"file ends before byte {end} that the index points to")
+        yield idx[i:j], start, buf
+        i = j
+
+
+def _decompress_frames(info, raw: bytes) -> bytes:
+    """All frames (zstd) or members (gzip) in ``raw``, decompressed."""
+    try:
+        if info.compression == "zstd":
+            return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True).read()
+        out, d = [], zlib.decompressobj(wbits=47)
+        while raw:
+            out.append(d.decompress(raw))
+            raw = d.unused_data if d.eof else b""
+            if d.eof and raw:
+                d = zlib.decompressobj(wbits=47)
+        return b"".join(out)
+    except (zstandard.ZstdError, zlib.error) as exc:
+        raise StaleFileError(info.path, f"cannot decompress the frames at a seek point ({exc})") from None
 
 
 class _TokenLists:

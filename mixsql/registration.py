@@ -11,7 +11,11 @@ Python API (the SQL statements and ``mixsql register`` call these)::
     check_file(path, size, mtime_ns, fingerprint=None) -> None   (readers: raises StaleFileError)
 
 ``pattern``: a glob (``**`` recursive), a file or a directory (every recognised data file below
-it); relative paths resolve against the CWD, and paths are stored absolute. ``format``: ``jsonl``
+it); relative paths resolve against the CWD, and paths are stored absolute. An object-store URI
+(``s3://bucket/prefix/**/*.jsonl.zst``, ``gs://``, ``az://``; see :mod:`mixsql.storage`) works the
+same way; objects are stored as URIs, with their ETag as the fingerprint. Multi-frame zstd and
+multi-member gzip files get a seek table (``seek_points``) so readers reach a row from the
+nearest frame. ``format``: ``jsonl``
 (``.jsonl``/``.jsonl.zst``/``.jsonl.gz``, compression from the extension), ``parquet`` or
 ``webdataset`` (``.tar``); detected from the extensions when omitted.
 
@@ -58,7 +62,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import formats
+from . import formats, storage
 from .catalog import (RESERVED_NAMES, Catalog, bump_snapshot, create_samples_view, fetch_one, property_columns,
                       quote_ident, require_writable)
 from .errors import (IntegrityError, OperationalError, ProgrammingError, RegistrationError,
@@ -199,24 +203,32 @@ def normalize_options(con: duckdb.DuckDBPyConnection, fmt: str, options: dict | 
 # ----------------------------------------------------------------------------- files
 
 def list_files(pattern: str, fmt: str | None) -> tuple[str, list[tuple[str, str]]]:
-    """(format, [(absolute path, compression)]) matched by ``pattern``; errors when nothing matches."""
-    pat = os.path.expanduser(str(pattern))
-    if not os.path.isabs(pat):
-        pat = os.path.join(os.getcwd(), pat)
+    """(format, [(absolute path or object URI, compression)]) matched by ``pattern``; errors when
+    nothing matches."""
+    if storage.is_remote(pattern):
+        pat = str(pattern)
+        paths = storage.glob(pat)
+        if not any(c in pat for c in "*?[") and paths != [pat]:   # a prefix: the data files below it
+            paths = [p for p in paths if _detected(p) is not None and (fmt is None or _detected(p) == fmt)]
+        return _typed_files(pattern, pat, paths, fmt)
+    pat = storage.local_path(str(pattern))
     if os.path.isdir(pat):
         cands = [p for p in globmod.glob(os.path.join(pat, "**", "*"), recursive=True) if os.path.isfile(p)]
-        keep = []
-        for p in cands:
-            try:
-                f, _ = formats.detect(p)
-            except ValueError:
-                continue
-            if fmt is None or f == fmt:
-                keep.append(p)
-        paths = keep
+        paths = [p for p in cands if _detected(p) is not None and (fmt is None or _detected(p) == fmt)]
     else:
         paths = [p for p in globmod.glob(pat, recursive=True) if os.path.isfile(p)]
     paths = sorted({os.path.abspath(p) for p in paths})
+    return _typed_files(pattern, pat, paths, fmt)
+
+
+def _detected(path: str) -> str | None:
+    try:
+        return formats.detect(path)[0]
+    except ValueError:
+        return None
+
+
+def _typed_files(pattern: str, pat: str, paths: list[str], fmt: str | None) -> tuple[str, list[tuple[str, str]]]:
     if not paths:
         raise RegistrationError(f"pattern {pattern!r} matches no files",
                                 hint=f"(resolved to {pat}) check the path; use ** for recursive globs")
@@ -240,22 +252,32 @@ def list_files(pattern: str, fmt: str | None) -> tuple[str, list[tuple[str, str]
 
 
 def _stat(path: str) -> tuple[int, int, str]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns, formats.fingerprint(path, st.st_size)
+    """(size, mtime_ns, fingerprint): an object's fingerprint is its ETag, a local file's a hash of
+    its head and tail."""
+    st = storage.stat(path)
+    if st.etag is not None:
+        return st.size, st.mtime_ns, "etag:" + st.etag
+    return st.size, st.mtime_ns, formats.fingerprint(path, st.size)
 
 
 def check_file(path: str, size: int, mtime_ns: int, fingerprint: str | None = None) -> None:
-    """Raise StaleFileError when ``path`` no longer matches what was registered."""
+    """Raise StaleFileError when ``path`` (a file or an object) no longer matches what was registered."""
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
+        st = storage.stat(path)
+    except (FileNotFoundError, storage.StorageError) as exc:
+        if isinstance(exc, storage.StorageError) and "no such object" not in str(exc):
+            raise
         raise StaleFileError(path, "the file no longer exists") from None
-    if st.st_size != size:
-        raise StaleFileError(path, f"size {st.st_size} != registered {size}")
-    if st.st_mtime_ns != mtime_ns:
-        raise StaleFileError(path, f"mtime_ns {st.st_mtime_ns} != registered {mtime_ns}")
-    if fingerprint is not None and fingerprint != "test" and formats.fingerprint(path, size) != fingerprint:
-        raise StaleFileError(path, "content fingerprint differs")
+    if st.size != size:
+        raise StaleFileError(path, f"size {st.size} != registered {size}")
+    if st.mtime_ns != mtime_ns:
+        raise StaleFileError(path, f"mtime_ns {st.mtime_ns} != registered {mtime_ns}")
+    if fingerprint is None or fingerprint == "test":
+        return
+    now = "etag:" + st.etag if st.etag is not None else formats.fingerprint(path, size)
+    if now != fingerprint:
+        raise StaleFileError(path, "content fingerprint differs" if st.etag is None else
+                             f"ETag {st.etag} differs from the registered {fingerprint[5:]}")
 
 
 # ----------------------------------------------------------------------------- scanning
@@ -326,12 +348,12 @@ def _executor(fmt: str, n: int, tokenize: bool = False):
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="mixsql-scan")
 
 
-def _scan_all(tasks: list[formats.ScanTask], workers: int | None, progress: bool, label: str) -> list[dict]:
+def _scan_all(tasks: list[formats.ScanTask], sizes: list[int], workers: int | None, progress: bool,
+              label: str) -> list[dict]:
     """Scan every task (a thread or process pool when worth it); results in task order. Raises on the first error."""
     bar = _Progress(progress, len(tasks), label)
     results: list[dict | None] = [None] * len(tasks)
     try:
-        sizes = [os.path.getsize(t.path) for t in tasks]
         n = workers or os.cpu_count() or 1
         n = max(1, min(n, len(tasks)))
         tokenize = any(t.tokenizer for t in tasks)   # ~100x the work per byte: worth a pool sooner
@@ -489,7 +511,8 @@ def _index_files(catalog: Catalog, source_id: int, fmt: str, files: list[tuple[s
                  progress: bool, label: str):
     """Scan ``files``; return (results, stats, types, skipped_columns) without touching the DB."""
     stats = [_stat(p) for p, _ in files]
-    results = _scan_all(_tasks(fmt, files, opts), opts.get("workers"), progress, label) if files else []
+    results = _scan_all(_tasks(fmt, files, opts), [st[0] for st in stats], opts.get("workers"), progress,
+                        label) if files else []
     skipped_cols: list[str] = []
     if opts["properties"] is None:  # auto-discovery: names from the data, in first-seen order
         names: dict[str, None] = {}
@@ -522,7 +545,7 @@ def _write(catalog: Catalog, source_id: int, files: list[tuple[str, str]], resul
     con = catalog.con
     arrow_types = {n: _arrow_type_of(con, t) for n, t in types.items()}
     tables = []
-    file_rows = []
+    file_rows, seek_rows = [], []
     tot_s = tot_b = 0
     tot_t: int | None = 0
     for k, ((path, comp), res, (size, mtime, fp)) in enumerate(zip(files, results, stats)):
@@ -538,10 +561,13 @@ def _write(catalog: Catalog, source_id: int, files: list[tuple[str, str]], resul
             else:
                 tot_t += int(pc.sum(ntok).as_py() or 0)
         file_rows.append((fid, source_id, path, comp, size, mtime, fp, ns, nb))
+        seek_rows.extend((fid, c, d) for c, d in res.get("seek") or ())
         tot_s += ns
         tot_b += nb
     if file_rows:
         con.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", file_rows)
+    if seek_rows:
+        con.executemany("INSERT INTO seek_points VALUES (?, ?, ?)", seek_rows)
     if tables:
         big = pa.concat_tables(tables)
         names = ", ".join(quote_ident(c) for c in big.column_names)
@@ -686,6 +712,7 @@ def refresh_source(catalog: Catalog, name: str, progress: bool = True) -> dict:
         if gone:
             ids = ",".join(str(int(i)) for i in gone)
             con.execute(f"DELETE FROM sample_index WHERE file_id IN ({ids})")
+            con.execute(f"DELETE FROM seek_points WHERE file_id IN ({ids})")
             con.execute(f"DELETE FROM files WHERE file_id IN ({ids})")
         next_fid = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM files").fetchall()[0][0]
         _write(catalog, source_id, todo, results, stats, types, opts["required"], next_fid)
@@ -728,6 +755,8 @@ def drop_source(catalog: Catalog, name: str) -> None:
 
     def txn(con):
         con.execute("DELETE FROM sample_index WHERE file_id IN (SELECT file_id FROM files WHERE source_id = ?)",
+                    [source_id])
+        con.execute("DELETE FROM seek_points WHERE file_id IN (SELECT file_id FROM files WHERE source_id = ?)",
                     [source_id])
         con.execute("DELETE FROM files WHERE source_id = ?", [source_id])
         con.execute("DELETE FROM sources WHERE source_id = ?", [source_id])

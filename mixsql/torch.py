@@ -151,6 +151,11 @@ class _GroupRead:
     def __init__(self, reader):
         self.reader = reader
 
+    @staticmethod
+    def tables(group):
+        """The chunk tables the group reads (their node-cache fills start when it is queued)."""
+        return [x[3] for x in group if x[3] is not None]
+
     def __call__(self, group):
         tables = [x[3] for x in group if x[3] is not None]
         if not tables:
@@ -639,7 +644,7 @@ class MixDataset(IterableDataset):
                     # feedback-driven weights apply from the engine's next unfetched chunk: with one
                     # chunk per read, how far reading runs ahead is the same in a resumed run
                     _grouped(with_chunks(), 1 if spec.algorithm is not None else _GROUP_MAX),
-                    depth=self.prefetch_depth, read=_GroupRead(reader))):
+                    depth=self.prefetch_depth, read=_GroupRead(reader), tables=_GroupRead.tables)):
                 carry_in = _merge_carry(running, task["carry"])
                 info = {"kind": kind, "chunk": task["chunk"] if data is not None else None,
                         "carry": carry_in, "drop": dict(task["drop"]), "eng": eng,

@@ -11,6 +11,13 @@ import pytest
 from mixsql.catalog import Catalog, bump_snapshot, create_samples_view, quote_ident
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _node_cache_dir(tmp_path_factory):
+    """The node cache of every test process lives under the session's temporary directory."""
+    os.environ["MIXSQL_CACHE_DIR"] = str(tmp_path_factory.mktemp("mixsql-cache"))
+    yield
+
+
 def write_jsonl_catalog(
     catalog_dir: Path,
     records: list[dict],

@@ -124,3 +124,69 @@ def test_prefetch_yields_in_order(tmp_path):
     got = [t.column("text").to_pylist() for _, t in reader.prefetch(iter(chunks), depth=3)]
     reader.close()
     assert got == [DOCS[i:i + 6] for i in range(0, 60, 6)]
+
+
+def _register(tmp_path, name, blob_file):
+    from mixsql.catalog import Catalog
+    from mixsql.registration import create_source
+
+    cat = Catalog(tmp_path / "cat")
+    create_source(cat, name, str(blob_file), progress=False)
+    return cat
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_seek_table_reaches_rows_from_the_nearest_frame(tmp_path, compression):
+    docs = [f"row {i} " + "q" * (i % 300) for i in range(12_000)]
+    blob, _ = _jsonl(docs)
+    step = 70_001   # frames / members cut mid-line
+    enc = (lambda b: zstandard.ZstdCompressor().compress(b)) if compression == "zstd" else gzip.compress
+    path = tmp_path / f"multi.jsonl.{'zst' if compression == 'zstd' else 'gz'}"
+    path.write_bytes(b"".join(enc(blob[i:i + step]) for i in range(0, len(blob), step)))
+    cat = _register(tmp_path, "m", path)
+    files = cat.files_table()
+    seek = files.column("seek")[0].as_py()
+    assert len(seek) > 5 and seek[0] == [0, 0]
+    assert all(b[1] - a[1] >= 256 << 10 for a, b in zip(seek, seek[1:]))
+    rows = cat.con.sql('SELECT file_id, "row", loc_offset, loc_length FROM sample_index '
+                       'WHERE "row" IN (11990, 11999, 7000) ORDER BY "row" DESC').to_arrow_table()
+    reader = ChunkReader(files)
+    out = reader.read(_chunk(rows.column("file_id").to_pylist(), rows.column("loc_offset").to_pylist(),
+                             rows.column("loc_length").to_pylist(), rows.column("row").to_pylist()))
+    assert out.column("text").to_pylist() == [docs[11999], docs[11990], docs[7000]]
+    segs = sorted(k[2] for k in reader.cache._d if k[0] == "seg")
+    assert 0 not in segs and len(segs) <= 4   # decompressed from the nearest points only, not from byte 0
+    assert not os.path.exists(os.path.join(os.environ["MIXSQL_CACHE_DIR"], "objects", "data",
+                                           reader.files[rows.column("file_id")[0].as_py()].entry_key()))
+    assert cat.con.execute("SELECT count(*) FROM seek_points").fetchall()[0][0] == len(seek)
+    from mixsql.registration import drop_source
+
+    drop_source(cat, "m")
+    assert cat.con.execute("SELECT count(*) FROM seek_points").fetchall()[0][0] == 0
+
+
+def test_single_frame_zstd_reads_through_the_node_cache(tmp_path):
+    from mixsql.cache import NodeCache, payload_size
+
+    docs = [f"doc {i} " + "w" * (i % 97) for i in range(3000)]
+    blob, locs = _jsonl(docs)
+    path = tmp_path / "one.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(blob))
+    cat = _register(tmp_path, "one", path)
+    files = cat.files_table()
+    assert files.column("seek")[0].as_py() is None
+    node = NodeCache(tmp_path / "node", limit=1 << 30)
+    picks = [2999, 5, 1500]
+    reader = ChunkReader(files, node_cache=node)
+    out = reader.read(_chunk([1] * 3, [locs[i][0] for i in picks], [locs[i][1] for i in picks], picks))
+    assert out.column("text").to_pylist() == [docs[i] for i in picks]
+    entry = reader.files[1].entry_key()
+    with node.open(entry) as f:
+        assert f.read()[:payload_size(f)] == blob   # the decompressed shard, on disk
+    assert not reader.cache._d   # no decompressed bytes in this process' RAM
+    reader.close()
+    again = ChunkReader(files, node_cache=NodeCache(tmp_path / "node", limit=1 << 30))
+    again._fill = lambda *a: pytest.fail("a warm entry was filled again")
+    again.warm_files([1])
+    out2 = again.read(_chunk([1], [locs[7][0]], [locs[7][1]], [7]))
+    assert out2.column("text").to_pylist() == [docs[7]]
