@@ -242,10 +242,8 @@ class ChunkReader:
                     pool.shutdown(wait=False, cancel_futures=True)
                 except Exception:  # noqa: BLE001 - interpreter shutdown (generator finalised late)
                     pass
-        with self._lock:
-            entries, self._entries = list(self._entries.values()), collections.OrderedDict()
-        for f, _ in entries:
-            f.close()
+        with self._lock:   # entry files close as the last reference to them goes
+            self._entries = collections.OrderedDict()
 
     # -- internals ---------------------------------------------------------------------------
     def _info(self, file_id: int) -> _FileInfo:
@@ -315,22 +313,19 @@ class ChunkReader:
                 self._entries.move_to_end(info.file_id)
                 return _pread(*entry)
             fut = self._fills.get(info.file_id)
-        if fut is None:
-            self._open_entry(info.file_id)
-        else:
-            fut.result()
-        with self._lock:
-            return _pread(*self._entries[info.file_id])
+        return _pread(*(fut.result() if fut is not None else self._open_entry(info.file_id)))
 
-    def _open_entry(self, file_id: int) -> None:
-        """Open (filling if needed) the file's node-cache entry and keep it open."""
+    def _open_entry(self, file_id: int) -> tuple:
+        """Open (filling if needed) the file's node-cache entry and keep it open: ``(file, payload size)``."""
         try:
             info = self._info(file_id)
             f = self._cache().get_or_fill(info.entry_key(), lambda out: self._fill(info, out))
+            entry = (f, payload_size(f))
             with self._lock:
-                self._entries[file_id] = (f, payload_size(f))
-                while len(self._entries) > _OPEN_ENTRIES:
-                    self._entries.popitem(last=False)[1][0].close()
+                self._entries[file_id] = entry
+                while len(self._entries) > _OPEN_ENTRIES:   # closed when no reader holds it any more
+                    self._entries.popitem(last=False)
+            return entry
         finally:
             with self._lock:
                 self._fills.pop(file_id, None)
@@ -486,11 +481,10 @@ class ChunkReader:
 
 
 def _pread(f, limit: int | None = None):
-    """``(start, n) -> bytes`` positioned reads of ``f``, never past ``limit``."""
-    fd = f.fileno()
+    """``(start, n) -> bytes`` positioned reads of ``f`` (kept open by the closure), never past ``limit``."""
     if limit is None:
-        return lambda start, n: os.pread(fd, n, start)
-    return lambda start, n: os.pread(fd, max(0, min(n, limit - start)), start)
+        return lambda start, n: os.pread(f.fileno(), n, start)
+    return lambda start, n: os.pread(f.fileno(), max(0, min(n, limit - start)), start)
 
 
 def _coalesced(idx, offs, lens, pread, path):

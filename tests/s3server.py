@@ -1,53 +1,11 @@
-"""A real S3-protocol server for tests: moto's standalone server in a subprocess on 127.0.0.1, and
-a fault-injecting HTTP proxy in front of it (503 SlowDown, or a stalled response)."""
+"""A fault-injecting HTTP proxy for tests, in front of the real S3-protocol server
+(:class:`bench.s3server.MotoServer`): 503 SlowDown answers, or a stalled response."""
 from __future__ import annotations
 
 import http.client
 import http.server
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MotoServer:
-    """``python -m moto.server`` on an ephemeral port; stopped by pid."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/moto-api/", timeout=1).read()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    self.stop()
-                    raise RuntimeError("moto server did not start")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
 
 SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
             b'<Message>Please reduce your request rate.</Message></Error>')

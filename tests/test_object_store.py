@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from s3server import FaultProxy, MotoServer, free_port
+from bench.s3server import CREDENTIALS, MotoServer, free_port
+from s3server import FaultProxy
 
 pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
@@ -64,8 +65,7 @@ def s3(tmp_path_factory):
     """moto on an ephemeral port, a fault proxy in front, and the bucket's initial objects."""
     server = MotoServer()
     proxy = FaultProxy(server.url)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": server.url, "MIXSQL_IO_BACKOFF": "0.01", "MIXSQL_IO_RETRIES": "4"}
+    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": server.url, "MIXSQL_IO_BACKOFF": "0.01", "MIXSQL_IO_RETRIES": "4"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     client = boto3.client("s3", endpoint_url=server.url)
