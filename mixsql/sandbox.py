@@ -12,7 +12,8 @@ between a client and the server's files, network and configuration:
    function that reads settings, files or the environment (``current_setting``, ``getenv``,
    ``read_*``, ``pragma_*``, ``duckdb_*`` ...).
 2. **DuckDB itself** (:class:`Sandbox`): a fresh in-memory DuckDB per statement with the
-   catalog database ``ATTACH``-ed read-only, extension autoloading and autoinstall off, then
+   catalog database ``ATTACH``-ed read-only, extension autoloading and autoinstall off, no
+   scans of Python objects (``python_enable_replacements = false``), then
    ``enable_external_access = false`` (no file, URL or extension access from here on) and
    ``lock_configuration = true`` (no ``SET`` can undo it). Memory and threads are capped, and a
    timer interrupts a statement that runs past the query time limit.
@@ -113,7 +114,8 @@ class Sandbox:
             raise OperationalError(f"the server's catalog {path} has no {DB_FILENAME}")
         con = duckdb.connect(":memory:", config={
             "autoload_known_extensions": False, "autoinstall_known_extensions": False,
-            "allow_community_extensions": False, "memory_limit": limits.memory_limit,
+            "allow_community_extensions": False, "python_enable_replacements": False,
+            "memory_limit": limits.memory_limit,
             "threads": max(int(limits.threads), 1)})
         try:
             literal = str(db).replace("'", "''")
