@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-jobs-per-token", type=int, metavar="N", help="jobs per token (default 32)")
     v.add_argument("--feedback-lag", type=int, metavar="STEPS",
                    help="feedback of step s changes the weights from the first chunk of step s + STEPS "
-                        "(default 2)")
+                        "(default 8)")
     return p
 
 

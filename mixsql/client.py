@@ -155,7 +155,8 @@ class MixClient:
                 if time.monotonic() >= deadline:
                     raise errors.OperationalError(
                         f"{exc} -- still waiting after {self.feedback_wait:.0f} s: does the training loop "
-                        "call feedback() every step (and is the server's feedback_lag at least 1)?") from None
+                        "call feedback() every step? If it does, the loaders read further ahead than the server's "
+                        "--feedback-lag allows (DataLoader workers x prefetch): raise it") from None
                 time.sleep(0.02)
         md = table.schema.metadata or {}
         if md.get(b"mixsql.end") == b"true":

@@ -54,7 +54,7 @@ import pyarrow as pa
 
 from .algorithms import make_algorithm
 from .engine import schedule_chunk
-from .errors import OperationalError, ProgrammingError
+from .errors import InterfaceError, OperationalError, ProgrammingError
 from .sandbox import Sandbox, SandboxLimits, parse_client_statement
 
 try:
@@ -88,10 +88,15 @@ class ServerLimits:
     max_jobs_per_token: int = 32
     max_concurrent_plans: int = 2  # statements planned at once (each in its own sandbox)
     plan_wait: float = 60.0        # seconds a registration waits for a planning slot
-    feedback_lag: int = 2          # feedback of step s applies from the first chunk of step s + lag
+    feedback_lag: int = 8          # feedback of step s applies from the first chunk of step s + lag
     pending_wait: float = 0.5      # seconds a chunk request waits server-side for pending feedback
     max_request_bytes: int = 8 << 20   # JSON body of one action (a restore carries a whole job state)
     max_ticket_bytes: int = 4 << 10
+
+    def __post_init__(self):
+        if not isinstance(self.feedback_lag, int) or self.feedback_lag < 1:
+            raise InterfaceError(f"feedback_lag must be an integer >= 1 (steps), got {self.feedback_lag!r}: "
+                                 "the feedback of step s arrives after step s was read")
 
 
 def job_id_for(catalog_path: Path, snapshot: int, statement: str, params: Any, topology: dict | None = None,

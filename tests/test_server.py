@@ -176,7 +176,7 @@ def test_checkpoint_restore_replays_same_chunks(server):
 
 
 def test_schedule_switches_at_the_mapped_chunk(two_groups):
-    srv = Running(two_groups)
+    srv = Running(two_groups, feedback_lag=2)
     try:
         c = MixClient(srv.location)
         sql = ("SELECT * FROM samples MIX BY kind WITH SCHEDULE (AT STEP 0 (a 0.8, b 0.2), "
@@ -194,7 +194,7 @@ def test_schedule_switches_at_the_mapped_chunk(two_groups):
 
 
 def test_loss_average_mixtera_scenario_5(two_groups):
-    srv = Running(two_groups)
+    srv = Running(two_groups, feedback_lag=2)
     try:
         c = MixClient(srv.location)
         # one chunk per step; feedback of step s lands at the first chunk of step s + 2
@@ -215,7 +215,7 @@ def test_loss_average_mixtera_scenario_5(two_groups):
 
 
 def test_ado_reacts_to_synthetic_losses(two_groups):
-    srv = Running(two_groups)
+    srv = Running(two_groups, feedback_lag=2)
     try:
         c = MixClient(srv.location)
         job = c.register_job("SELECT * FROM samples MIX BY kind WITH (a 0.5, b 0.5) USING ADO (update_every = 30, "

@@ -279,3 +279,8 @@ def test_duckdb_refuses_outside_access_even_without_the_statement_check(catalog,
             with pytest.raises(duckdb.Error) as info:
                 box.con.execute(sql).fetchall()
             assert marker not in str(info.value)
+
+
+def test_feedback_lag_must_leave_the_reporting_step_behind(catalog):
+    with pytest.raises(errors.InterfaceError, match="feedback_lag must be an integer >= 1"):
+        MixServer(catalog, "127.0.0.1", 0, feedback_lag=0)

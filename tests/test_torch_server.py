@@ -95,3 +95,32 @@ def test_in_process_ado_resume_continues_identically(catalog, stop):
     rest, _, ds_rest = _ado_run(catalog, 30, start_state=state)
     assert rest == full[stop:]
     assert ds_rest._algo.state_dict()["history"] == ds_full._algo.state_dict()["history"]
+
+
+def _server_ado_run(server, workers: int) -> tuple[list, list]:
+    """Groups per step of MixDataset(server=...) with ADO feedback after every step."""
+    from mixsql.client import MixClient
+
+    sql = ADO_SQL.replace("seed = 4", "seed = 4, batch_size = 10")
+    ds = MixDataset(sql, server=server)
+    out = []
+    for step, batch in enumerate(MixDataLoader(ds, batch_size=10, num_workers=workers)):
+        counts = Counter(batch["group"])
+        out.append(list(batch["group"]))
+        losses = {"en": 2 + 5 * (step + 1) ** -0.8, "de": 2 + 0.5 * (step + 1) ** -0.1, "fr": 2.2}
+        ds.feedback(step, [losses[g] * counts[g] for g in ("en", "de", "fr")],
+                    [float(counts[g]) for g in ("en", "de", "fr")])
+        if step == 29:
+            break
+    client = MixClient(server)
+    job = client.register_job(sql)
+    log = client.job_info(job)["weight_log"]
+    client.drop_job(job)
+    return out, log
+
+
+def test_server_mode_ado_feedback_is_reproducible(server):
+    first, log = _server_ado_run(server, workers=0)
+    again, log_again = _server_ado_run(server, workers=0)
+    assert log and log == log_again                     # ADO moved the weights, at the same chunks
+    assert first == again
