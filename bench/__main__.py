@@ -42,7 +42,7 @@ def run_one(name: str, quick: bool, command: str, run_id: str | None = None) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("name", choices=NAMES + ("all",))
-    ap.add_argument("--quick", action="store_true", help="small sizes: the whole `all` fits in 15 minutes")
+    ap.add_argument("--quick", action="store_true", help="small sizes (every figure still the median of 5 interleaved runs)")
     a = ap.parse_args(argv)
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     names = [n for n in NAMES if n != "corpus"] if a.name == "all" else [a.name]

@@ -3,15 +3,16 @@
 Same corpus (bench.corpus, SlimPajama-shaped), same target token shares (``corpus.MIX_TARGET``),
 same BPE tokenizer (bench.tokenizer), same ``seq_len`` and batch size. After reading, every peer
 and the ``mixsql_harness`` row do identical work (``bench.peers.common``: one ``encode_batch_fast``
-call per 256 documents, a vectorised packer, whole-batch collation); ``mixsql`` is mixsql's native
+call per 64 documents, a vectorised packer, whole-batch collation); ``mixsql`` is mixsql's native
 path. Every run is its own subprocess (bench.peers.runner). ``reps`` rounds run every system once
 each, in a rotated order (interleaved), and every figure is the median over the rounds with its
 min..max. Figures per system:
 
 * ``convert_s``         the system's own preparation (peers: conversion to their format; mixsql:
                         registration, an index over the unchanged files, with BPE token counting)
-* ``first_batch_s``     loader construction to first batch (2 DataLoader workers, fresh process)
-* ``rss_mb``            peak RSS of the process tree with 2 workers
+* ``first_batch_s``     loader construction to first batch, in a fresh process (its first
+                        configuration: 2 DataLoader workers in the full run, 1 in ``--quick``)
+* ``rss_mb``            peak RSS of the process tree during that first configuration
 * ``cpu_tok_s_w1|w2``   tokens per CPU-second of the whole process tree (main process, workers,
                         all threads; psutil), BPE on the fly, 1 or 2 DataLoader workers
 * ``wall_tok_s_w1|w2``  tokens per wall-second of the same window
@@ -19,7 +20,8 @@ min..max. Figures per system:
 * ``share_err_max_pp``  max over batches 10..N of the cumulative |realised - target| token share
                         (percentage points), N = min(batches, 1000), 1 worker
 * ``resume0_s`` / ``resume10k_s``  restore a checkpoint taken at step 0 / 10,000 (batch 1,
-                        seq_len 256, pre-tokenized) and deliver the next sample
+                        seq_len 256, pre-tokenized) and deliver the next sample (in the same process,
+                        after the stream configurations)
 * mixsql only: ``cpu_tok_s_w1_small_cache``: 1 worker with a 2 MiB reader cache, below the
                         corpus' compressed size, so chunks keep re-decompressing shard prefixes
 """
@@ -44,17 +46,19 @@ IMPORTS = {"mixsql": "mixsql.torch", "mixsql_harness": "mixsql.torch", "hf_datas
            "mosaic_streaming": "streaming", "litdata": "litdata", "torchdata_nodes": "torchdata.nodes"}
 PIP = {"mixsql": "mixsql", "mixsql_harness": "mixsql", "hf_datasets": "datasets",
        "mosaic_streaming": "mosaicml-streaming", "litdata": "litdata", "torchdata_nodes": "torchdata"}
-# figure -> (stream config, key of measure_stream's result)
+# figure -> (stream config, key of the runner's result); FIRST: the first configuration of a process
+FIRST = "first"
 STREAM_FIGURES = {
-    "first_batch_s": ("w2", "first_batch_s"), "rss_mb": ("w2", "peak_rss_mb"),
+    "first_batch_s": (FIRST, "first_batch_s"), "rss_mb": (FIRST, "peak_rss_mb"),
     "cpu_tok_s_w1": ("w1", "tokens_per_cpu_s"), "wall_tok_s_w1": ("w1", "tokens_per_s"),
     "cpu_tok_s_w2": ("w2", "tokens_per_cpu_s"), "wall_tok_s_w2": ("w2", "tokens_per_s"),
     "cpu_tok_s_pretok": ("pretok", "tokens_per_cpu_s"), "wall_tok_s_pretok": ("pretok", "tokens_per_s"),
     "share_err_max_pp": ("w1", "share_err_max_pp"),
     "cpu_tok_s_w1_small_cache": ("w1_small_cache", "tokens_per_cpu_s"),
     "wall_tok_s_w1_small_cache": ("w1_small_cache", "tokens_per_s"),
+    "resume0_s": ("resume", "resume_s_at_0"), "resume10k_s": ("resume", "resume_s_at_10000"),
 }
-FIGURES = ("convert_s", *STREAM_FIGURES, "resume0_s", "resume10k_s")
+FIGURES = ("convert_s", *STREAM_FIGURES)
 HIGHER_IS_BETTER = {f for f in FIGURES if "tok_s" in f}
 RESUMES = ("mixsql", "hf_datasets", "mosaic_streaming", "litdata", "torchdata_nodes")
 # Mosaic's StreamingDataset keeps worker barriers in shared memory that a second dataset in the
@@ -112,8 +116,8 @@ def compressed_mb(corpus: Path) -> float:
 
 def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batch_size: int = 8,
             seq_len: int = 512, steps: int = 10_000, reps: int = 5, convert_reps: int | None = None,
-            configs=("w2", "w1", "pretok"), seed: int = 0, systems=SYSTEMS, timeout: float = 600,
-            resume: bool = True, log=print) -> dict:
+            configs=("w2", "w1", "pretok", "resume"), seed: int = 0, systems=SYSTEMS, timeout: float = 600,
+            log=print) -> dict:
     """Run the comparison; returns figures (median/min/max per system), a table and notes."""
     t0 = time.perf_counter()
     corpus = corpus_mod.ensure_corpus(mb, seed=seed)
@@ -142,30 +146,29 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
             res = _call(s, "convert", corpus, work_root, timeout, mode="text")
             if not note_error(s, "convert", res):
                 runs[s]["convert_s"].append(res["conversion_s"])
-    for s in own_data:
-        note_error(s, "convert tokens", _call(s, "convert", corpus, work_root, timeout, mode="tokens"))
+    if "pretok" in configs or "resume" in configs:         # the pre-tokenized copies
+        for s in own_data:
+            note_error(s, "convert tokens", _call(s, "convert", corpus, work_root, timeout, mode="tokens"))
     for r in range(reps):                                  # streams and resumes, interleaved
         for s in live[r % len(live):] + live[:r % len(live)]:
-            cfgs = list(configs) + (["w1_small_cache"] if s == "mixsql" and "w1" in configs else [])
+            cfgs = [c for c in configs if c != "resume" or s in RESUMES]
+            if s == "mixsql" and "w1" in cfgs:
+                cfgs.insert(cfgs.index("w1") + 1, "w1_small_cache")
             groups = [[c] for c in cfgs] if s in ONE_CONFIG_PER_PROCESS else [cfgs]
             res = {}
             for g in groups:
                 part = _call(s, "stream", corpus, work_root, timeout, configs=",".join(g), batches=batches,
-                             pretok_batches=pretok_batches, batch_size=batch_size, seq_len=seq_len, seed=seed + r)
+                             pretok_batches=pretok_batches, batch_size=batch_size, seq_len=seq_len, seed=seed + r,
+                             steps=steps)
                 if "error" in part:
                     res = part
                     break
                 res.update(part)
             if not note_error(s, "stream", res):
                 for fig, (cfg, key) in STREAM_FIGURES.items():
-                    v = res.get(cfg, {}).get(key)
+                    v = res.get(cfgs[0] if cfg == FIRST else cfg, {}).get(key)
                     if v is not None:
                         runs[s][fig].append(v)
-            if resume and s in RESUMES:
-                rs = _call(s, "resume", corpus, work_root, timeout, steps=steps, seq_len=256, seed=seed)
-                if not note_error(s, "resume", rs):
-                    runs[s]["resume0_s"].append(rs["resume_s_at_0"])
-                    runs[s]["resume10k_s"].append(rs[f"resume_s_at_{steps}"])
         log(f"[compare] round {r + 1}/{reps} done ({time.perf_counter() - t0:.0f} s)")
     stats = {s: {f: spread(v) for f, v in runs[s].items() if v} for s in live}
     shown = [f for f in FIGURES if any(f in stats[s] for s in live)]
@@ -193,7 +196,8 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
         f".jsonl.zst shards; target token shares {json.dumps(corpus_mod.MIX_TARGET)}; batch {batch_size} x "
         f"seq_len {seq_len}; {batches} batches per BPE stream run, {pretok_batches} pre-tokenized (CPU and "
         f"wall over the batches after the first {max(2, min(20, batches // 10))}); share error over batches "
-        f"{SHARE_FROM}..{min(batches, 1000)}; resume at step 0 vs {steps} (batch 1, seq_len 256, pre-tokenized). "
+        f"{SHARE_FROM}..{min(batches, 1000)}; resume at step 0 vs {steps} (batch 1, seq_len 256, pre-tokenized); "
+        f"configurations per process, in order: {', '.join(configs)} (first batch and peak RSS: the first). "
         f"Each cell: median (min..max) of {reps} interleaved rounds (preparation: {convert_reps}). Peers get "
         "per-sample weights target_d / mean_tokens_d, mixsql weights tokens directly (unit = 'tokens'). "
         "Shared 2-core machine: other jobs ran at the same time, so the spreads include their load.")
@@ -221,11 +225,14 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
 
 def run(quick: bool = False) -> dict:
     if quick:
-        out = compare(mb=20, batches=300, pretok_batches=3000, batch_size=8, seq_len=512, reps=5)
+        # preparation once: five conversions per system (mixsql's registration counts BPE tokens of
+        # every document) alone take ~45 min on the busy 2-core VM; the full run repeats it 5 times
+        out = compare(mb=20, batches=150, pretok_batches=1500, batch_size=8, seq_len=512, reps=5, convert_reps=1,
+                      configs=("w1", "pretok", "resume"))
     else:
         out = compare(mb=200, batches=1000, pretok_batches=10000, batch_size=8, seq_len=1024, reps=5, timeout=1800)
         big = compare(mb=1000, batches=1000, pretok_batches=10000, batch_size=8, seq_len=1024, reps=5,
-                      convert_reps=1, configs=("w1",), resume=False, timeout=3600)
+                      convert_reps=1, configs=("w1",), timeout=3600)
         out["_table"] += "\n\n1 GB corpus (BPE on the fly, 1 worker, default caches):\n\n" + big["_table"]
         out["_notes"] += "\n\n" + big["_notes"]
         out["gb_run"] = {k: v for k, v in big.items() if not k.startswith("_")}

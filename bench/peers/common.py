@@ -32,7 +32,8 @@ from ..corpus import DOMAIN_NAMES, MIX_TARGET
 
 DOM_INDEX = {n: i for i, n in enumerate(DOMAIN_NAMES)}
 N_DOM = len(DOMAIN_NAMES)
-READ_BATCH = 256          # samples per read batch / per tokenizer call, for every system
+READ_BATCH = 64           # samples per read batch / per tokenizer call, for every system (~6 batches
+                          # of 8 x 512 tokens: windows must not hinge on a few large bursts)
 
 
 def domain_token_stats(corpus: Path) -> dict:

@@ -28,6 +28,8 @@ CONFIGS = {
     "pretok": ("tokens", 1, None),
     "w1_small_cache": ("text", 1, 2 << 20),
 }
+RESUME = "resume"          # a configuration too: restore times, in the same process as the streams
+RESUME_SEQ_LEN = 256
 
 
 def adapter(system: str):
@@ -60,26 +62,27 @@ def _stream_one(a, mod, config: str) -> dict:
     return measure_stream(make_batches, n, share_batches=1000)
 
 
-def _resume(a, mod) -> dict:
-    """Checkpoint after `steps` sequences (batch of 1, in-process), then time restore -> next sample."""
+def _resume(a, mod, seq_len: int = RESUME_SEQ_LEN) -> dict:
+    """Checkpoint after `steps` sequences of ``seq_len`` (batch of 1, in-process, pre-tokenized),
+    then time restore -> next sample."""
     from ..tokenizer import load
     from .common import encode_flat
     tok = load(Path(a.corpus) / "tokenizer.json")
     work = work_dir(a.work_root, a.system, "tokens")
     out = {}
     warm = mod.open(a.corpus, work, "tokens", a.seed)  # imports and caches warm, for both timings alike
-    next(warm.sequences(a.seq_len) if hasattr(warm, "sequences") else warm.samples())
+    next(warm.sequences(seq_len) if hasattr(warm, "sequences") else warm.samples())
     for steps in (0, a.steps):
         src = mod.open(a.corpus, work, "tokens", a.seed)
         t0 = time.perf_counter()
         if hasattr(src, "sequences"):  # the system packs itself
-            it = src.sequences(a.seq_len)
+            it = src.sequences(seq_len)
             for _ in range(steps):
                 next(it)
             state = src.state(steps)
         else:                          # sequences of seq_len tokens (documents + EOS) consumed
             consumed, tokens, it = 0, 0, src.samples()
-            while tokens < steps * a.seq_len:
+            while tokens < steps * seq_len:
                 payload, _ = next(it)
                 consumed += 1
                 tokens += (len(payload) if not isinstance(payload, str) else len(encode_flat(tok, [payload])[0])) + 1
@@ -87,7 +90,7 @@ def _resume(a, mod) -> dict:
         out[f"reach_s_{steps}"] = round(time.perf_counter() - t0, 2)
         t1 = time.perf_counter()
         src2 = mod.open(a.corpus, work, "tokens", a.seed, state=state)
-        next(src2.sequences(a.seq_len) if hasattr(src2, "sequences") else iter(src2.samples()))
+        next(src2.sequences(seq_len) if hasattr(src2, "sequences") else iter(src2.samples()))
         out[f"resume_s_at_{steps}"] = round(time.perf_counter() - t1, 4)
     return out
 
@@ -99,7 +102,7 @@ def main(argv=None) -> None:
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--work-root", required=True)
     ap.add_argument("--mode", choices=["text", "tokens"], default="text", help="convert: which copy")
-    ap.add_argument("--configs", default="w1", help=f"stream: comma-separated of {', '.join(CONFIGS)}")
+    ap.add_argument("--configs", default="w1", help=f"stream: comma-separated of {', '.join(CONFIGS)}, {RESUME}")
     ap.add_argument("--batches", type=int, default=300)
     ap.add_argument("--pretok-batches", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -114,7 +117,7 @@ def main(argv=None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         res = mod.convert(a.corpus, work, a.mode)
     elif a.task == "stream":
-        res = {c: _stream_one(a, mod, c) for c in a.configs.split(",")}
+        res = {c: _resume(a, mod) if c == RESUME else _stream_one(a, mod, c) for c in a.configs.split(",")}
     else:
         res = _resume(a, mod)
     write_json_result(res)
