@@ -43,11 +43,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("name", choices=NAMES + ("all",))
     ap.add_argument("--quick", action="store_true", help="small sizes (every figure still the median of 5 interleaved runs)")
+    ap.add_argument("--run", metavar="RUN_ID", help="append under an existing run id (to finish an interrupted run)")
     a = ap.parse_args(argv)
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     names = [n for n in NAMES if n != "corpus"] if a.name == "all" else [a.name]
     from .results import new_run_id
-    run_id = new_run_id()
+    run_id = a.run or new_run_id()
     print(f"bench run {run_id}")
     t0 = time.perf_counter()
     failed = []

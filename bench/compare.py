@@ -117,8 +117,12 @@ def compressed_mb(corpus: Path) -> float:
 def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batch_size: int = 8,
             seq_len: int = 512, steps: int = 10_000, reps: int = 5, convert_reps: int | None = None,
             configs=("w2", "w1", "pretok", "resume"), seed: int = 0, systems=SYSTEMS, timeout: float = 600,
-            log=print) -> dict:
-    """Run the comparison; returns figures (median/min/max per system), a table and notes."""
+            budget_s: float | None = None, log=print) -> dict:
+    """Run the comparison; returns figures (median/min/max per system), a table and notes.
+
+    ``convert_reps=0`` reuses the conversions already under the work directory (``convert_s`` is
+    then not measured). ``budget_s``: start no further round once the next one would end past
+    it (estimated from the last round); the notes give the rounds completed."""
     t0 = time.perf_counter()
     corpus = corpus_mod.ensure_corpus(mb, seed=seed)
     work_root = corpus.parent / "work" / corpus.name
@@ -141,15 +145,20 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
             return True
         return False
 
-    for r in range(max(convert_reps, 1)):                 # preparation, interleaved
+    for r in range(convert_reps):                          # preparation, interleaved
         for s in own_data[r % len(own_data):] + own_data[:r % len(own_data)]:
             res = _call(s, "convert", corpus, work_root, timeout, mode="text")
             if not note_error(s, "convert", res):
                 runs[s]["convert_s"].append(res["conversion_s"])
-    if "pretok" in configs or "resume" in configs:         # the pre-tokenized copies
+    if convert_reps and ("pretok" in configs or "resume" in configs):   # the pre-tokenized copies
         for s in own_data:
             note_error(s, "convert tokens", _call(s, "convert", corpus, work_root, timeout, mode="tokens"))
+    done, t_round = 0, 0.0
     for r in range(reps):                                  # streams and resumes, interleaved
+        if budget_s is not None and done and time.perf_counter() - t0 + t_round > budget_s:
+            log(f"[compare] time budget: stopping after {done} of {reps} rounds")
+            break
+        t_start = time.perf_counter()
         for s in live[r % len(live):] + live[:r % len(live)]:
             cfgs = [c for c in configs if c != "resume" or s in RESUMES]
             if s == "mixsql" and "w1" in cfgs:
@@ -169,6 +178,7 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
                     v = res.get(cfgs[0] if cfg == FIRST else cfg, {}).get(key)
                     if v is not None:
                         runs[s][fig].append(v)
+        done, t_round = done + 1, time.perf_counter() - t_start
         log(f"[compare] round {r + 1}/{reps} done ({time.perf_counter() - t0:.0f} s)")
     stats = {s: {f: spread(v) for f, v in runs[s].items() if v} for s in live}
     shown = [f for f in FIGURES if any(f in stats[s] for s in live)]
@@ -198,7 +208,11 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
         f"wall over the batches after the first {max(2, min(20, batches // 10))}); share error over batches "
         f"{SHARE_FROM}..{min(batches, 1000)}; resume at step 0 vs {steps} (batch 1, seq_len 256, pre-tokenized); "
         f"configurations per process, in order: {', '.join(configs)} (first batch and peak RSS: the first). "
-        f"Each cell: median (min..max) of {reps} interleaved rounds (preparation: {convert_reps}). Peers get "
+        f"Each cell: median (min..max) of {done} interleaved rounds"
+        + (f" ({reps} planned; the time budget of {budget_s:g} s stopped the rest)" if done < reps else "")
+        + (f" (preparation: {convert_reps})" if convert_reps else
+           " (preparation not timed in this run: the conversions already on disk were reused)")
+        + ". Peers get "
         "per-sample weights target_d / mean_tokens_d, mixsql weights tokens directly (unit = 'tokens'). "
         "Shared 2-core machine: other jobs ran at the same time, so the spreads include their load.")
     vs_best = {}
@@ -213,7 +227,7 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
                       "mixsql_ahead": (m > v) if f in HIGHER_IS_BETTER else (m < v)}
     figures = {"systems": {s: {f: fmt_spread(v) for f, v in stats[s].items()} for s in live},
                "vs_best_peer": vs_best, "target_pretok_x_best_peer": TARGET_PRETOK_X_BEST_PEER,
-               "corpus_mb": mb, "corpus_compressed_mb": compressed_mb(corpus), "reps": reps,
+               "corpus_mb": mb, "corpus_compressed_mb": compressed_mb(corpus), "reps": done,
                "compare_seconds": round(time.perf_counter() - t0, 1)}
     if "cpu_tok_s_pretok" in vs_best:
         m, v = ref["cpu_tok_s_pretok"]["median"], stats[vs_best["cpu_tok_s_pretok"]["best_peer"]]["cpu_tok_s_pretok"]["median"]

@@ -153,8 +153,9 @@ def _targets(figs: dict) -> list[str]:
              _goal(figs, "compare", "target_pretok_x_best_peer", ">= {}x"), "pretok_target_met"),
         _row(figs, "server", "p99_at_demand_ms", "server p99 per chunk at the demand of 256 GPUs (ms)",
              _goal(figs, "server", "target_p99_ms", "< {}"), "p99_ok_at_demand"),
-        _row(figs, "engine", "first_chunk_s_10M", "statement to first chunk at 10M samples (s, single run)",
-             "< 2", below=2),
+        _row(figs, "engine", "first_chunk_s_10M", "statement to first chunk at 10M samples (s of wall time, single run)",
+             "< 2", below=2, note=(f" (CPU: {figs['engine']['first_chunk_cpu_s_10M']} s)"
+                                   if "first_chunk_cpu_s_10M" in figs.get("engine", {}) else "")),
     ]
     unmeasured = [f"{name} ({sec})" for (name, sec), r in zip(named, rows) if r is None]
     rows = [r for r in rows if r is not None]

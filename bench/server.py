@@ -254,6 +254,7 @@ def run(quick: bool, reps: int = 5) -> dict:
             pool = ClientPool(loc, CLIENTS, CLIENT_PROCS, CONNS, env)
             warm = c.register_job(SQL.format(chunk=CHUNK).replace("seed = 1", "seed = 9"), topology=topo)
             pool.phase(warm, CLIENTS / demand_rate, 1.0)     # warm-up, not recorded
+            c.drop_job(warm)
             names = list(phases)
             seed = 10
             for r in range(reps):
@@ -262,6 +263,7 @@ def run(quick: bool, reps: int = 5) -> dict:
                     job = c.register_job(SQL.format(chunk=CHUNK).replace("seed = 1", f"seed = {seed}"), topology=topo)
                     rate = phases[name]
                     by_phase[name].append(pool.phase(job, CLIENTS / rate if rate else 0.0, duration))
+                    c.drop_job(job)                    # a token may hold only so many jobs
             ado_job = c.register_job(ADO_SQL.format(chunk=CHUNK))
             ado = ado_costs(c, ado_job)
         finally:
