@@ -184,8 +184,10 @@ def _targets(figs: dict) -> list[str]:
     lines += ["", "**Targets not met in this run:** " + ("; ".join(not_met) if not_met else "none") + "."]
     if unmeasured:
         lines += ["", "**Not measured in this run:** " + "; ".join(unmeasured) + "."]
+    if "storage" not in figs:
+        lines += ["", "Reading from object storage and node-local caches (`bench storage`) is not in this run."]
     lines += ["", "Not measured by any bench here: RAM per selected sample at query time (target < 4 bytes per "
-              "node; the index figure above is the file on disk), and reading speed against a sequential scan."]
+              "node; the index figure above is the file on disk)."]
     return lines
 
 
