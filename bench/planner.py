@@ -11,12 +11,26 @@ them), then times, for a nested MIX statement with OTHER, multi-value groups and
 * ``execute_pointers_s``: ``execute_plan(user_columns=False, canonical=False)``, the training
   path (pointer columns only, rows left for the engine to order).
 
+``groups`` (:func:`groups`): mixtures over thousands of groups on a 1M-sample catalog
+(``bench/.data/planner-groups-1000000/``: ``site`` with 10,000 values, ``domain`` with 100,000):
+
+* ``first_chunk_s.explicit_<n>``: statement text -> first chunk (``MixStream.open`` on the
+  training path + ``next_chunk``) for ``MIX BY site WITH (<n - 1 sites>, OTHER)``, n = 100,
+  1,000, 10,000 (target: 10,000 under 2 s); ``first_chunk_s.discovered_100000``: the same for
+  ``MIX BY domain WITH NATURAL`` (target: under 10 s). Medians of interleaved runs, with
+  ``[min, max]`` in ``*_range`` (the machine is shared: noisy);
+* ``split_s.*``: plan / execute_plan / engine + first chunk of the median run;
+* ``compose_pointers_per_s_10000`` (``skip_chunk``: composition only) and
+  ``pointers_per_s_10000`` (``next_chunk``: chunk tables) at 10,000 groups (target > 1M/s);
+* ``explain_s_10000``: ``EXPLAIN MIX`` of the 10,000-group statement with ``LIMIT 500000``.
+
 Run: ``python -m bench.planner`` (10M rows) or ``python -m bench.planner --quick`` (1M rows).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -39,8 +53,9 @@ SOURCES = ["web", "c4", "code", "books", "arxiv"]
 LANGS = ["en", "de", "fr", "python", "javascript", "go"]
 
 
-def build(rows: int) -> Path:
-    path = DATA / f"planner-{rows}"
+def metadata_catalog(path: Path, rows: int, sources: list[str], columns: dict[str, tuple[str, str]]) -> Path:
+    """Cached metadata-only catalog of ``rows`` samples in files of 10,000 (file i belongs to
+    source i mod len(sources)); ``columns``: property -> (type, SQL of it over the row number i)."""
     if (path / "ready").exists():
         return path
     path.mkdir(parents=True, exist_ok=True)
@@ -49,18 +64,19 @@ def build(rows: int) -> Path:
     per_file = 10_000
     n_files = (rows + per_file - 1) // per_file
     con.execute("BEGIN")
-    con.execute("ALTER TABLE sample_index ADD COLUMN language VARCHAR")
-    con.execute("ALTER TABLE sample_index ADD COLUMN quality DOUBLE")
-    for i, name in enumerate(SOURCES, start=1):
+    for name, (typ, _) in columns.items():
+        con.execute(f"ALTER TABLE sample_index ADD COLUMN {name} {typ}")
+    for i, name in enumerate(sources, start=1):
         con.execute("INSERT INTO sources (source_id, name, format, pattern, options, properties) "
                     "VALUES (?, ?, 'jsonl', ?, '{\"text\": \"text\"}', '{}')", [i, name, f"/bench/{name}/*.jsonl"])
-    con.execute(f"""INSERT INTO files SELECT i + 1, (i % {len(SOURCES)}) + 1,
+    con.execute(f"""INSERT INTO files SELECT i + 1, (i % {len(sources)}) + 1,
         '/bench/data/part-' || lpad(i::VARCHAR, 6, '0') || '.jsonl', 'none', 0, 0, 'bench', {per_file}, 0
         FROM range({n_files}) t(i)""")
-    langs = "[" + ", ".join(f"'{x}'" for x in LANGS) + "]"
-    con.execute(f"""INSERT INTO sample_index (file_id, "row", loc_offset, loc_length, n_bytes, n_tokens, language, quality)
+    names = ", ".join(columns)
+    values = ", ".join(expr for _, expr in columns.values())
+    con.execute(f"""INSERT INTO sample_index (file_id, "row", loc_offset, loc_length, n_bytes, n_tokens, {names})
         SELECT (i // {per_file}) + 1, i % {per_file}, (i % {per_file}) * 700, 699, 600 + i % 200, 150 + i % 50,
-               {langs}[((hash(i) % {len(LANGS)}) + 1)::BIGINT], (hash(i * 7) % 1000) / 1000.0
+               {values}
         FROM range({rows}) t(i)""")
     create_samples_view(con)
     bump_snapshot(con)
@@ -69,6 +85,14 @@ def build(rows: int) -> Path:
     cat.close()
     (path / "ready").write_text("ok")
     return path
+
+
+def build(rows: int) -> Path:
+    langs = "[" + ", ".join(f"'{x}'" for x in LANGS) + "]"
+    return metadata_catalog(DATA / f"planner-{rows}", rows, SOURCES, {
+        "language": ("VARCHAR", f"{langs}[((hash(i) % {len(LANGS)}) + 1)::BIGINT]"),
+        "quality": ("DOUBLE", "(hash(i * 7) % 1000) / 1000.0"),
+    })
 
 
 def _time(fn, repeat: int):
@@ -99,6 +123,100 @@ def measure(cat: Catalog, sql: str, repeat: int) -> dict:
     }
 
 
+GROUP_ROWS = 1_000_000
+SITES, DOMAINS = 10_000, 100_000
+
+
+def build_groups(rows: int = GROUP_ROWS) -> Path:
+    """Metadata-only catalog: ``site`` (``s00000``.., SITES values) and ``domain`` (DOMAINS values)."""
+    return metadata_catalog(DATA / f"planner-groups-{rows}", rows, ["web"], {
+        "site": ("VARCHAR", f"'s' || lpad((hash(i) % {SITES})::VARCHAR, 5, '0')"),
+        "domain": ("VARCHAR", f"'d' || lpad((hash(i * 3) % {DOMAINS})::VARCHAR, 6, '0')"),
+    })
+
+
+def explicit_sql(n: int, limit: str = "") -> str:
+    """``MIX BY site`` listing n - 1 sites (weights 1..7) and OTHER."""
+    body = ", ".join(f"s{i:05d} {1 + i % 7}" for i in range(n - 1))
+    return f"SELECT * FROM samples MIX BY site WITH ({body}, OTHER 1){limit}"
+
+
+DISCOVERED_SQL = "SELECT * FROM samples MIX BY domain WITH NATURAL"
+
+
+def _first_chunk(cat: Catalog, sql: str) -> dict:
+    """Statement -> first chunk on the training path, with its split."""
+    from mixsql.planner import execute_plan, plan
+    from mixsql.stream import MixStream
+
+    t0 = time.perf_counter()
+    p = plan(cat, sql)
+    t1 = time.perf_counter()
+    pointers, spec = execute_plan(cat, p, user_columns=False, canonical=False)
+    t2 = time.perf_counter()
+    chunk = next(iter(MixStream(pointers, spec).chunks()))
+    t3 = time.perf_counter()
+    assert chunk.num_rows > 0
+    return {"total": t3 - t0, "plan": t1 - t0, "execute": t2 - t1, "engine": t3 - t2, "groups": len(spec.groups)}
+
+
+def _compose_rate(cat: Catalog, sql: str, seconds: float = 3.0) -> tuple[float, float]:
+    """(pointers/s by skip_chunk, pointers/s by next_chunk) over ~``seconds`` each."""
+    from mixsql.stream import MixStream
+
+    stream = MixStream.open(cat, sql, user_columns=False)
+    rates = []
+    for step in ("skip_chunk", "next_chunk"):
+        eng = stream.engine()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            before = eng.delivered().sum() if step == "skip_chunk" else 0
+            out = getattr(eng, step)()
+            if out is None or out is False:
+                break
+            n += out.num_rows if step == "next_chunk" else int(eng.delivered().sum() - before)
+        rates.append(n / (time.perf_counter() - t0))
+    return rates[0], rates[1]
+
+
+def groups(repeat: int = 3) -> dict:
+    """Mixtures over thousands of groups (see the module docstring)."""
+    from mixsql.planner import explain
+
+    cat = Catalog(build_groups(), read_only=True)
+    try:
+        load = os.getloadavg()[0]
+        _first_chunk(cat, explicit_sql(10))   # warm: catalog pages, DuckDB's JSON reader
+        cases = {f"explicit_{n}": explicit_sql(n) for n in (100, 1_000, 10_000)}
+        cases["discovered_100000"] = DISCOVERED_SQL
+        runs: dict = {k: [] for k in cases}
+        for _ in range(repeat):   # interleaved: a burst of load hits every case alike
+            for k, sql in cases.items():
+                runs[k].append(_first_chunk(cat, sql))
+        out: dict = {"rows": GROUP_ROWS, "load_average_at_start": round(load, 1),
+                     "first_chunk_s": {}, "first_chunk_s_range": {}, "split_s": {}, "groups": {}}
+        for k, rs in runs.items():
+            totals = [r["total"] for r in rs]
+            med = sorted(rs, key=lambda r: r["total"])[len(rs) // 2]
+            out["first_chunk_s"][k] = round(statistics.median(totals), 3)
+            out["first_chunk_s_range"][k] = [round(min(totals), 3), round(max(totals), 3)]
+            out["split_s"][k] = {x: round(med[x], 3) for x in ("plan", "execute", "engine")}
+            out["groups"][k] = med["groups"]
+        compose, tables = _compose_rate(cat, cases["explicit_10000"])
+        out["compose_pointers_per_s_10000"] = round(compose)
+        out["pointers_per_s_10000"] = round(tables)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            explain(cat, "EXPLAIN MIX " + explicit_sql(10_000, " LIMIT 500000"))
+            times.append(time.perf_counter() - t0)
+        out["explain_s_10000"] = round(statistics.median(times), 3)
+        out["explain_s_10000_range"] = [round(min(times), 3), round(max(times), 3)]
+        return out
+    finally:
+        cat.close()
+
+
 def run(quick: bool) -> dict:
     rows = 1_000_000 if quick else 10_000_000
     t0 = time.perf_counter()
@@ -107,16 +225,23 @@ def run(quick: bool) -> dict:
     cat = Catalog(path, read_only=True)
     try:
         repeat = 3 if quick else 1
-        return {
+        out = {
             "bench": "planner", "catalog_rows": rows, "build_s": round(build_s, 2),
             "nested_ordered": measure(cat, SQL, repeat),
             "flat": measure(cat, SQL_PLAIN, repeat),
         }
     finally:
         cat.close()
+    out["groups"] = groups()
+    out["_notes"] = ("groups: medians of 3 interleaved runs ([min, max] in *_range) on a machine shared with "
+                     f"other jobs (1-min load average {out['groups']['load_average_at_start']} on 2 cores at the "
+                     "start): absolute times are noisy, compare ratios.")
+    return out
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    print(json.dumps(run(ap.parse_args().quick), indent=2))
+    ap.add_argument("--groups", action="store_true", help="only the thousands-of-groups figures")
+    a = ap.parse_args()
+    print(json.dumps(groups() if a.groups else run(a.quick), indent=2))

@@ -19,53 +19,45 @@ SCHEMA = pa.schema([
 ])
 
 
-def _int(v):
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if f != f or f in (float("inf"), float("-inf")) else int(round(f))
+def _ints(values) -> pa.Array:
+    """int64 column of forecast figures (None, NaN and infinities -> null)."""
+    f = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    ok = np.isfinite(f)
+    return pa.array(np.where(ok, np.round(np.where(ok, f, 0)), 0).astype(np.int64), pa.int64(), mask=~ok)
 
 
 def explain_table(catalog, sql: str, params=None) -> pa.Table:
-    """Plan + execute the statement (``EXPLAIN MIX`` prefix optional) and forecast each group."""
+    """Plan + execute the statement (``EXPLAIN MIX`` prefix optional) and forecast each group:
+    per-group figures are numpy arrays over the group axis (bincounts of the pointer table)."""
     p = plan(catalog, sql, params)
-    table, spec = execute_plan(catalog, p)
+    table, spec = execute_plan(catalog, p, user_columns=False, canonical=False)   # pointers suffice
     n = len(spec.groups)
-    gid = table.column("__mix_group").to_numpy(zero_copy_only=False)
-    rows = np.bincount(gid, minlength=n) if len(gid) else np.zeros(n, np.int64)
-    nb = table.column("__mix_n_bytes").to_numpy(zero_copy_only=False).astype(np.float64)
-    bytes_ = np.bincount(gid, weights=nb, minlength=n) if len(gid) else np.zeros(n)
+    gid = table.column("__mix_group").to_numpy()
+    rows = np.bincount(gid, minlength=n)
+    bytes_ = np.bincount(gid, weights=table.column("__mix_n_bytes").to_numpy(zero_copy_only=False), minlength=n)
     ntok = table.column("__mix_n_tokens")
-    tok = np.nan_to_num(ntok.to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
-    tok_sum = np.bincount(gid, weights=tok, minlength=n) if len(gid) else np.zeros(n)
-    if ntok.null_count:
-        nulls = np.bincount(gid[np.asarray(ntok.is_null())], minlength=n)
-        tokens = [None if nulls[i] else int(tok_sum[i]) for i in range(n)]
-    else:
-        tokens = [int(x) for x in tok_sum]
-    samples = [int(x) for x in rows]
+    tok_sum = np.bincount(gid, weights=np.nan_to_num(ntok.to_numpy(zero_copy_only=False).astype(np.float64)),
+                          minlength=n)
+    unknown = np.bincount(gid[np.asarray(ntok.is_null())], minlength=n) > 0 if ntok.null_count else np.zeros(n, bool)
+    tokens = pa.array(tok_sum.astype(np.int64), pa.int64(), mask=unknown)
     try:
         from .engine import forecast
-        fc = forecast(spec, samples, tokens, table)
+        fc = forecast(spec, rows.tolist(), tokens.to_pylist(), table)
     except ImportError:  # engine not available: counts and weights only
-        fc = [{} for _ in range(n)]
-    cols = {name: [] for name in SCHEMA.names}
-    for g, f in zip(spec.groups, fc):
-        cols["group_id"].append(g.id)
-        cols["group"].append(g.path)
-        cols["rows"].append(samples[g.id])
-        cols["tokens"].append(tokens[g.id])
-        cols["bytes"].append(int(bytes_[g.id]))
-        cols["weight"].append(float(g.weight))
-        cols["samples_needed"].append(_int(f.get("samples_needed")))
-        cols["tokens_needed"].append(_int(f.get("tokens_needed")))
-        e = f.get("epochs_needed")
-        cols["epochs_needed"].append(None if e is None else float(e))
-        cols["dry_at_chunk"].append(_int(f.get("dry_at_chunk")))
-    return pa.table(cols, schema=SCHEMA)
+        fc = [{}] * n
+    epochs = [f.get("epochs_needed") for f in fc]
+    return pa.table({
+        "group_id": pa.array(np.arange(n, dtype=np.int32)),
+        "group": pa.array([g.path for g in spec.groups], pa.string()),
+        "rows": pa.array(rows.astype(np.int64)),
+        "tokens": tokens,
+        "bytes": pa.array(bytes_.astype(np.int64)),
+        "weight": pa.array(np.array(spec.weights(), dtype=np.float64)),
+        "samples_needed": _ints(f.get("samples_needed") for f in fc),
+        "tokens_needed": _ints(f.get("tokens_needed") for f in fc),
+        "epochs_needed": pa.array([None if e is None else float(e) for e in epochs], pa.float64()),
+        "dry_at_chunk": _ints(f.get("dry_at_chunk") for f in fc),
+    }, schema=SCHEMA)
 
 
 __all__ = ["explain_table", "SCHEMA"]

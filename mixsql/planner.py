@@ -210,7 +210,7 @@ def _duck_error(sql: str, exc: Exception, select: exp.Expr | None = None) -> SQL
 
 
 def _walk_scope(node):
-    """Columns of ``node`` outside nested subqueries (their own scope)."""
+    """Columns of ``node`` outside nested subqueries (their own scope) and MIX BY clauses."""
     stack = [node]
     while stack:
         n = stack.pop()
@@ -218,9 +218,30 @@ def _walk_scope(node):
             yield n
             continue
         for child in n.iter_expressions():
-            if isinstance(child, (exp.Subquery, exp.Select, exp.Union)) and child is not node:
+            if isinstance(child, (exp.Subquery, exp.Select, exp.Union, D.MixBy)) and child is not node:
                 continue
             stack.append(child)
+
+
+def _mix_levels(mix) -> list:
+    """The statement's MIX BY levels, outermost first (nested levels of every SCHEDULE step too),
+    found without walking the group lists (which may hold hundreds of thousands of nodes)."""
+    out, stack = [], [mix]
+    while stack:
+        m = stack.pop()
+        out.append(m)
+        entries = list(m.expressions)
+        if m.args.get("schedule"):
+            entries += [g for st in m.args["schedule"].expressions for g in st.expressions]
+        stack.extend(g.args["mix"] for g in reversed(entries) if g.args.get("mix"))
+    return out
+
+
+def _skeleton(tree, levels):
+    """Every node of the statement except those inside MIX BY group lists."""
+    yield from tree.walk(prune=lambda n: isinstance(n, D.MixBy))
+    for m in levels:
+        yield from m.this.walk()
 
 
 # --------------------------------------------------------------------------- planning
@@ -234,11 +255,12 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
         if nested is not None:
             raise _err(sql, "MIX BY must be in the outermost SELECT (not in a subquery or a set operation)", nested)
         raise SQLError("not a MIX statement: expected SELECT ... FROM samples ... MIX BY <expr> ...", sql)
-    for sub in tree.find_all(exp.Select):
-        if sub is not tree and sub.args.get("mix"):
+    mix: D.MixBy = tree.args["mix"]
+    levels: list[D.MixBy] = _mix_levels(mix)
+    for sub in _skeleton(tree, levels):
+        if isinstance(sub, exp.Select) and sub is not tree and sub.args.get("mix"):
             raise _err(sql, "MIX BY must be in the outermost SELECT, not in a subquery", sub.args["mix"])
     con = catalog.con
-    mix: D.MixBy = tree.args["mix"]
 
     # -- shape of the selection
     for key, what in (("group", "GROUP BY"), ("having", "HAVING"), ("distinct", "DISTINCT"),
@@ -286,7 +308,7 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
     aliases = {p.alias.lower(): p.this for p in tree.expressions if isinstance(p, exp.Alias)}
     every = sorted({c for cols in known.values() for c in cols})
     lower_every = {c.lower() for c in every}
-    for col in _walk_scope(tree):
+    for col in [*_walk_scope(tree), *(c for m in levels for c in _walk_scope(m.this))]:
         name = col.name
         if isinstance(col.this, exp.Star) or col.find_ancestor(exp.Lambda):
             continue
@@ -320,9 +342,9 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
     base = tree.copy()
     for k, v in detached.items():
         tree.set(k, v)
-    positional = any(isinstance(p, exp.Placeholder) and not p.name for p in tree.find_all(exp.Placeholder))
+    positional = any(isinstance(p, exp.Placeholder) and not p.name for p in _skeleton(tree, levels))
     if positional:
-        for part in [mix] + ([tree.args["order"]] if tree.args.get("order") else []):
+        for part in [m.this for m in levels] + ([tree.args["order"]] if tree.args.get("order") else []):
             ph = part.find(exp.Placeholder)
             if ph is not None:
                 raise _err(sql, "? parameters are not supported in MIX BY or ORDER BY of a MIX statement; "
@@ -392,7 +414,6 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
         algorithm = Algorithm(name, tuple(args))
 
     # -- key types (bind only, no data read): one column per distinct MIX BY expression
-    levels: list[D.MixBy] = [m for m in mix.walk() if isinstance(m, D.MixBy)]
     key_index: dict[str, int] = {}
     key_exprs: list[exp.Expr] = []
     level_key: dict[int, int] = {}
@@ -424,6 +445,9 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
 
     def coerce(vnode, ktype, mixnode):
         """(python value) of a group value node for a MIX BY key of type ``ktype``."""
+        if ktype == "VARCHAR" and (isinstance(vnode, exp.Identifier) or (isinstance(vnode, exp.Literal)
+                                                                        and vnode.is_string)):
+            return vnode.this   # the common case, first
         if isinstance(vnode, exp.Null):
             return None
         raw = _pyvalue(vnode)
@@ -491,7 +515,7 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
                     seen[hkey] = vn
                     vals.append(v)
                     vnodes.append(vn)
-                path = ",".join(_fmt(v) for v in vals)
+                path = _fmt(vals[0]) if len(vals) == 1 else ",".join(_fmt(v) for v in vals)
             w = _number(sql, g.args["weight"], "a weight")
             if w < 0:
                 raise _err(sql, f"weight {w:g} is negative; weights must be >= 0", g.args["weight"])
@@ -904,9 +928,9 @@ def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = Tr
 
     if plan.natural:
         measure = leaf_tokens if spec.unit == "tokens" else leaf_rows.astype(np.float64)
-        weights = [0.0] * n_leaves
+        weights = np.zeros(n_leaves)
         _natural_weights(plan.root, 1.0, measure, weights, force=plan.prior_natural)
-        groups = tuple(Group(g.id, g.path, float(weights[g.id]), g.values) for g in spec.groups)
+        groups = tuple(Group(g.id, g.path, w, g.values) for g, w in zip(spec.groups, weights.tolist()))
         spec = MixSpec(**{**spec.__dict__, "groups": groups})
     return table, spec
 
@@ -922,6 +946,8 @@ def _check_rows(catalog, plan: MixPlan, leaf_rows: np.ndarray, entry_rows: dict)
     rows: dict = {}
 
     def count(node: _Node) -> int:
+        if node.natural:   # discovered groups: leaves only, nothing listed to check
+            return int(leaf_rows[node.groups[0].leaf:node.groups[-1].leaf + 1].sum())
         total = 0
         for gr in node.groups:
             rows[id(gr)] = count(gr.child) if gr.child is not None else int(leaf_rows[gr.leaf])
@@ -929,6 +955,8 @@ def _check_rows(catalog, plan: MixPlan, leaf_rows: np.ndarray, entry_rows: dict)
         return total
 
     def check(node: _Node):
+        if node.natural:
+            return
         for gr in node.groups:
             n = rows[id(gr)]
             if n == 0 and gr.child is not None:
@@ -1036,22 +1064,30 @@ def _finish_pointers(catalog, table: pa.Table, group: np.ndarray, ordered: bool,
     return pa.Table.from_arrays(arrays, names=out + want)
 
 
-def _natural_weights(node: _Node, scale: float, measure, out: list, force: bool) -> float:
-    def total(gr) -> float:
-        if gr.child is None:
-            return float(measure[gr.leaf])
-        return sum(total(c) for c in gr.child.groups)
+def _leaf_span(g: _Grp) -> tuple[int, int]:
+    """[first, last + 1) of the leaves under ``g`` (leaves are numbered in tree order)."""
+    if g.child is None:
+        return g.leaf, g.leaf + 1
+    return _leaf_span(g.child.groups[0])[0], _leaf_span(g.child.groups[-1])[1]
 
+
+def _natural_weights(node: _Node, scale: float, measure: np.ndarray, out: np.ndarray, force: bool) -> None:
+    """Absolute leaf weights under ``node`` (whose own share is ``scale``) into ``out``: shares of
+    ``measure`` (per leaf) on natural levels (all levels when ``force``), listed weights elsewhere."""
+    if node.natural and all(g.child is None for g in node.groups[:1]):   # discovered: consecutive leaves
+        lo, hi = node.groups[0].leaf, node.groups[-1].leaf + 1
+        total = float(measure[lo:hi].sum())
+        out[lo:hi] = scale * measure[lo:hi] / total if total > 0 else 0.0
+        return
     use_data = node.natural or force
-    raw = [total(g) if use_data else g.weight for g in node.groups]
-    s = sum(raw)
+    raw = [float(measure[slice(*_leaf_span(g))].sum()) if use_data else g.weight for g in node.groups]
+    total = sum(raw)
     for g, r in zip(node.groups, raw):
-        share = scale * (r / s if s > 0 else 0.0)
+        share = scale * (r / total if total > 0 else 0.0)
         if g.child is not None:
             _natural_weights(g.child, share, measure, out, force)
         else:
             out[g.leaf] = share
-    return s
 
 
 def _value_suggestion(catalog, plan: MixPlan, node: _Node, value):
