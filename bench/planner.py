@@ -19,6 +19,8 @@ them), then times, for a nested MIX statement with OTHER, multi-value groups and
   1,000, 10,000 (target: 10,000 under 2 s); ``first_chunk_s.discovered_100000``: the same for
   ``MIX BY domain WITH NATURAL`` (target: under 10 s). Medians of interleaved runs, with
   ``[min, max]`` in ``*_range`` (the machine is shared: noisy);
+* ``first_chunk_cpu_s.*``: the process CPU time of the same span (median; all threads): less
+  sensitive to other jobs on the machine than wall time;
 * ``split_s.*``: plan / execute_plan / engine + first chunk of the median run;
 * ``compose_pointers_per_s_10000`` (``skip_chunk``: composition only) and
   ``pointers_per_s_10000`` (``next_chunk``: chunk tables) at 10,000 groups (target > 1M/s);
@@ -149,7 +151,7 @@ def _first_chunk(cat: Catalog, sql: str) -> dict:
     from mixsql.planner import execute_plan, plan
     from mixsql.stream import MixStream
 
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     p = plan(cat, sql)
     t1 = time.perf_counter()
     pointers, spec = execute_plan(cat, p, user_columns=False, canonical=False)
@@ -157,7 +159,8 @@ def _first_chunk(cat: Catalog, sql: str) -> dict:
     chunk = next(iter(MixStream(pointers, spec).chunks()))
     t3 = time.perf_counter()
     assert chunk.num_rows > 0
-    return {"total": t3 - t0, "plan": t1 - t0, "execute": t2 - t1, "engine": t3 - t2, "groups": len(spec.groups)}
+    return {"total": t3 - t0, "cpu": time.process_time() - c0, "plan": t1 - t0, "execute": t2 - t1,
+            "engine": t3 - t2, "groups": len(spec.groups)}
 
 
 def _compose_rate(cat: Catalog, sql: str, seconds: float = 3.0) -> tuple[float, float]:
@@ -193,13 +196,14 @@ def groups(repeat: int = 3) -> dict:
         for _ in range(repeat):   # interleaved: a burst of load hits every case alike
             for k, sql in cases.items():
                 runs[k].append(_first_chunk(cat, sql))
-        out: dict = {"rows": GROUP_ROWS, "load_average_at_start": round(load, 1),
-                     "first_chunk_s": {}, "first_chunk_s_range": {}, "split_s": {}, "groups": {}}
+        out: dict = {"rows": GROUP_ROWS, "load_average_at_start": round(load, 1), "first_chunk_s": {},
+                     "first_chunk_s_range": {}, "first_chunk_cpu_s": {}, "split_s": {}, "groups": {}}
         for k, rs in runs.items():
             totals = [r["total"] for r in rs]
             med = sorted(rs, key=lambda r: r["total"])[len(rs) // 2]
             out["first_chunk_s"][k] = round(statistics.median(totals), 3)
             out["first_chunk_s_range"][k] = [round(min(totals), 3), round(max(totals), 3)]
+            out["first_chunk_cpu_s"][k] = round(statistics.median(r["cpu"] for r in rs), 3)
             out["split_s"][k] = {x: round(med[x], 3) for x in ("plan", "execute", "engine")}
             out["groups"][k] = med["groups"]
         compose, tables = _compose_rate(cat, cases["explicit_10000"])
