@@ -332,7 +332,7 @@ class ChunkReader:
 
     def _fill(self, info, out) -> None:
         """Write the file's decompressed (or fetched) bytes to ``out``."""
-        with storage.open_input(info.path, info.size) as raw:
+        with storage.open_input(info.path, info.size, buffer_size=_COPY_BYTES) as raw:
             if info.compression == "none":
                 shutil.copyfileobj(raw, out, _COPY_BYTES)
                 return

@@ -260,6 +260,14 @@ def _stat(path: str) -> tuple[int, int, str]:
     return st.size, st.mtime_ns, formats.fingerprint(path, st.size)
 
 
+def _stats(paths: list[str]) -> list[tuple[int, int, str]]:
+    """:func:`_stat` of every path, in order; objects (one request each) and many files in parallel."""
+    if len(paths) < 8 and not any(storage.is_remote(p) for p in paths):
+        return [_stat(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(32, len(paths)), thread_name_prefix="mixsql-stat") as ex:
+        return list(ex.map(_stat, paths))
+
+
 def check_file(path: str, size: int, mtime_ns: int, fingerprint: str | None = None) -> None:
     """Raise StaleFileError when ``path`` (a file or an object) no longer matches what was registered."""
     try:
@@ -510,7 +518,7 @@ def _tasks(fmt: str, files: list[tuple[str, str]], opts: dict) -> list[formats.S
 def _index_files(catalog: Catalog, source_id: int, fmt: str, files: list[tuple[str, str]], opts: dict,
                  progress: bool, label: str):
     """Scan ``files``; return (results, stats, types, skipped_columns) without touching the DB."""
-    stats = [_stat(p) for p, _ in files]
+    stats = _stats([p for p, _ in files])
     results = _scan_all(_tasks(fmt, files, opts), [st[0] for st in stats], opts.get("workers"), progress,
                         label) if files else []
     skipped_cols: list[str] = []
@@ -690,12 +698,12 @@ def refresh_source(catalog: Catalog, name: str, progress: bool = True) -> dict:
         "SELECT file_id, path, size, mtime_ns, fingerprint FROM files WHERE source_id = ?", [source_id]).fetchall()}
     todo, gone, new, changed, unchanged = [], [], 0, 0, 0
     matched_paths = set()
+    now = dict(zip((p for p, _ in matched if p in known), _stats([p for p, _ in matched if p in known])))
     for path, comp in matched:
         matched_paths.add(path)
         old = known.get(path)
         if old is not None:
-            size, mtime, fp = _stat(path)
-            if (old[2], old[3], old[4]) == (size, mtime, fp):
+            if (old[2], old[3], old[4]) == now[path]:
                 unchanged += 1
                 continue
             gone.append(old[0])
