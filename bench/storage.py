@@ -87,18 +87,23 @@ def random_row(catalog: str, cache_dir: str, fraction: float) -> dict:
     return {"seconds": time.perf_counter() - t0, "chars": len(text)}
 
 
+def _peak_rss_mb() -> float:
+    """This process' peak RSS (VmHWM: since its exec, unlike ru_maxrss, which keeps the forking
+    parent's size)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _child(kind: str, *args, env: dict | None = None) -> dict:
-    """Run ``kind`` in a fresh process; its figures plus ``max_rss_mb`` of that process."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.storage", kind, *map(str, args)], stdout=subprocess.PIPE,
-                            env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parent.parent)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    """Run ``kind`` in a fresh process; its figures, with ``max_rss_mb`` of that process."""
+    proc = subprocess.run([sys.executable, "-m", "bench.storage", kind, *map(str, args)], stdout=subprocess.PIPE,
+                          env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parent.parent)
     if proc.returncode:
         raise RuntimeError(f"bench.storage {kind} failed with exit code {proc.returncode}")
-    res = json.loads(out.decode().strip().splitlines()[-1])
-    res["max_rss_mb"] = usage.ru_maxrss / 1024
-    return res
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -251,11 +256,12 @@ def _peers() -> dict:
 def main(argv: list[str]) -> None:
     kind, args = argv[0], argv[1:]
     if kind == "stream":
-        print(json.dumps(stream(*args)))
+        out = stream(*args)
     elif kind == "random_row":
-        print(json.dumps(random_row(args[0], args[1], float(args[2]))))
+        out = random_row(args[0], args[1], float(args[2]))
     else:
         raise SystemExit(f"unknown measurement {kind!r}")
+    print(json.dumps({**out, "max_rss_mb": _peak_rss_mb()}))
 
 
 if __name__ == "__main__":
