@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 
-NAMES = ("corpus", "registration", "planner", "engine", "throughput", "server", "compare", "storage")
+NAMES = ("corpus", "registration", "planner", "engine", "throughput", "server", "compare", "storage", "shell")
 
 
 def run_one(name: str, quick: bool, command: str, run_id: str | None = None) -> dict:

@@ -847,6 +847,16 @@ class Cursor:
             except duckdb.Error:
                 pass
 
+    def query_progress(self) -> float | None:
+        """Percent done of the running DuckDB query, as DuckDB estimates it; None when unknown.
+        Safe to call from another thread; needs ``SET enable_progress_bar = true`` on this cursor."""
+        dcur = self._dcur
+        try:
+            pct = dcur.query_progress() if dcur is not None else -1.0
+        except duckdb.Error:
+            return None
+        return pct if pct >= 0 else None
+
     def __iter__(self) -> "Cursor":
         self._require_result()
         return self

@@ -1,4 +1,5 @@
-"""Render result sets: aligned rich tables (REPL, ``--format table``), CSV and JSON.
+"""Render result sets: aligned rich tables (REPL, ``--format table``), CSV, JSON and Markdown,
+and EXPLAIN MIX as a compact table with a small plot of each group's share over the run.
 
 All functions take a PEP 249 ``description`` plus rows (tuples), so they work for DuckDB
 results, MIX streams and EXPLAIN MIX alike.
@@ -130,3 +131,102 @@ def write_json(out: IO[str], description: list[tuple], rows: Iterable[tuple]) ->
         n += 1
     out.write("\n]\n" if n else "]\n")
     return n
+
+
+def _markdown_cell(v: Any) -> str:
+    return format_value(v, None).replace("|", "\\|")
+
+
+def write_markdown(out: IO[str], description: list[tuple], rows: Iterable[tuple]) -> int:
+    """Write a GitHub-flavoured Markdown table (numbers right-aligned); returns the row count."""
+    names = [str(d[0]).replace("|", "\\|") for d in description]
+    out.write("| " + " | ".join(names) + " |\n")
+    out.write("|" + "|".join("---:" if d[1] == NUMBER else "---" for d in description) + "|\n")
+    n = 0
+    for row in rows:
+        out.write("| " + " | ".join(_markdown_cell(v) for v in row) + " |\n")
+        n += 1
+    return n
+
+
+WRITERS = {"csv": write_csv, "json": write_json, "markdown": write_markdown}
+
+
+# ----------------------------------------------------------------------------- EXPLAIN MIX
+
+PLOT_WIDTH = 24          # characters of the share-over-the-run plot
+PLOT_MIN_WIDTH = 100     # console columns needed to show the plot
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def compact_count(n: Any) -> str:
+    """``12.3K`` / ``4.5M`` / ``1.2B``; ``—`` for None."""
+    if n is None:
+        return "—"
+    n = float(n)
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def _size(n: Any) -> str:
+    from .progress import human_bytes
+
+    return "—" if n is None else human_bytes(float(n))
+
+
+def share_timeline(weights: list[float], dry_at: list[int | None], width: int = PLOT_WIDTH) -> list[list[float]]:
+    """Each group's share of the stream at ``width`` points of the run (chunk 0 to a little past
+    the last group running dry): a dry group's share goes to the others in proportion to their
+    weights, as ``on_exhausted = 'redistribute'`` does."""
+    ends = [d for d in dry_at if d is not None]
+    horizon = max(ends) * 1.25 if ends else 1.0
+    out = [[0.0] * width for _ in weights]
+    for x in range(width):
+        chunk = horizon * (x + 0.5) / width
+        live = [i for i, d in enumerate(dry_at) if d is None or chunk < d]
+        total = sum(weights[i] for i in live) or 1.0
+        for i in live:
+            out[i][x] = weights[i] / total
+    return out
+
+
+def print_explain(console: Console, description: list[tuple], rows: list[tuple]) -> None:
+    """EXPLAIN MIX as a compact table (human-sized numbers) with a bar of each group's share
+    over the run when the console is wide enough."""
+    names = [d[0] for d in description]
+    if not {"group", "weight", "rows"} <= set(names):
+        print_table(console, description, rows, title="EXPLAIN MIX")
+        return
+    recs = [dict(zip(names, r)) for r in rows]
+    table = Table(box=box.SIMPLE_HEAD, title="EXPLAIN MIX", show_edge=False, pad_edge=False,
+                  header_style="bold")
+    for header in ("group", "weight", "rows", "tokens", "size", "needed", "epochs", "dry at chunk"):
+        table.add_column(header, justify="left" if header == "group" else "right", no_wrap=True,
+                         overflow="ellipsis", max_width=40 if header == "group" else None)
+    plot = console.width >= PLOT_MIN_WIDTH and recs
+    if plot:
+        weights = [float(r["weight"] or 0.0) for r in recs]
+        dry = [r.get("dry_at_chunk") for r in recs]
+        timeline = share_timeline(weights, dry)
+        peak = max((v for line in timeline for v in line), default=0.0) or 1.0
+        ends = [d for d in dry if d is not None]
+        table.add_column("share over the run" + (f" (0 … {compact_count(max(ends) * 1.25)} chunks)"
+                                                 if ends else ""), no_wrap=True)
+    for i, r in enumerate(recs):
+        unit_tokens = r.get("tokens_needed") is not None and r.get("samples_needed") is None
+        needed = r.get("tokens_needed") if unit_tokens else r.get("samples_needed")
+        epochs = r.get("epochs_needed")
+        cells = [
+            Text(str(r["group"])), f"{100 * float(r['weight'] or 0):.1f}%", compact_count(r.get("rows")),
+            compact_count(r.get("tokens")), _size(r.get("bytes")),
+            compact_count(needed) + (" tok" if unit_tokens and needed is not None else ""),
+            "—" if epochs is None else f"{epochs:.2f}",
+            Text("—", style="dim") if r.get("dry_at_chunk") is None else
+            Text(f"{r['dry_at_chunk']:,}", style="yellow"),
+        ]
+        if plot:
+            cells.append(Text("".join(_BLOCKS[min(8, round(8 * v / peak))] for v in timeline[i]), style="cyan"))
+        table.add_row(*cells)
+    console.print(table)

@@ -15,7 +15,8 @@ from prompt_toolkit.output import DummyOutput
 from pygments.token import Keyword
 
 import mixsql
-from mixsql.repl import MixCompleter, MixSqlLexer, Repl, SchemaCache, default_history_path, statement_complete
+from mixsql.repl import (DOT_ARGUMENTS, DOT_COMMANDS, MixCompleter, MixSqlLexer, Repl, SchemaCache,
+                         default_history_path, statement_complete)
 
 UP = "\x1b[A"
 CTRL_C = "\x03"
@@ -70,7 +71,7 @@ def test_completion_of_keyword_column_and_group_value(langs_catalog):
 
 def test_completer_contexts(langs_catalog):
     with mixsql.connect(langs_catalog) as con:
-        comp = MixCompleter(SchemaCache(con))
+        comp = MixCompleter(SchemaCache(con), DOT_COMMANDS, DOT_ARGUMENTS)
 
         def texts(text):
             return [c.text for c in comp.get_completions(Document(text), None)]
@@ -156,6 +157,7 @@ def test_explain_mix_rendered_as_table(langs_catalog):
     out = run_repl(langs_catalog, "EXPLAIN MIX SELECT * FROM samples\n"
                                   "MIX BY language WITH (JavaScript 0.5, HTML 0.3, Python 0.2);\n.quit\n")
     assert "EXPLAIN MIX" in out and "Python" in out and "rows (" in out
+    assert "share over the run" in out and "50.0%" in out
 
 
 def test_mix_statement_in_repl(langs_catalog):
@@ -187,3 +189,97 @@ def test_lexer_highlights_mix_keywords():
     kinds = {v.upper(): t for t, v in toks if v.strip()}
     for word in ("SELECT", "MIX", "NATURAL", "SETTINGS"):
         assert kinds[word] in Keyword, word
+
+
+def test_completion_of_settings_sources_and_paths(langs_catalog, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text("{}\n")
+    with mixsql.connect(langs_catalog) as con:
+        comp = MixCompleter(SchemaCache(con), DOT_COMMANDS, DOT_ARGUMENTS)
+
+        def texts(text):
+            return [c.text for c in comp.get_completions(Document(text), None)]
+
+        mix = "SELECT * FROM samples MIX BY language WITH (Python 1) SETTINGS ("
+        assert {"seed = ", "chunk_size = ", "on_exhausted = ", "unit = "} <= set(texts(mix))
+        assert texts(mix + "seed = 3, on_ex") == ["on_exhausted = "]
+        assert texts(mix + "on_exhausted = ") == ["'stop'", "'redistribute'", "'repeat'"]
+        assert texts(mix + "unit = 'to") == ["'tokens'"]
+        assert texts(mix + "seed = ") == []                      # an integer: nothing to offer
+        assert texts("REFRESH SOURCE ") == ["corpus"]
+        assert texts("DROP SOURCE IF EXISTS co") == ["corpus"]
+        assert texts(f"CREATE SOURCE web FROM '{tmp_path}/da") == ["data/"]
+        assert texts(f"CREATE SOURCE web FROM '{tmp_path}/data/") == ["a.jsonl"]
+        assert texts(".mode c") == ["csv"]
+        # only the statement under the cursor counts: an earlier statement's SETTINGS ( is closed
+        assert "seed = " not in texts(mix + "seed = 1);\nSELECT se")
+
+
+def test_completion_stays_fast_in_a_large_buffer(langs_catalog):
+    with mixsql.connect(langs_catalog) as con:
+        comp = MixCompleter(SchemaCache(con), DOT_COMMANDS, DOT_ARGUMENTS)
+        big = "SELECT * FROM samples MIX BY language WITH (\n" + "JavaScript 0.5,\n" * 6000 + "Py"
+        comp.get_completions(Document("SELECT 1"), None)   # warm the schema cache
+        t0 = time.perf_counter()
+        assert [c.text for c in comp.get_completions(Document(big), None)] == ["Python"]
+        assert time.perf_counter() - t0 < 1.0
+
+
+def test_mode_csv_json_markdown_and_timer(langs_catalog):
+    q = "SELECT language, count(*) AS n FROM samples GROUP BY 1 ORDER BY 1;\n"
+    out = run_repl(langs_catalog, ".mode csv\n" + q + ".mode json\n" + q + ".mode markdown\n" + q
+                   + ".mode xml\n.mode table\n.timer off\n" + q + ".quit\n")
+    assert "language,n\nHTML,30\nJavaScript,50\nPython,20\n" in out
+    assert '{"language":"HTML","n":30}' in out
+    assert "| language | n |\n|---|---:|\n| HTML | 30 |" in out
+    assert ".mode takes one of table, csv, json, markdown" in out
+    assert out.rstrip().endswith("3 rows")                   # timer off: no elapsed time
+
+
+def test_output_file_and_read_file(langs_catalog, tmp_path):
+    script = tmp_path / "setup.sql"
+    script.write_text("CREATE TABLE t AS SELECT 42 AS answer;\n.mode csv\n-- a comment\nSELECT answer\n"
+                      "FROM t;\n")
+    result = tmp_path / "out.csv"
+    out = run_repl(langs_catalog, f".output {result}\n.read {script}\n.output\nSELECT 'back' AS here;\n"
+                                  f".read {tmp_path / 'missing.sql'}\n.quit\n")
+    assert result.read_text() == "answer\n42\n"
+    assert "back" in out and "answer\n42" not in out
+    assert "cannot read" in out and "missing.sql" in out
+
+
+def test_edit_opens_last_statement_in_editor(langs_catalog, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDITOR", "sed -i s/41/99/")
+    monkeypatch.delenv("VISUAL", raising=False)
+    out = run_repl(langs_catalog, "SELECT 41 AS x;\n\\e\n\n.quit\n")
+    assert "41" in out and "99" in out
+
+
+def test_large_paste_without_bracketed_paste_is_quick(tmp_path):
+    """A ~45 KB MIX statement typed key by key (a paste without bracketed-paste mode) runs in
+    a small multiple of ``mixsql sql -f`` on the same file (bench/shell.py measures 100 KB)."""
+    from bench import shell
+
+    catalog, query = shell.make_case(tmp_path, 2000)
+    sql_f = shell.time_sql_file(catalog, query)
+    paste = shell.time_paste(catalog, query)
+    assert paste < 3 * sql_f + 2.0, (paste, sql_f)
+
+
+def test_split_script_and_paste_coalescing():
+    from prompt_toolkit.key_binding import KeyPress
+    from prompt_toolkit.keys import Keys
+
+    from mixsql.pasteinput import coalesce_keys
+    from mixsql.script import split_script
+
+    items, rest = split_script("SELECT ';' AS a; -- c\n.mode csv\nexit\nSELECT 2\n;\nSELECT 'open")
+    assert [(i.kind, i.text) for i in items] == [("sql", "SELECT ';' AS a;"), ("dot", ".mode csv"),
+                                                 ("dot", ".exit"), ("sql", "SELECT 2\n;")]
+    assert rest == "SELECT 'open"
+    keys = [KeyPress(c, c) for c in "SELECT 1"] + [KeyPress(Keys.ControlM, "\r")] + \
+        [KeyPress(c, c) for c in "se"] + [KeyPress(Keys.ControlI, "\t")]
+    out = coalesce_keys(keys)
+    assert [(k.key, k.data) for k in out] == [(Keys.BracketedPaste, "SELECT 1"), (Keys.ControlM, "\r"),
+                                              (Keys.BracketedPaste, "se"), (Keys.ControlI, "\t")]
+    assert [k.key for k in coalesce_keys([KeyPress("a", "a")])] == ["a"]
