@@ -16,7 +16,7 @@ from typing import IO
 from .catalog import DEFAULT_CATALOG
 from .errors import Error
 
-FORMATS = ("table", "csv", "json")
+FORMATS = ("table", "csv", "json", "markdown")
 
 EPILOG = """\
 examples:
@@ -175,10 +175,8 @@ def _print_result(cur, fmt: str, limit: int | None, out: IO[str], elapsed_from: 
     desc = cur.description
     if desc is None:
         return
-    if fmt == "csv":
-        render.write_csv(out, desc, _limited(cur, limit))
-    elif fmt == "json":
-        render.write_json(out, desc, _limited(cur, limit))
+    if fmt in render.WRITERS:
+        render.WRITERS[fmt](out, desc, _limited(cur, limit))
     else:
         from rich.console import Console
 
@@ -196,8 +194,12 @@ def _print_result(cur, fmt: str, limit: int | None, out: IO[str], elapsed_from: 
             rows = rows[:limit]
         width = None if getattr(out, "isatty", lambda: False)() else 100_000  # files: natural width
         console = Console(file=out, highlight=False, soft_wrap=False, width=width)
-        render.print_table(console, desc, rows, elapsed=time.perf_counter() - elapsed_from, more=more,
-                           title=title)
+        if cur.statement_kind == "explain_mix":
+            render.print_explain(console, desc, rows)
+            console.print(render.footer(len(rows), time.perf_counter() - elapsed_from, more), style="dim")
+        else:
+            render.print_table(console, desc, rows, elapsed=time.perf_counter() - elapsed_from, more=more,
+                               title=title)
     out.flush()
 
 
@@ -209,12 +211,16 @@ def _run_sql(args: argparse.Namespace, text: str, out: IO[str], explain: bool = 
         raise UserError("no SQL statement found in the input")
     if args.limit is not None and args.limit < 0:
         raise UserError("--limit must be a non-negative number of rows")
-    con = _connect(args, progress=sys.stderr.isatty())
+    from .progress import QueryProgress, StatusLine, track_progress
+
+    con = _connect(args, progress=True)
+    status = StatusLine(sys.stderr) if sys.stderr.isatty() else None
     try:
-        cur = con.cursor()
+        cur = track_progress(con.cursor()) if status is not None else con.cursor()
         for stmt in statements:
             t0 = time.perf_counter()
-            cur.execute(stmt)
+            with QueryProgress(cur, status):
+                cur.execute(stmt)
             title = "EXPLAIN MIX" if cur.statement_kind == "explain_mix" else None
             _print_result(cur, args.format, args.limit, out, t0, title=title)
         con.commit()
@@ -271,7 +277,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from . import registration
 
     options = _register_options(args)
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.no_progress   # a bar on a terminal, a line every few seconds on a pipe
     con = _connect(args)
     try:
         cat = con.catalog

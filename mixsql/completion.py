@@ -139,6 +139,16 @@ _SOURCE_NAME = re.compile(r"\b(?:REFRESH|DROP)\s+SOURCE\s+(?:IF\s+EXISTS\s+)?(\w
 _SOURCE_PATH = re.compile(r"\bCREATE\s+SOURCE\s+(?:IF\s+NOT\s+EXISTS\s+)?\S+\s+FROM\s+'([^']*)$", re.I)
 
 
+def _list_open(after_with: str) -> bool:
+    """Whether the parenthesised list that follows ``WITH`` is still open at the end."""
+    depth = 0
+    for m in re.finditer(r"[()]", after_with):
+        depth += 1 if m.group(0) == "(" else -1
+        if depth == 0:
+            return False
+    return depth > 0
+
+
 def _bare_ok(value: str) -> bool:
     return re.fullmatch(_IDENT, value) is not None and value.upper() not in MIX_KEYWORDS + SQL_KEYWORDS
 
@@ -167,8 +177,8 @@ class MixCompleter(Completer):
         text = split_script(full)[1] or full[len(full.rstrip()):]   # the statement being typed
         tail = text[-TAIL_CHARS:]
         for context in (self._settings, self._source_name, self._path, self._compared_value):
-            found = list(context(text, tail))
-            if found:
+            found = context(text, tail)
+            if found is not None:   # the cursor is in this context (perhaps with nothing to offer)
                 yield from found
                 return
         word = _WORD.search(tail).group(0)
@@ -198,17 +208,16 @@ class MixCompleter(Completer):
                 if f.lower().startswith(lw):
                     yield Completion(f, -len(word), display_meta="function")
 
-    def _compared_value(self, text: str, tail: str):
-        """A quoted value after ``col =`` / ``col IN (``."""
+    def _compared_value(self, text: str, tail: str) -> list[Completion] | None:
+        """A quoted value after ``col =`` / ``col IN (`` (None: not there, or no known values)."""
         m = _COMPARE.search(tail)
         if not m:
-            return
+            return None
         column = m.group(1) or m.group(2)
         quote, typed = m.group(3), m.group(4)
-        for v in self.schema.group_values(column, self._table(text)):
-            if v.lower().startswith(typed.lower()):
-                yield Completion("'" + v.replace("'", "''") + "'", -(len(typed) + len(quote)),
-                                 display=v, display_meta=column)
+        return [Completion("'" + v.replace("'", "''") + "'", -(len(typed) + len(quote)), display=v, display_meta=column)
+                for v in self.schema.group_values(column, self._table(text))
+                if v.lower().startswith(typed.lower())] or None
 
     def _group_values(self, text: str, word: str):
         """A group value inside ``MIX BY col WITH ( ... )``."""
@@ -218,7 +227,7 @@ class MixCompleter(Completer):
         if mix is None:
             return
         after = text[mix.end():]
-        if after.count("(") > after.count(")") and not re.search(r"\bMIX\s+BY\s*$", after[-200:], re.I):
+        if _list_open(after) and not re.search(r"\bMIX\s+BY\s*$", after[-200:], re.I):
             column = mix.group(1) or mix.group(2)
             for v in self.schema.group_values(column, self._table(text)):
                 if v.lower().startswith(word.lower()):
@@ -226,43 +235,38 @@ class MixCompleter(Completer):
                     yield Completion(ins, -len(word), display=v, display_meta="group")
 
     @staticmethod
-    def _settings(text: str, tail: str):
+    def _settings(text: str, tail: str) -> list[Completion] | None:
         """Setting names inside ``SETTINGS (``, and the allowed values after ``name =``."""
         m = _IN_SETTINGS.search(tail)
         if not m:
-            return
+            return None
         option = m.group(1).rsplit(",", 1)[-1]
         value = _SETTING_VALUE.fullmatch(option)
         if value:
             name, quote, typed = value.group(1).lower(), value.group(2), value.group(3)
             allowed = SETTINGS.get(name)
-            if isinstance(allowed, tuple):
-                for v in allowed:
-                    if v.startswith(typed.lower()):
-                        yield Completion(f"'{v}'", -(len(typed) + len(quote)), display=v, display_meta=name)
-            return
+            return [Completion(f"'{v}'", -(len(typed) + len(quote)), display=v, display_meta=name)
+                    for v in (allowed if isinstance(allowed, tuple) else ()) if v.startswith(typed.lower())]
         typed = _WORD.search(option).group(0)
         if option.strip() not in ("", typed):
-            return
-        for name, allowed in SETTINGS.items():
-            if name.startswith(typed.lower()):
-                meta = " | ".join(allowed) if isinstance(allowed, tuple) else allowed
-                yield Completion(f"{name} = ", -len(typed), display=name, display_meta=meta)
+            return []
+        return [Completion(f"{name} = ", -len(typed), display=name,
+                           display_meta=" | ".join(allowed) if isinstance(allowed, tuple) else allowed)
+                for name, allowed in SETTINGS.items() if name.startswith(typed.lower())]
 
-    def _source_name(self, text: str, tail: str):
+    def _source_name(self, text: str, tail: str) -> list[Completion] | None:
         m = _SOURCE_NAME.search(tail)
-        if m:
-            typed = m.group(1)
-            for name in self.schema.sources():
-                if name.lower().startswith(typed.lower()):
-                    yield Completion(name, -len(typed), display_meta="source")
+        if not m:
+            return None
+        typed = m.group(1)
+        return [Completion(name, -len(typed), display_meta="source")
+                for name in self.schema.sources() if name.lower().startswith(typed.lower())]
 
     @staticmethod
-    def _path(text: str, tail: str):
+    def _path(text: str, tail: str) -> list[Completion] | None:
         """Files and directories inside ``CREATE SOURCE name FROM '``."""
         m = _SOURCE_PATH.search(tail)
-        if m:
-            yield from path_completions(m.group(1))
+        return list(path_completions(m.group(1))) if m else None
 
     def _dot(self, text: str):
         parts = text.split()

@@ -5,10 +5,11 @@ presses, up to a kilobyte per read. prompt-toolkit handles every key press on it
 binding lookup, a buffer edit, completion), a few milliseconds each: a 100 KB paste took many
 minutes. Nobody types several characters between two reads of the terminal, so
 :class:`PasteCoalescingInput` turns each run of plain characters read at once into a single
-``BracketedPaste`` key press, as a bracketed-paste terminal would send it. Enter stays a key
-(the shell decides whether it ends a statement, exactly as when typed: a pasted script runs
-statement by statement), and so does a Tab at the end of a run (``sel`` + Tab completes); a Tab
-inside a run is text.
+``BracketedPaste`` key press, as a bracketed-paste terminal would send it. An Enter inside the
+run is text when it would only start a new line, and stays a key where it would submit the input
+(``submits(text)`` says, given the buffer's text plus the run so far), so a pasted script runs
+statement by statement exactly as if typed; a Tab ending a run stays a key (``sel`` + Tab
+completes), a Tab inside a run is text.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyPress
 from prompt_toolkit.keys import Keys
 
-_TAB = {Keys.ControlI: "\t"}   # the one control key that is text inside a run
+_TAB = {Keys.ControlI: "\t"}   # text inside a run, a key at its end
+_ENTER = (Keys.ControlM, Keys.ControlJ)
 
 
 def _char(key: KeyPress) -> str | None:
@@ -31,29 +33,41 @@ def _char(key: KeyPress) -> str | None:
     return None
 
 
-def coalesce_keys(keys: list[KeyPress]) -> list[KeyPress]:
-    """Runs of two or more plain characters become one ``BracketedPaste``; a Tab ending a run
-    stays a key."""
+def coalesce_keys(keys: list[KeyPress], submits: Callable[[str], bool] | None = None,
+                  before: str = "") -> list[KeyPress]:
+    """Runs of two or more plain characters become one ``BracketedPaste``. An Enter continues
+    the run as a newline unless ``submits(before + run)`` (no ``submits``: every Enter is a key);
+    a Tab ending a run stays a key."""
     out: list[KeyPress] = []
-    run: list[KeyPress] = []
+    run: list[str] = []
+    keys_of_run: list[KeyPress] = []
 
     def flush() -> None:
         tail = []
-        while run and run[-1].key in _TAB:   # a trailing Tab: a real key (completion)
-            tail.insert(0, run.pop())
-        if len(run) >= 2:
-            out.append(KeyPress(Keys.BracketedPaste, "".join(_char(k) for k in run)))
+        while keys_of_run and keys_of_run[-1].key in _TAB:   # a trailing Tab: a real key (completion)
+            tail.insert(0, keys_of_run.pop())
+            run.pop()
+        if len(keys_of_run) >= 2:
+            out.append(KeyPress(Keys.BracketedPaste, "".join(run)))
         else:
-            out.extend(run)
+            out.extend(keys_of_run)
         out.extend(tail)
         run.clear()
+        keys_of_run.clear()
 
-    for key in keys:
-        if _char(key) is not None:
-            run.append(key)
-        else:
-            flush()
-            out.append(key)
+    for i, key in enumerate(keys):
+        char = _char(key)
+        if char is None and key.key in _ENTER and submits is not None and i + 1 < len(keys) \
+                and not submits(before + "".join(run)):
+            char = "\n"
+        if char is not None:
+            run.append(char)
+            keys_of_run.append(key)
+            continue
+        flush()
+        out.append(key)
+        if key.key in _ENTER:
+            before = ""   # the input was submitted: the next prompt starts empty
     flush()
     return out
 
@@ -61,14 +75,17 @@ def coalesce_keys(keys: list[KeyPress]) -> list[KeyPress]:
 class PasteCoalescingInput(Input):
     """Wraps a prompt-toolkit :class:`Input`; see the module docstring."""
 
-    def __init__(self, inner: Input):
+    def __init__(self, inner: Input, submits: Callable[[str], bool] | None = None,
+                 buffer_text: Callable[[], str] = lambda: ""):
         self.inner = inner
+        self.submits = submits
+        self.buffer_text = buffer_text
 
     def read_keys(self) -> list[KeyPress]:
-        return coalesce_keys(self.inner.read_keys())
+        return coalesce_keys(self.inner.read_keys(), self.submits, self.buffer_text())
 
     def flush_keys(self) -> list[KeyPress]:
-        return coalesce_keys(self.inner.flush_keys())
+        return coalesce_keys(self.inner.flush_keys(), self.submits, self.buffer_text())
 
     def fileno(self) -> int:
         return self.inner.fileno()

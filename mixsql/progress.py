@@ -95,6 +95,17 @@ class _Ticker:
         self._thread.join(2)
 
 
+def track_progress(cursor: Any) -> Any:
+    """Ask DuckDB to track the progress of ``cursor``'s queries (it prints nothing itself);
+    returns the cursor."""
+    try:
+        cursor.execute("SET enable_progress_bar = true")
+        cursor.execute("SET enable_progress_bar_print = false")
+    except Exception:  # noqa: BLE001 - progress is optional
+        pass
+    return cursor
+
+
 class QueryProgress:
     """While a statement runs (``with QueryProgress(cursor, status): ...``): after ``after``
     seconds, a status line with the elapsed time and DuckDB's progress when it knows it."""
@@ -183,7 +194,7 @@ class ScanProgress:
     done; a thread adds the bytes read so far of the files being scanned."""
 
     def __init__(self, enabled: bool, paths: list[str], label: str, stream: IO[str] | None = None,
-                 interval: float | None = None):
+                 interval: float | None = None, every: float = PIPE_EVERY_S):
         self.enabled = enabled
         self.label = label
         self.sizes = {}
@@ -198,7 +209,7 @@ class ScanProgress:
         self.samples = 0
         self.raw = 0
         self.t0 = time.monotonic()
-        self.status = StatusLine(stream) if enabled else None
+        self.status = StatusLine(stream, every=every) if enabled else None
         self._ticker = None
         if enabled:
             self._ticker = _Ticker(self._draw, interval or (0.5 if self.status.tty else 1.0), "mixsql-scan-progress")

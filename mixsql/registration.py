@@ -68,6 +68,7 @@ from .catalog import (RESERVED_NAMES, Catalog, bump_snapshot, create_samples_vie
 from .errors import (IntegrityError, OperationalError, ProgrammingError, RegistrationError,
                      StaleFileError)
 from .presets import get_preset
+from .progress import ScanProgress
 
 OPTION_KEYS = frozenset({"text", "tokens", "tokenizer", "on_error", "required", "preset", "types",
                          "properties", "n_tokens", "workers", "format"})
@@ -297,43 +298,6 @@ def _mp_context():
     return mp.get_context(method)
 
 
-class _Progress:
-    def __init__(self, enabled: bool, n_files: int, label: str):
-        self.bar = None
-        self.t0 = time.perf_counter()
-        self.samples = 0
-        self.raw = 0
-        if not enabled:
-            return
-        try:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
-        except ImportError:  # pragma: no cover
-            return
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            return
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("files"), TextColumn("{task.fields[samples]:,} samples"),
-                            TextColumn("{task.fields[rate]:.1f} MB/s"), TimeElapsedColumn(),
-                            console=console, transient=False)
-        self.bar.start()
-        self.task = self.bar.add_task(label, total=n_files, samples=0, rate=0.0)
-
-    def update(self, res: dict) -> None:
-        t = res.get("table")
-        self.samples += t.num_rows if t is not None else 0
-        self.raw += res.get("raw_bytes", 0)
-        if self.bar is not None:
-            dt = max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=1, samples=self.samples, rate=self.raw / dt / 1e6)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _one_tokenizer_thread() -> None:
     """In a scan worker process: one core per process (the pool has one process per core)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -359,7 +323,7 @@ def _executor(fmt: str, n: int, tokenize: bool = False):
 def _scan_all(tasks: list[formats.ScanTask], sizes: list[int], workers: int | None, progress: bool,
               label: str) -> list[dict]:
     """Scan every task (a thread or process pool when worth it); results in task order. Raises on the first error."""
-    bar = _Progress(progress, len(tasks), label)
+    bar = ScanProgress(progress, [t.path for t in tasks], label)
     results: list[dict | None] = [None] * len(tasks)
     try:
         n = workers or os.cpu_count() or 1

@@ -8,8 +8,8 @@ time, DuckDB's progress) on a terminal. Ctrl-C while a statement runs cancels it
 ``interrupt()``); Ctrl-C at the prompt clears the input; Ctrl-D or ``.quit`` leaves.
 
 Large pastes stay fast: bursts of characters become one paste (:mod:`mixsql.pasteinput`),
-highlighting lexes only the visible lines of large buffers, completion while typing pauses on
-large buffers (Tab still completes) and only looks at the statement under the cursor.
+Enter scans the buffer only on a line that can end a statement, large buffers are not
+highlighted and complete only on Tab, and completion looks at the statement under the cursor.
 
 ``Repl`` takes prompt-toolkit input/output objects and a text stream for results, so tests
 drive it with ``create_pipe_input()`` and ``DummyOutput()``.
@@ -32,7 +32,7 @@ from prompt_toolkit.filters import Condition, completion_is_selected
 from prompt_toolkit.history import FileHistory, History
 from prompt_toolkit.input import create_input
 from prompt_toolkit.key_binding import KeyBindings
-from prompt_toolkit.lexers import PygmentsLexer
+from prompt_toolkit.lexers import DynamicLexer, PygmentsLexer
 from pygments.lexer import inherit, words
 from pygments.lexers.sql import SqlLexer
 from pygments.token import Keyword
@@ -45,7 +45,7 @@ from .completion import MIX_KEYWORDS, SQL_KEYWORDS, MixCompleter, SchemaCache  #
 from .dbapi import Connection, Cursor, connect, split_statements
 from .errors import Error
 from .pasteinput import PasteCoalescingInput
-from .progress import QueryProgress, StatusLine
+from .progress import QueryProgress, StatusLine, track_progress
 from .script import Item, split_script, statement_complete  # noqa: F401 - re-exported
 
 OUTPUT_MODES = ("table", "csv", "json", "markdown")
@@ -73,7 +73,8 @@ Ctrl-D leaves. Tab completes keywords, tables, columns, group values, settings, 
   EXPLAIN MIX SELECT * FROM samples MIX BY source WITH NATURAL LIMIT 1e9 TOKENS;
   CREATE SOURCE web FROM 'data/*.jsonl.zst' FORMAT jsonl WITH (language = 'meta.lang');
 """
-LARGE_BUFFER = 20_000      # characters: beyond this, no completion while typing, lexing near the cursor only
+LARGE_BUFFER = 20_000      # characters: beyond this, no completion while typing and no highlighting
+REDRAW_INTERVAL_S = 0.1    # at most ten redraws a second while input pours in
 PROGRESS_AFTER_S = 0.5     # a running statement shows its status line after this long
 
 
@@ -97,6 +98,18 @@ def default_history_path(catalog_path: Path | None) -> Path:
     if catalog_path is not None and os.access(catalog_path, os.W_OK):
         return Path(catalog_path) / ".mixsql_history"
     return Path.home() / ".mixsql_history"
+
+
+def enter_submits(text: str) -> bool:
+    """Whether Enter at the end of ``text`` runs it. Only a line that can end a statement (a
+    ``;``, a quote or comment end, a command) needs the scan of the whole text."""
+    line = text[text.rfind("\n") + 1:].strip()
+    if not line:
+        return not text or text.isspace()
+    if not any(c in line for c in ";'\"*") and not line.startswith((".", "\\")) \
+            and line.lower() not in ("exit", "quit", "help"):
+        return False
+    return statement_complete(text)
 
 
 class Repl:
@@ -135,30 +148,27 @@ class Repl:
         elif isinstance(history, (str, os.PathLike)):
             history = FileHistory(str(history))
         self.history = history
+        highlighter = PygmentsLexer(MixSqlLexer)
         self.session: PromptSession = PromptSession(
             message="mixsql> ",
             multiline=True,
             prompt_continuation=lambda width, line_number, wrap_count: "   ...> ".rjust(width),
-            lexer=PygmentsLexer(MixSqlLexer, sync_from_start=Condition(lambda: not self._large_buffer())),
+            lexer=DynamicLexer(lambda: None if self._large_buffer() else highlighter),
             completer=MixCompleter(self.schema, DOT_COMMANDS, DOT_ARGUMENTS),
             complete_while_typing=Condition(lambda: complete_while_typing and not self._large_buffer()),
             history=self.history,
             key_bindings=self._key_bindings(),
-            input=PasteCoalescingInput(input if input is not None else create_input()),
+            input=PasteCoalescingInput(input if input is not None else create_input(), submits=enter_submits,
+                                       buffer_text=lambda: self.session.default_buffer.text),
             output=output,
             enable_history_search=False,
         )
+        self.session.app.min_redraw_interval = REDRAW_INTERVAL_S   # one redraw per burst of input, not per read
         self.running = True
         self.busy = threading.Event()  # set while a statement runs (tests and signal senders watch it)
 
     def _new_cursor(self) -> Cursor:
-        cursor = self.con.cursor()
-        try:   # DuckDB tracks query progress only when asked; nothing is printed by DuckDB itself
-            cursor.execute("SET enable_progress_bar = true")
-            cursor.execute("SET enable_progress_bar_print = false")
-        except Error:
-            pass
-        return cursor
+        return track_progress(self.con.cursor())
 
     def _large_buffer(self) -> bool:
         return len(self.session.default_buffer.text) > LARGE_BUFFER
@@ -172,7 +182,7 @@ class Repl:
         @kb.add("c-j", filter=~completion_is_selected)
         def _enter(event):
             buf = event.current_buffer
-            if buf.document.is_cursor_at_the_end and statement_complete(buf.text):
+            if buf.document.is_cursor_at_the_end and enter_submits(buf.text):
                 buf.validate_and_handle()
             else:
                 buf.insert_text("\n")

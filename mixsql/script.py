@@ -2,7 +2,7 @@
 
 Input is a script, as in the SQLite and DuckDB shells: SQL statements end at a top-level ``;``
 (outside quotes and comments) and may span lines; a line starting with ``.`` between statements
-is a dot-command; ``exit``, ``quit`` and ``help`` alone on a line act like ``.quit`` / ``.help``.
+is a dot-command (or a backslash command, ``\\e``); ``exit``, ``quit`` and ``help`` alone on a line act like ``.quit`` / ``.help``.
 One regular-expression pass per call (no per-character Python loop), so pressing Enter on a
 100 KB buffer costs about a millisecond.
 """
@@ -15,7 +15,7 @@ from typing import NamedTuple
 # a ';', or the opening of an unterminated quote / block comment.
 _TOKEN = re.compile(r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*"|--[^\n]*|/\*.*?\*/|;|'|"|/\*""", re.S)
 _BLANK = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*\Z", re.S)   # nothing but space and comments
-_SPACE = re.compile(r"\s*")
+_SPACE = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.S)   # space and comments between statements
 _WORD_COMMANDS = ("exit", "quit", "help")
 
 
@@ -47,7 +47,7 @@ def split_script(text: str) -> tuple[list[Item], str]:
         eol = text.find("\n", pos)
         eol = n if eol < 0 else eol
         line = text[pos:eol].strip()
-        if line.startswith("."):
+        if line.startswith((".", "\\")):
             items.append(Item("dot", line))
             pos = eol + 1
             continue
