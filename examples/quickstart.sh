@@ -4,9 +4,7 @@
 # query and streams packed token batches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+source scripts/venv.sh
+make_venv -e .
+step "running the demo: mixsql demo $*"
 exec .venv/bin/mixsql demo "$@"

@@ -5,7 +5,10 @@
 
 The data loader state goes into the checkpoint next to the model, so a resumed run continues
 with exactly the batches an uninterrupted run would have seen (same num_workers) and never
-repeats or skips data (any num_workers).
+repeats or skips data (any num_workers). Every ``log_every`` steps it prints the loss averaged
+over those steps' tokens, overall and per group (the same window and weighting, so the overall
+figure is the token-weighted mean of the per-group ones). Outputs (catalog, checkpoint) go under
+``examples/out/``, which git ignores.
 """
 from __future__ import annotations
 
@@ -83,6 +86,7 @@ def main(argv=None) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
     step = 0
     ckpt = Path(cfg["checkpoint"])
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
     if args.resume and ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
         model.load_state_dict(st["model"])
@@ -108,8 +112,10 @@ def main(argv=None) -> None:
             sums[g] = sums.get(g, 0.0) + float(seq_loss[m].sum())
             counts[g] = counts.get(g, 0) + int(m.sum())
         if step % cfg["log_every"] == 0:
-            per = "  ".join(f"{g}={sums[g] / counts[g]:.3f}" for g in sorted(sums))
-            print(f"step {step:5d}  loss {loss.item():.3f}  ppl {math.exp(loss.item()):.1f}  per-group: {per}")
+            mean = sum(sums.values()) / max(sum(counts.values()), 1)
+            per = "  ".join(f"{g} {sums[g] / counts[g]:.3f}" for g in sorted(sums))
+            print(f"steps {step - cfg['log_every'] + 1:4d}-{step:<4d}  mean loss {mean:.3f}  "
+                  f"(ppl {math.exp(mean):.1f})  by group: {per}")
             sums.clear()
             counts.clear()
         if step % cfg["checkpoint_every"] == 0 or step == args.steps:

@@ -1,4 +1,5 @@
-"""The ``mixsql`` command line: REPL, ``sql``, ``explain``, ``register``, ``sources``, ``serve``.
+"""The ``mixsql`` command line: REPL, ``sql``, ``explain``, ``register``, ``sources``, ``serve``,
+``ping``, ``demo``.
 
 Exit codes: 0 success, 1 user error (one paragraph on stderr, no traceback; set
 ``MIXSQL_DEBUG=1`` for the traceback), 2 usage error (argparse).
@@ -30,6 +31,7 @@ examples:
   mixsql sql "SELECT * FROM samples MIX BY language WITH (en 0.8, OTHER 0.2)" --limit 20
   mixsql explain "SELECT * FROM samples MIX BY source WITH NATURAL LIMIT 1e9 TOKENS"
   mixsql serve --catalog ./mixsql_catalog --host 127.0.0.1 --port 8815
+  mixsql ping grpc://127.0.0.1:8815
 
 The catalog defaults to $MIXSQL_CATALOG or ./mixsql_catalog.
 """
@@ -100,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add("sources", "list registered sources")
+
+    g = add("ping", "check that a mixsql server answers at URL (address, token, TLS) within a few seconds",
+            epilog="examples:\n  mixsql ping grpc://10.0.0.5:8815\n"
+                   "  MIXSQL_TOKEN=... mixsql ping grpc+tls://trainer-0:8815 --tls-root-certs ca.pem\n")
+    g.add_argument("url", metavar="URL", help="grpc://host:port or grpc+tls://host:port (host:port alone: grpc)")
+    g.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="how long to keep trying (default 5)")
+    g.add_argument("--token-file", metavar="PATH", help="file holding the token (default: $MIXSQL_TOKEN)")
+    g.add_argument("--tls-root-certs", metavar="PEM", help="CA certificates to trust for grpc+tls")
 
     d = add("demo", "the quickstart job: write a small corpus, register it, run a MIX query, "
                     "stream packed batches")
@@ -211,7 +222,7 @@ def _run_sql(args: argparse.Namespace, text: str, out: IO[str], explain: bool = 
         raise UserError("no SQL statement found in the input")
     if args.limit is not None and args.limit < 0:
         raise UserError("--limit must be a non-negative number of rows")
-    from .progress import QueryProgress, StatusLine, track_progress
+    from .progress import QueryProgress, StatusLine, run_interruptibly, track_progress
 
     con = _connect(args, progress=True)
     status = StatusLine(sys.stderr) if sys.stderr.isatty() else None
@@ -219,8 +230,8 @@ def _run_sql(args: argparse.Namespace, text: str, out: IO[str], explain: bool = 
         cur = track_progress(con.cursor()) if status is not None else con.cursor()
         for stmt in statements:
             t0 = time.perf_counter()
-            with QueryProgress(cur, status):
-                cur.execute(stmt)
+            with QueryProgress(cur, status):   # Ctrl-C cancels the query (KeyboardInterrupt: exit 130)
+                run_interruptibly(lambda: cur.execute(stmt), cur.cancel)
             title = "EXPLAIN MIX" if cur.statement_kind == "explain_mix" else None
             _print_result(cur, args.format, args.limit, out, t0, title=title)
         con.commit()
@@ -324,6 +335,20 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ping(args: argparse.Namespace) -> int:
+    from .client import MixClient
+
+    t0 = time.perf_counter()
+    client = MixClient(args.url, token_file=args.token_file, tls_root_certs=args.tls_root_certs,
+                       retry_for=args.timeout, connect_timeout=args.timeout, timeout=args.timeout)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    print(f"mixsql server at {client.location} answered in {1000 * (time.perf_counter() - t0):.0f} ms")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server import serve
@@ -354,7 +379,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     None: cmd_repl, "repl": cmd_repl, "sql": cmd_sql, "explain": cmd_explain,
-    "register": cmd_register, "sources": cmd_sources, "serve": cmd_serve, "demo": cmd_demo,
+    "register": cmd_register, "sources": cmd_sources, "serve": cmd_serve, "demo": cmd_demo, "ping": cmd_ping,
 }
 
 

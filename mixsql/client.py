@@ -4,7 +4,10 @@
 call is idempotent on the server (registration by content, chunks by index, feedback by
 step), so when the server is unreachable (restarting after a crash) calls reconnect and
 retry for up to ``retry_for`` seconds before raising :class:`mixsql.OperationalError`.
-Server-side errors are re-raised as the mixsql error class the server named.
+Server-side errors are re-raised as the mixsql error class the server named. Until the server
+has answered once, a client gives up after ``connect_timeout`` seconds (default 10) with an
+error naming the address (a wrong host or port, or no server there); ``mixsql ping URL`` is
+the same check from the command line.
 
 A chunk of a feedback-driven job that waits for an earlier step's feedback
 (``[mixsql:FeedbackPending]``) is requested again until it is ready, for up to
@@ -59,7 +62,7 @@ class MixClient:
 
     def __init__(self, location: str, token: str | None = None, *, token_file: str | os.PathLike | None = None,
                  tls_root_certs: bytes | str | None = None, retry_for: float = 60.0,
-                 timeout: float | None = 120.0, feedback_wait: float = 600.0):
+                 timeout: float | None = 120.0, feedback_wait: float = 600.0, connect_timeout: float = 10.0):
         self.location = normalise_location(location)
         if token is None and token_file is not None:
             with open(token_file) as f:
@@ -71,6 +74,8 @@ class MixClient:
                 tls_root_certs = f.read()
         self._tls = tls_root_certs
         self.retry_for = retry_for
+        self.connect_timeout = connect_timeout
+        self._reached = False   # the server answered once: from then on, outages are restarts (retry_for)
         headers = [(b"authorization", f"Bearer {self.token}".encode())] if self.token else []
         self._options = flight.FlightCallOptions(headers=headers, timeout=timeout)
         self._lock = threading.Lock()
@@ -94,17 +99,20 @@ class MixClient:
                 pass
 
     def _call(self, fn, pending_ok: bool = False):
-        deadline = time.monotonic() + self.retry_for
+        start = time.monotonic()
         delay = 0.05
+        tries = 0
         while True:
             client = self._connect()
+            tries += 1
             try:
-                return fn(client)
+                result = fn(client)
+                self._reached = True
+                return result
             except flight.FlightUnavailableError as exc:
-                if time.monotonic() >= deadline:
-                    raise errors.OperationalError(
-                        f"mixsql server at {self.location} unreachable for {self.retry_for:.0f} s: {exc}"
-                    ) from None
+                limit = self.retry_for if self._reached else min(self.retry_for, self.connect_timeout)
+                if time.monotonic() - start >= limit:
+                    raise self._unreachable(exc, tries, time.monotonic() - start) from None
                 self._reconnect()
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -116,6 +124,16 @@ class MixClient:
                 if pending_ok and _PENDING in str(exc):
                     raise _Pending(str(exc).split(_PENDING, 1)[1].split(". Detail:")[0].strip()) from None
                 _raise_mapped(exc)
+
+    def _unreachable(self, exc: Exception, tries: int, seconds: float) -> errors.OperationalError:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if self._reached:
+            return errors.OperationalError(
+                f"mixsql server at {self.location} unreachable for {seconds:.0f} s: {reason}")
+        return errors.OperationalError(
+            f"cannot reach a mixsql server at {self.location} ({tries} tries in {seconds:.0f} s: {reason}). "
+            f"Is `mixsql serve` running there, and are the host and port right? "
+            f"`mixsql ping {self.location}` checks.")
 
     def action(self, kind: str, body: dict | None = None) -> Any:
         payload = json.dumps(body or {}).encode()

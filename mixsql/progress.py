@@ -10,10 +10,13 @@ finds them under ``/proc``; on systems without ``/proc`` files count when they f
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
-from typing import IO, Any
+from typing import IO, Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 PIPE_EVERY_S = 5.0   # one status line this often when the stream is not a terminal
 
@@ -71,6 +74,60 @@ class StatusLine:
                 self._shown = False
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C cancelled the work; ``stopped``: whether it stopped within the grace period."""
+
+    def __init__(self, stopped: bool):
+        super().__init__()
+        self.stopped = stopped
+
+
+def run_interruptibly(work: Callable[[], T], cancel: Callable[[], None], grace_s: float = 5.0,
+                      busy: threading.Event | None = None) -> T:
+    """Run ``work()`` on a thread while the calling thread waits, so Ctrl-C arrives even while
+    ``work`` sits in C code (DuckDB). On Ctrl-C, ``cancel()`` is repeated (an interrupt landing
+    before the query starts is lost) until ``work`` stops or ``grace_s`` passes, then
+    :class:`Interrupted` is raised. ``busy`` is set while ``work`` runs."""
+    box: dict[str, Any] = {}
+    # an Event, not Thread.join(): a join interrupted by Ctrl-C can leave is_alive() False while
+    # the thread still runs (CPython 3.11)
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run, name="mixsql-statement", daemon=True)
+    # Ctrl-C must reach the wait whatever handler is installed (an event loop's left behind, or
+    # SIG_IGN inherited from a launcher): the default one for the work's duration.
+    own_sigint = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if own_sigint else None
+    try:
+        worker.start()
+        if busy is not None:
+            busy.set()
+        while not done.wait(0.05):
+            pass
+    except KeyboardInterrupt:
+        deadline = time.monotonic() + grace_s
+        while not done.is_set() and time.monotonic() < deadline:
+            cancel()
+            done.wait(0.1)
+        raise Interrupted(done.is_set()) from None
+    finally:
+        if busy is not None:
+            busy.clear()
+        if own_sigint:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class _Ticker:
     """Calls ``draw()`` every ``interval`` seconds on a daemon thread until stopped."""
 
@@ -108,7 +165,10 @@ def track_progress(cursor: Any) -> Any:
 
 class QueryProgress:
     """While a statement runs (``with QueryProgress(cursor, status): ...``): after ``after``
-    seconds, a status line with the elapsed time and DuckDB's progress when it knows it."""
+    seconds, a status line with the elapsed time and DuckDB's progress when it knows it.
+    Registration statements show :class:`ScanProgress` instead."""
+
+    SELF_REPORTING = ("create_source", "refresh_source")
 
     def __init__(self, cursor: Any, status: StatusLine | None, after: float = 0.5, interval: float = 0.25):
         self.cursor = cursor
@@ -125,7 +185,8 @@ class QueryProgress:
         return " · ".join(bits) + " · Ctrl-C cancels"
 
     def _draw(self) -> None:
-        if time.monotonic() - self.t0 >= self.after:
+        if time.monotonic() - self.t0 >= self.after and \
+                getattr(self.cursor, "statement_kind", None) not in self.SELF_REPORTING:
             self.status.show(self.text())
 
     def __enter__(self) -> "QueryProgress":

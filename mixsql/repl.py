@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from .completion import MIX_KEYWORDS, SQL_KEYWORDS, MixCompleter, SchemaCache  #
 from .dbapi import Connection, Cursor, connect, split_statements
 from .errors import Error
 from .pasteinput import PasteCoalescingInput
-from .progress import QueryProgress, StatusLine, track_progress
+from .progress import Interrupted, QueryProgress, StatusLine, run_interruptibly, track_progress
 from .script import Item, split_script, statement_complete  # noqa: F401 - re-exported
 
 OUTPUT_MODES = ("table", "csv", "json", "markdown")
@@ -362,70 +361,36 @@ class Repl:
         """Execute one statement with Ctrl-C cancellation and print its result. True if it
         succeeded, False on an error, None when cancelled."""
         cursor = self.cursor
-        box: dict[str, Any] = {}
-
-        # The worker signals completion with an Event: Thread.join() interrupted by Ctrl-C can
-        # leave Thread.is_alive() reporting False while the thread still runs (CPython 3.11).
-        done = threading.Event()
 
         def work():
-            try:
-                t0 = time.perf_counter()
-                cursor.execute(sql)
-                desc = cursor.description
-                if desc is None:
-                    rows = []
-                elif self.mode == "table":
-                    rows = cursor.fetchmany(self.max_rows + 1)
-                elif cursor.unbounded:
-                    rows = cursor.fetchmany(self.max_rows)
-                else:
-                    rows = cursor.fetchall()
-                box["value"] = (desc, rows, time.perf_counter() - t0, cursor.statement_kind)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                box["error"] = exc
-            finally:
-                done.set()
+            t0 = time.perf_counter()
+            cursor.execute(sql)
+            desc = cursor.description
+            if desc is None:
+                rows = []
+            elif self.mode == "table":
+                rows = cursor.fetchmany(self.max_rows + 1)
+            elif cursor.unbounded:
+                rows = cursor.fetchmany(self.max_rows)
+            else:
+                rows = cursor.fetchall()
+            return desc, rows, time.perf_counter() - t0, cursor.statement_kind
 
-        worker = threading.Thread(target=work, name="mixsql-statement", daemon=True)
         status = StatusLine(self.console.file, tty=True) if self.progress else None
-        # Ctrl-C must reach this loop whatever handler is installed (an event loop's left behind
-        # by the prompt, or SIG_IGN inherited from a launcher): ours for the statement's duration.
-        own_sigint = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.default_int_handler) if own_sigint else None
         try:
             with QueryProgress(cursor, status, after=PROGRESS_AFTER_S):
-                worker.start()
-                self.busy.set()
-                while not done.wait(0.05):
-                    pass
-            self.busy.clear()
-        except KeyboardInterrupt:
-            self.busy.clear()
-            # An interrupt that lands before DuckDB starts the query is lost: repeat it until the
-            # statement has stopped (or the grace period ends).
-            deadline = time.monotonic() + self.cancel_grace_s
-            while not done.is_set() and time.monotonic() < deadline:
-                cursor.cancel()
-                done.wait(0.1)
-            if not done.is_set():  # stuck outside DuckDB: abandon it, continue on a fresh cursor
+                desc, rows, elapsed, kind = run_interruptibly(work, cursor.cancel, self.cancel_grace_s, self.busy)
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Interrupted) and not exc.stopped:   # stuck outside DuckDB: a fresh cursor
                 self.cursor = self._new_cursor()
             self.console.print(Text("Cancelled (Ctrl-C).", style="yellow"))
             return None
-        finally:
-            if own_sigint:
-                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-        if "error" in box:
-            exc = box["error"]
-            if isinstance(exc, Error):
-                self.error(str(exc))
-            elif isinstance(exc, KeyboardInterrupt):
-                self.console.print(Text("Cancelled (Ctrl-C).", style="yellow"))
-                return None
-            else:
-                self.error(f"internal error ({type(exc).__name__}): {exc}. Please report this bug.")
+        except Error as exc:
+            self.error(str(exc))
             return False
-        desc, rows, elapsed, kind = box["value"]
+        except Exception as exc:  # noqa: BLE001 - the shell survives every statement
+            self.error(f"internal error ({type(exc).__name__}): {exc}. Please report this bug.")
+            return False
         self.schema.invalidate(values=kind in ("create_source", "refresh_source", "drop_source"))
         self.print_result(desc, rows, elapsed if self.timer else None, kind)
         return True

@@ -51,3 +51,20 @@ def test_repl_in_a_terminal(langs_catalog, tmp_path):
         child.close()
     assert child.exitstatus == 0, child.before
     assert "still' || ' here" in (tmp_path / "history").read_text()
+
+
+def test_sql_shows_progress_and_ctrl_c_cancels(langs_catalog, tmp_path):
+    """``mixsql sql`` on a terminal: a status line for a slow query, Ctrl-C stops it (exit 130)."""
+    cmd = _command() + ["sql", "SELECT count(*) FROM range(1000000000000) a, range(10) b WHERE a.range % 7 = b.range",
+                        "--catalog", str(langs_catalog)]
+    child = pexpect.spawn(cmd[0], cmd[1:], env=dict(os.environ, TERM="xterm"), cwd=str(tmp_path),
+                          encoding="utf-8", dimensions=(40, 160), timeout=60)
+    try:
+        child.expect(r"running \d+\.\d s")
+        child.expect(r"running \d+\.\d s")
+        child.sendintr()
+        child.expect("mixsql: interrupted")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 130
