@@ -13,7 +13,7 @@ pip_install() {
     sleep 1
     t=$((t + 1))
     if ((t % 5 == 0)); then
-      last=$(grep -E '^(Collecting|Downloading|Processing|Building|Installing|Obtaining|Preparing)' "$log" | tail -n 1 | cut -c1-90)
+      last=$(grep -E '^(Collecting|Downloading|Processing|Building|Installing|Obtaining|Preparing)' "$log" | tail -n 1 | cut -c1-90 || true)
       printf '    %4ds  %s\n' "$t" "${last:-resolving ...}"
     fi
   done
