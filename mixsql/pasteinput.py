@@ -13,6 +13,7 @@ completes), a Tab inside a run is text.
 """
 from __future__ import annotations
 
+import re
 from contextlib import AbstractContextManager
 from typing import Callable
 
@@ -24,8 +25,28 @@ _TAB = {Keys.ControlI: "\t"}   # text inside a run, a key at its end
 _ENTER = (Keys.ControlM, Keys.ControlJ)
 
 
+_PLAIN = re.compile(r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*")   # text, newlines and tabs: no keys to parse
+_PIECES = re.compile(r"[^\r\n\t]+|[\r\n\t]")
+_CONTROL_OF = {"\r": Keys.ControlM, "\n": Keys.ControlJ, "\t": Keys.ControlI}
+
+
+def plain_keys(data: str) -> list[KeyPress]:
+    """Key presses of input without escape sequences or control keys other than Enter and Tab,
+    text runs already joined: what the VT100 parser would produce, without its per-character loop."""
+    keys = []
+    for m in _PIECES.finditer(data):
+        piece = m.group(0)
+        if piece in _CONTROL_OF:
+            keys.append(KeyPress(_CONTROL_OF[piece], piece))
+        else:
+            keys.append(KeyPress(Keys.BracketedPaste, piece) if len(piece) > 1 else KeyPress(piece, piece))
+    return keys
+
+
 def _char(key: KeyPress) -> str | None:
     """The text a key press stands for inside a paste (None: a real key, ends the run)."""
+    if key.key == Keys.BracketedPaste:
+        return key.data
     if key.key in _TAB:
         return _TAB[key.key]
     if not isinstance(key.key, Keys) and len(key.data) == 1 and key.data.isprintable():
@@ -47,7 +68,7 @@ def coalesce_keys(keys: list[KeyPress], submits: Callable[[str], bool] | None = 
         while keys_of_run and keys_of_run[-1].key in _TAB:   # a trailing Tab: a real key (completion)
             tail.insert(0, keys_of_run.pop())
             run.pop()
-        if len(keys_of_run) >= 2:
+        if len(keys_of_run) >= 2 or keys_of_run and keys_of_run[0].key == Keys.BracketedPaste:
             out.append(KeyPress(Keys.BracketedPaste, "".join(run)))
         else:
             out.extend(keys_of_run)
@@ -80,11 +101,28 @@ class PasteCoalescingInput(Input):
         self.inner = inner
         self.submits = submits
         self.buffer_text = buffer_text
+        self._parser_idle = True   # the VT100 parser holds no partial escape sequence
+
+    def _read(self) -> list[KeyPress]:
+        """Plain text skips the VT100 parser (a Python step per character) when the parser is
+        idle; anything else goes through it."""
+        reader = getattr(self.inner, "stdin_reader", None)
+        parser = getattr(self.inner, "vt100_parser", None)
+        if reader is None or parser is None or not isinstance(getattr(self.inner, "_buffer", None), list):
+            return self.inner.read_keys()
+        data = reader.read()
+        if self._parser_idle and not getattr(parser, "_in_bracketed_paste", True) and _PLAIN.fullmatch(data):
+            return plain_keys(data)
+        parser.feed(data)
+        keys, self.inner._buffer = self.inner._buffer, []
+        self._parser_idle = "\x1b" not in data[-32:]
+        return keys
 
     def read_keys(self) -> list[KeyPress]:
-        return coalesce_keys(self.inner.read_keys(), self.submits, self.buffer_text())
+        return coalesce_keys(self._read(), self.submits, self.buffer_text())
 
     def flush_keys(self) -> list[KeyPress]:
+        self._parser_idle = True
         return coalesce_keys(self.inner.flush_keys(), self.submits, self.buffer_text())
 
     def fileno(self) -> int:

@@ -255,15 +255,16 @@ class ScanProgress:
     done; a thread adds the bytes read so far of the files being scanned."""
 
     def __init__(self, enabled: bool, paths: list[str], label: str, stream: IO[str] | None = None,
-                 interval: float | None = None, every: float = PIPE_EVERY_S):
+                 interval: float | None = None, every: float = PIPE_EVERY_S, sizes: list[int] | None = None):
         self.enabled = enabled
         self.label = label
         self.sizes = {}
-        for p in paths:
+        for i, p in enumerate(paths):
+            key = p if "://" in p else os.path.realpath(p)   # object-store URLs are kept as they are
             try:
-                self.sizes[os.path.realpath(p)] = os.path.getsize(p)
-            except OSError:
-                self.sizes[os.path.realpath(p)] = 0
+                self.sizes[key] = sizes[i] if sizes is not None else os.path.getsize(p)
+            except (OSError, IndexError):
+                self.sizes[key] = 0
         self.total = sum(self.sizes.values())
         self.done: set[str] = set()
         self.done_bytes = 0
@@ -280,7 +281,8 @@ class ScanProgress:
         t = res.get("table")
         self.samples += t.num_rows if t is not None else 0
         self.raw += res.get("raw_bytes", 0)
-        path = os.path.realpath(res.get("path", ""))
+        path = res.get("path", "")
+        path = path if "://" in path else os.path.realpath(path)
         if path in self.sizes and path not in self.done:
             self.done.add(path)
             self.done_bytes += self.sizes[path]

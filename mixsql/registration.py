@@ -323,7 +323,7 @@ def _executor(fmt: str, n: int, tokenize: bool = False):
 def _scan_all(tasks: list[formats.ScanTask], sizes: list[int], workers: int | None, progress: bool,
               label: str) -> list[dict]:
     """Scan every task (a thread or process pool when worth it); results in task order. Raises on the first error."""
-    bar = ScanProgress(progress, [t.path for t in tasks], label)
+    bar = ScanProgress(progress, [t.path for t in tasks], label, sizes=sizes)
     results: list[dict | None] = [None] * len(tasks)
     try:
         n = workers or os.cpu_count() or 1
