@@ -268,6 +268,7 @@ class ScanProgress:
         self.total = sum(self.sizes.values())
         self.done: set[str] = set()
         self.done_bytes = 0
+        self._reading: dict[str, int] = {}   # furthest read offset seen per unfinished file
         self.samples = 0
         self.raw = 0
         self.t0 = time.monotonic()
@@ -289,8 +290,9 @@ class ScanProgress:
 
     def text(self) -> str:
         pending = {p for p in self.sizes if p not in self.done}
-        reading = sum(min(pos, self.sizes[p]) for p, pos in read_positions(pending).items()) if pending else 0
-        seen = self.done_bytes + reading
+        for p, pos in (read_positions(pending) if pending else {}).items():   # a file may be opened again:
+            self._reading[p] = max(self._reading.get(p, 0), min(pos, self.sizes[p]))   # never go back
+        seen = self.done_bytes + sum(self._reading.get(p, 0) for p in pending)
         dt = max(time.monotonic() - self.t0, 1e-9)
         pct = 100.0 * seen / self.total if self.total else 100.0
         return (f"{self.label}: {human_bytes(seen)} / {human_bytes(self.total)} ({pct:.0f}%) · "
