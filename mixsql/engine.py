@@ -5,27 +5,25 @@ Input: the planner's pointer table (``spec.MIX_COLUMNS``, when ordered either ``
 with :func:`mixsql.shuffle.ordered_permutation`, user columns) and a :class:`~mixsql.spec.MixSpec`. Output: chunks, Arrow tables with the columns of
 ``CHUNK_COLUMNS`` (user columns inserted after ``row``).
 
-Composition (``unit = 'samples'``). Let ``a_g(T)`` be group g's *target* after ``T`` samples:
-``weight_g * T`` for static weights (piecewise linear when weights change or, under
-``redistribute``, when a group runs dry; the targets always sum to ``T``). Every chunk
-raises ``T`` by ``chunk_size`` and gives each group ``c_g(T') - c_g(T)`` samples where the new
-cumulative counts are chosen by an earliest-deadline rule: each group first gets
-``floor(a_g(T'))`` (what it *must* have), then the remaining seats go, at most one per group
-and only where ``c_g < ceil(a_g(T'))``, to the groups whose next sample is due soonest
-(``(c_g + 1 - a_g(T')) / w_g``, ties by group id). Treating sample k of group g as a unit job
-released when ``a_g`` exceeds ``k - 1`` and due when ``a_g`` reaches ``k``, this is EDF
-scheduling of unit jobs with integral release/due chunks on ``chunk_size`` parallel slots,
-which is optimal (never misses a due date when a feasible schedule exists); Tijdeman's
-chairman-assignment theorem gives a feasible one-sample-at-a-time schedule with
-``|c_g(t) - a_g(t)| <= 1 - 1/(2n-2)``. Hence, after every chunk and for every group,
-``|c_g - a_g| < 1``: the realised share is within one sample of the target, cumulatively and
-forever (house-monotone: counts never decrease). Cost per chunk: O(groups log groups), numpy.
+Composition (``unit = 'samples'``), random access. Let ``a_g(T)`` be group g's *target* after
+``T`` samples: ``weight_g * T`` for static weights (restarting from what was delivered at every
+weight change and, under ``redistribute``, when a group runs dry; the targets always sum to
+``T``). The number of samples each group has delivered after chunk k is computed *directly*
+(:mod:`mixsql.composition`): the segment of weights in force, then a nested proportional split
+of the segment's seats (``SplitTree``), O(groups) array work and a binary search for exhaustion
+points, never by composing the chunks before k. Counts are house-monotone (chunk k is the
+difference of two prefix counts, every chunk holds exactly ``chunk_size`` samples) and within
+``share_bound`` of the target for every group after every chunk: under one sample for two or
+three groups and balanced mixtures, up to ~1.3 for skewed mixtures of many groups (the bound is
+reported by ``MixEngine.share_bound``).
 
 Composition (``unit = 'tokens'``). ``T`` counts nominal tokens (``chunk_size`` per chunk);
 each group draws whole samples, in its order, while its delivered tokens are below
-``a_g(T')``. So ``0 <= delivered_g - a_g < tokens of g's last sample``: within one sample's
-tokens; overshoot is carried into the next chunk's targets (a chunk holds ``chunk_size``
-tokens up to that carry).
+``a_g(T')`` (its delivered tokens are a direct function of the target). So ``0 <= delivered_g -
+a_g < tokens of g's last sample``: within one sample's tokens; overshoot is carried into the next
+chunk's targets (a chunk holds ``chunk_size`` nominal tokens up to that carry; a chunk whose
+targets no group's next sample reaches is empty, so chunk k keeps covering nominal tokens
+``[k C, (k+1) C)``).
 
 Inside a chunk, rows are interleaved (group g's i-th of d samples sits at ``(i + .5) / d``),
 so any prefix of a chunk is mixed too.
@@ -49,12 +47,11 @@ budget in the stream's own unit shrinks the house size, keeping the bound; a bud
 other unit cuts the interleaved rows, including the sample that reaches a token budget).
 
 Determinism: chunk k is a pure function of (pointer table, spec, weight changes recorded for
-chunks <= k). All randomness is ``numpy.random.Generator(PCG64)`` seeded from
-``(spec.seed, group, epoch[, window])``. ``state_dict()`` holds per-group counts (which give
-cursor and epoch), delivered tokens, targets, dry flags, weights in force and the *pending*
-weight changes (at or after the next chunk; applied ones are folded into the weights in force):
-O(groups) numbers, restored in O(groups) (the group permutations are recomputed lazily per
-window, never replayed).
+chunks <= k): ``MixEngine.chunk(k)`` computes it directly, ``seek(k)`` positions the stream there.
+All randomness is ``numpy.random.Generator(PCG64)`` seeded from ``(spec.seed, group, epoch[,
+window])``. ``state_dict()`` holds the position, the weight segment in force (counts, tokens and
+targets at its start, dry flags, weights) and the *pending* weight changes: O(groups) numbers,
+restored in O(groups), never replayed.
 
 Schedules: ``SCHEDULE (AT STEP s ...)`` maps to chunks with :func:`schedule_chunk`: with
 ``batch_size`` B (samples, or tokens when ``unit = 'tokens'``, per global step) and chunk size
@@ -70,6 +67,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .composition import Composer
 from .errors import ProgrammingError
 from .shuffle import ORDER_KEY_PREFIX, GroupSequence, order_key_columns, ordered_permutation, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, MixSpec
@@ -110,15 +108,26 @@ def forecast(spec: MixSpec, group_samples: list[int], group_tokens: list[int | N
         eng = MixEngine(pointers, spec, batch_size=batch_size)
     else:
         eng = MixEngine._counting(spec, group_samples, batch_size)
-    while eng.skip_chunk():
-        if eng.next_index > max_chunks:
-            return fluid_forecast(spec, group_samples, group_tokens)
+    comp = eng._comp
+    comp.resolve(max_chunks)
+    if comp.end is None or comp.end > max_chunks:
+        return fluid_forecast(spec, group_samples, group_tokens)
+    end = comp.end
+    counts, toks = comp.after(end - 1)
+    if end > 0 and comp.cut_chunk == end - 1:   # a budget in the other unit cuts the last chunk
+        last = eng.chunk(end - 1)
+        before, tok_before = comp.after(end - 2)
+        gids = last.column("group_id").to_numpy()
+        counts = before + np.bincount(gids, minlength=n)
+        toks = tok_before + np.bincount(gids, weights=last.column("n_tokens").to_numpy(),
+                                        minlength=n).astype(np.int64)
+    dry_at = {g: k for g, k in comp.dry_at.items() if k <= end}
     weights = list(spec.schedule[0].weights) if spec.schedule and spec.schedule[0].step == 0 else list(spec.weights())
     out = []
     for i, g in enumerate(spec.groups):
-        cnt, size, tot = int(eng._count[i]), int(group_samples[i]), group_tokens[i]
+        cnt, size, tot = int(counts[i]), int(group_samples[i]), group_tokens[i]
         if needs_tokens:
-            t_need = int(eng._tok[i])
+            t_need = int(toks[i])
         else:
             t_need = None if tot is None else (int(round(cnt * tot / size)) if size else 0)
         out.append({
@@ -129,7 +138,7 @@ def forecast(spec: MixSpec, group_samples: list[int], group_tokens: list[int | N
             "samples_needed": cnt,
             "tokens_needed": t_need,
             "epochs_needed": cnt / size if size else 0.0,
-            "dry_at_chunk": eng.dry_at_chunk.get(i),
+            "dry_at_chunk": dry_at.get(i),
         })
     return out
 
@@ -249,7 +258,7 @@ CHUNK_TAIL = ("group_id", "file_id", "loc_offset", "loc_length", "n_bytes", "n_t
 CHUNK_COLUMNS = CHUNK_HEAD + CHUNK_TAIL   # user columns go between the two
 _EPS = 1e-7
 _INF = 1 << 62
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def schedule_chunk(step: int, batch_size: int, chunk_size: int) -> int:
@@ -364,17 +373,6 @@ def _file_dictionaries(pointers: pa.Table, N: int):
     paths = fcol.take(first_rows).cast(pa.string())
     src = scol.take(first_rows).cast(pa.string()).dictionary_encode()
     return codes, paths, src.indices.to_numpy(zero_copy_only=False).astype(np.int32), src.dictionary
-
-
-class _Step:
-    """One composed chunk: per-group draws and the engine state after it."""
-
-    __slots__ = ("draws", "count", "tok", "T", "base_T", "base_a", "weff", "dry", "end", "rows")
-
-    def __init__(self, **kw):
-        self.rows = None
-        for k, v in kw.items():
-            setattr(self, k, v)
 
 
 class MixEngine:
@@ -495,63 +493,22 @@ class MixEngine:
         return _normalise(self.spec.weights(), self.n_groups)
 
     def _reset(self, batch_size: int | None) -> None:
-        G = self.n_groups
         self._k = 0
-        self._T = 0
-        self._count = np.zeros(G, np.int64)
-        self._tok = np.zeros(G, np.int64)
-        self._dry = np.zeros(G, bool)
         self._ended = False
-        self._weights = self._initial_weights()
-        self._log: list[list] = []
-        self._applied = -1
-        self._base_T = 0
-        self._base_a = np.zeros(G)
-        self._weff = self._effective(self._weights, self._dry)
-        # diagnostic (not part of the state): group -> chunk whose composition first wanted a
-        # sample the group no longer had
-        self.dry_at_chunk: dict[int, int] = {}
+        self._comp = Composer(self.spec, self._n, self._seq, self._initial_weights())
         if self.spec.schedule and batch_size:
             for st in self.spec.schedule:
                 if st.step > 0:
                     self.set_weights(st.weights, schedule_chunk(st.step, batch_size, self.spec.chunk_size))
 
     # --- weights ------------------------------------------------------------------------------
-    def _effective(self, w: np.ndarray, dry: np.ndarray) -> np.ndarray:
-        if self.spec.on_exhausted == "redistribute":
-            w = np.where(dry, 0.0, w)
-        s = w.sum()
-        return w / s if s > 0 else w
-
-    def _amount(self) -> np.ndarray:
-        return self._tok if self.spec.unit == "tokens" else self._count
-
-    def _target(self, T: int, base_T=None, base_a=None, weff=None) -> np.ndarray:
-        base_T = self._base_T if base_T is None else base_T
-        base_a = self._base_a if base_a is None else base_a
-        weff = self._weff if weff is None else weff
-        return base_a + weff * (T - base_T)
-
-    @staticmethod
-    def _rebase(T, a_now, amount, weff):
-        """Targets at T for new effective weights: zero-weight groups freeze at what they have;
-        the difference goes to the others proportionally (targets keep summing to T)."""
-        zero = weff <= 0
-        a = a_now.astype(np.float64, copy=True)
-        disc = float((a[zero] - amount[zero]).sum())
-        a[zero] = amount[zero]
-        a[~zero] += weff[~zero] * disc
-        return a
-
     def set_weights(self, weights: Sequence[float], at_chunk: int | None = None) -> int:
         """Record new target weights (one per leaf group) from chunk ``at_chunk`` on
         (default: the next chunk). Returns the chunk index. Changes are part of the state."""
         at = self._k if at_chunk is None else int(at_chunk)
         if at < self._k:
             raise ValueError(f"cannot change weights at chunk {at}: the stream is at chunk {self._k}")
-        w = _normalise(weights, self.n_groups).tolist()
-        self._log = [e for e in self._log if e[0] != at] + [[at, w]]
-        self._log.sort(key=lambda e: e[0])
+        self._comp.set_weights(_normalise(weights, self.n_groups), at)
         return at
 
     def apply_schedule_for_step(self, step: int) -> int | None:
@@ -564,219 +521,39 @@ class MixEngine:
         if chosen is None:
             return None
         w = _normalise(chosen.weights, self.n_groups)
-        pending = [e for e in self._log if e[0] >= self._k]
-        current = np.asarray(pending[-1][1]) if pending else self._weights
-        if np.allclose(current, w, rtol=0, atol=1e-15):
+        if np.allclose(self._weights_at(self._k), w, rtol=0, atol=1e-15):
             return None
         return self.set_weights(w, None)
 
-    def _apply_log(self) -> None:
-        if self._applied >= self._k:
-            return
-        self._applied = self._k
-        if self._log and self._log[0][0] < self._k:   # past changes live on in the weights in force
-            self._log = [e for e in self._log if e[0] >= self._k]
-        for at, w in self._log:
-            if at == self._k:
-                self._weights = np.asarray(w, dtype=np.float64)
-                weff = self._effective(self._weights, self._dry)
-                a_now = self._target(self._T)
-                self._base_a = self._rebase(self._T, a_now, self._amount(), weff)
-                self._base_T = self._T
-                self._weff = weff
+    def _weights_at(self, k: int) -> np.ndarray:
+        """Weights in force for chunk k (pending changes included)."""
+        comp = self._comp
+        pending = [w for a, w in comp.log if a <= k]
+        if pending:
+            seg = comp.segs[-1]
+            last_at = max(a for a, _ in comp.log if a <= k)
+            if last_at > seg.k:
+                return np.asarray(pending[-1], np.float64)
+        comp.resolve(max(0, k - 1))
+        seg = comp.segment_for(k)
+        newer = [w for a, w in comp.log if seg.k < a <= k]
+        return np.asarray(newer[-1], np.float64) if newer else seg.weights
 
-    # --- supply -------------------------------------------------------------------------------
-    def _supply(self) -> np.ndarray:
-        """Samples each group can still give (a huge number when unbounded)."""
-        if self._passes is None:
-            return np.where(self._n > 0, _INF, 0)
-        return self._n * self._passes - self._count
+    @property
+    def dry_at_chunk(self) -> dict[int, int]:
+        """Group -> chunk whose composition first wanted a sample the group no longer had
+        (diagnostic; resolved as far as the stream was read)."""
+        return {g: k for g, k in self._comp.dry_at.items() if k <= self._k}
 
-    # --- composition --------------------------------------------------------------------------
-    def _house(self) -> int | None:
-        """Size of the next chunk in the stream's unit, or None when the budget is used up."""
-        C = self.spec.chunk_size
-        b = self.spec.budget
-        if b is None:
-            return C
-        if b.kind == "chunks":
-            return C if self._k < b.amount else None
-        if (b.kind == "tokens") == (self.spec.unit == "tokens"):
-            left = b.amount - self._T
-            return min(C, left) if left > 0 else None
-        used = int(self._tok.sum()) if b.kind == "tokens" else int(self._count.sum())
-        return C if used < b.amount else None
-
-    def _compose(self) -> _Step | None:
-        if self._ended:
-            return None
-        self._apply_log()
-        house = self._house()
-        if house is None:
-            return None
-        sup = self._supply()
-        if self.spec.on_exhausted != "redistribute" and bool(((self._weff > 0) & (sup <= 0)).any()):
-            self._mark_dry((self._weff > 0) & (sup <= 0))
-            return None  # a group delivered its last sample: the stream has ended (stop)
-        if self.spec.unit == "tokens":
-            step = self._compose_tokens(house, sup)
-        else:
-            step = self._compose_samples(house, sup)
-        if step is None:
-            return None
-        b = self.spec.budget
-        if b is not None and b.kind in ("samples", "tokens") and (b.kind == "tokens") != (self.spec.unit == "tokens"):
-            marked = [g for g, k in self.dry_at_chunk.items() if k == self._k]
-            self._cut_to_budget(step)
-            sup_total = self._count + sup
-            for g in marked:   # the budget ended the stream before the group's supply did
-                if step.count[g] < sup_total[g]:
-                    del self.dry_at_chunk[g]
-        return step
-
-    def _mark_dry(self, mask: np.ndarray) -> None:
-        for g in np.flatnonzero(mask).tolist():
-            self.dry_at_chunk.setdefault(g, self._k)
-
-    def _compose_samples(self, house: int, sup: np.ndarray) -> _Step | None:
-        T, c = self._T, self._count
-        M = T + house
-        base_T, base_a, weff, dry = self._base_T, self._base_a, self._weff, self._dry.copy()
-        new = quota_counts(c, self._target(M), weff, house)
-        over = (new - c) > sup
-        if not over.any():
-            return _Step(draws=new - c, count=new, tok=None, T=M, base_T=base_T, base_a=base_a,
-                         weff=weff, dry=dry, end=False)
-        self._mark_dry(over)
-        if self.spec.on_exhausted != "redistribute":
-            for h in range(house - 1, 0, -1):
-                new = quota_counts(c, self._target(T + h), weff, h)
-                if not ((new - c) > sup).any():
-                    return _Step(draws=new - c, count=new, tok=None, T=T + h, base_T=base_T,
-                                 base_a=base_a, weff=weff, dry=dry, end=True)
-            return None
-        final = c.copy()
-        while over.any():
-            a_T = self._target(T, base_T, base_a, weff)
-            dry |= over
-            final[over] = c[over] + sup[over]
-            weff = self._effective(self._weights, dry)
-            a_T = self._rebase(T, a_T, np.where(dry, final, c), weff)
-            a_T[dry] = final[dry]
-            base_T, base_a = T, a_T
-            start = np.where(dry, final, c)
-            h = M - int(start.sum())
-            if not (weff > 0).any() or h <= 0:
-                new = start
-                break
-            new = quota_counts(start, self._target(M, base_T, base_a, weff), weff, h)
-            over = ((new - c) > sup) & ~dry
-            self._mark_dry(over)
-        end = not (weff > 0).any() or int((new - c).sum()) < house
-        return _Step(draws=new - c, count=new, tok=None, T=M, base_T=base_T, base_a=base_a,
-                     weff=weff, dry=dry, end=end)
-
-    def _advance_tokens(self, g: int, target: float) -> tuple[int, int] | None:
-        """(count, tokens) after group g draws while its tokens are below ``target``;
-        None if its supply cannot reach the target."""
-        c, tok = int(self._count[g]), int(self._tok[g])
-        need = target - tok
-        if need <= _EPS:
-            return c, tok
-        seq, n = self._seq[g], int(self._n[g])
-        if n == 0 or not seq.total_tokens:
-            return None
-        e, p = divmod(c, n)
-        need_i = int(math.ceil(need - _EPS))
-        while self._passes is None or e < self._passes:
-            pre = seq.token_prefix(e, p)
-            q = seq.find_tokens(e, pre + need_i)
-            if q is not None:
-                return e * n + q, tok + seq.token_prefix(e, q) - pre
-            got = seq.total_tokens - pre
-            need_i -= got
-            tok += got
-            e, p = e + 1, 0
-        return None
-
-    def _all_tokens(self, g: int) -> tuple[int, int]:
-        """(count, tokens) once group g has given everything it can (bounded supply only)."""
-        n, seq = int(self._n[g]), self._seq[g]
-        passes = self._passes
-        c, tok = int(self._count[g]), int(self._tok[g])
-        e, p = divmod(c, n) if n else (0, 0)
-        if n == 0 or e >= passes:
-            return c, tok
-        tok += (seq.total_tokens or 0) - seq.token_prefix(e, p) + (passes - e - 1) * (seq.total_tokens or 0)
-        return n * passes, tok
-
-    def _draw_tokens(self, targets: np.ndarray, weff: np.ndarray, fixed: np.ndarray):
-        G = self.n_groups
-        cnt, tok = self._count.copy(), self._tok.copy()
-        over = np.zeros(G, bool)
-        for g in range(G):
-            if fixed[g] or weff[g] <= 0:
-                continue
-            got = self._advance_tokens(g, float(targets[g]))
-            if got is None:
-                over[g] = True
-            else:
-                cnt[g], tok[g] = got
-        return cnt, tok, over
-
-    def _compose_tokens(self, house: int, sup: np.ndarray) -> _Step | None:
-        T = self._T
-        M = T + house
-        base_T, base_a, weff, dry = self._base_T, self._base_a, self._weff, self._dry.copy()
-        cnt, tok, over = self._draw_tokens(self._target(M), weff, dry)
-        if not over.any():
-            return _Step(draws=cnt - self._count, count=cnt, tok=tok, T=M, base_T=base_T, base_a=base_a,
-                         weff=weff, dry=dry, end=False)
-        self._mark_dry(over)
-        if self.spec.on_exhausted != "redistribute":
-            lo, hi = 0, house - 1   # largest h in [0, house) that fits: feasibility is monotone in h
-            best = None
-            while lo <= hi:
-                mid = (lo + hi) // 2
-                r = self._draw_tokens(self._target(T + mid), weff, dry)
-                if r[2].any():
-                    hi = mid - 1
-                else:
-                    best, lo = (mid, r), mid + 1
-            if best is None or int((best[1][0] - self._count).sum()) == 0:
-                return None
-            h, (cnt, tok, _) = best
-            return _Step(draws=cnt - self._count, count=cnt, tok=tok, T=T + h, base_T=base_T,
-                         base_a=base_a, weff=weff, dry=dry, end=True)
-        fin_c, fin_t = self._count.copy(), self._tok.copy()
-        while over.any():
-            a_T = self._target(T, base_T, base_a, weff)
-            for g in np.flatnonzero(over):
-                fin_c[g], fin_t[g] = self._all_tokens(int(g))
-            dry |= over
-            weff = self._effective(self._weights, dry)
-            a_T = self._rebase(T, a_T, np.where(dry, fin_t, self._tok), weff)
-            a_T[dry] = fin_t[dry]
-            base_T, base_a = T, a_T
-            if not (weff > 0).any():
-                cnt, tok = np.where(dry, fin_c, self._count), np.where(dry, fin_t, self._tok)
-                break
-            cnt, tok, over = self._draw_tokens(self._target(M, base_T, base_a, weff), weff, dry)
-            self._mark_dry(over)
-            cnt = np.where(dry, fin_c, cnt)
-            tok = np.where(dry, fin_t, tok)
-        end = not (weff > 0).any()
-        return _Step(draws=cnt - self._count, count=cnt, tok=tok, T=M, base_T=base_T, base_a=base_a,
-                     weff=weff, dry=dry, end=end)
 
     # --- rows -----------------------------------------------------------------------------------
-    def _rows(self, draws: np.ndarray):
+    def _rows(self, count: np.ndarray, draws: np.ndarray):
         """(pointer row indices, group ids, epochs) of a chunk, interleaved across groups."""
         idx_parts, epoch_parts = [], []
         gs = np.flatnonzero(draws > 0)
         for g in gs:
             n = int(self._n[g])
-            start, stop = int(self._count[g]), int(self._count[g] + draws[g])
+            start, stop = int(count[g]), int(count[g] + draws[g])
             seq = self._seq[g]
             while start < stop:
                 e, p = divmod(start, n)
@@ -813,62 +590,26 @@ class MixEngine:
             self._inter_cache[ck] = hit
         return hit
 
-    def _cut_to_budget(self, step: _Step) -> None:
-        """Budget in the other unit: keep the interleaved prefix that reaches it."""
+    def _cut_to_budget(self, k: int, idx: np.ndarray, gids: np.ndarray, epochs: np.ndarray):
+        """Budget in the other unit: keep the interleaved prefix of chunk k that reaches it."""
         b = self.spec.budget
-        rows = self._rows(step.draws)
-        idx, gids, _ = rows
+        c, tok = self._comp.after(k - 1)
         if b.kind == "samples":
-            keep = max(0, b.amount - int(self._count.sum()))
+            keep = max(0, b.amount - int(c.sum()))
         else:
-            left = b.amount - int(self._tok.sum())
+            left = b.amount - int(tok.sum())
             cum = np.cumsum(self._token_array()[idx]) if len(idx) else np.zeros(0)
             keep = int(np.searchsorted(cum, left, side="left")) + 1
-        if keep >= len(idx):
-            if step.tok is None and self._tokens_needed:
-                step.tok = self._tok + np.bincount(gids, weights=self._token_array()[idx],
-                                                   minlength=self.n_groups).astype(np.int64)
-            if keep == len(idx):
-                step.end = True
-            return
-        d = np.bincount(gids[:keep], minlength=self.n_groups).astype(np.int64)
-        step.draws = d
-        step.count = self._count + d
-        if self._tokens_needed:
-            step.tok = self._tok + np.bincount(gids[:keep], weights=self._token_array()[idx[:keep]],
-                                               minlength=self.n_groups).astype(np.int64)
-        step.end = True
+        if keep < len(idx):
+            idx, gids, epochs = idx[:keep], gids[:keep], epochs[:keep]
+            got = c + np.bincount(gids, minlength=self.n_groups)
+            for g, at in list(self._comp.dry_at.items()):   # the budget ended the stream first
+                if at == k and got[g] < self._comp.sup[g]:
+                    del self._comp.dry_at[g]
+        return idx, gids, epochs
 
     def _token_array(self) -> np.ndarray:
         return self._np["__mix_n_tokens"]
-
-    def _commit(self, step: _Step) -> None:
-        self._count = step.count
-        if step.tok is not None:
-            self._tok = step.tok
-        elif self._tokens_needed:
-            self._tok = self._tok  # samples unit + token budget: updated in _cut_to_budget
-        self._T = step.T
-        self._base_T, self._base_a, self._weff, self._dry = step.base_T, step.base_a, step.weff, step.dry
-        self._k += 1
-        if step.end:
-            self._ended = True
-
-    def _next_step(self) -> _Step | None:
-        for _ in range(1_000_000):
-            step = self._compose()
-            if step is None:
-                self._ended = True
-                return None
-            if int(step.draws.sum()) > 0:
-                return step
-            # an empty chunk (token chunks smaller than the samples): advance the nominal total
-            self._T, self._base_T, self._base_a, self._weff, self._dry = (
-                step.T, step.base_T, step.base_a, step.weff, step.dry)
-            if step.end:
-                self._ended = True
-                return None
-        raise RuntimeError("chunk_size is far below the size of a sample; raise chunk_size")
 
     # --- public ---------------------------------------------------------------------------------
     @property
@@ -879,36 +620,53 @@ class MixEngine:
     @property
     def total(self) -> int:
         """Nominal amount composed so far (samples, or tokens when unit = 'tokens')."""
-        return int(self._T)
+        return self._comp.end_total(self._k - 1) if self._k else 0
 
     @property
     def ended(self) -> bool:
-        return self._ended
+        return self._ended or not self._comp.exists(self._k)
+
+    def seek(self, k: int) -> None:
+        """Position the stream at chunk ``k`` directly (O(groups x log), no replay)."""
+        self._k = int(k)
+        self._ended = False
 
     def skip_chunk(self) -> bool:
         """Advance past the next chunk without materialising it; False when the stream ended."""
-        step = self._next_step()
-        if step is None:
+        if not self._comp.exists(self._k):
+            self._ended = True
             return False
-        if self.spec.unit != "tokens" and self._tokens_needed and step.tok is None:
-            _, gids, _ = rows = self._rows(step.draws)
-            step.tok = self._tok + np.bincount(gids, weights=self._token_array()[rows[0]],
-                                               minlength=self.n_groups).astype(np.int64)
-        self._commit(step)
+        self._k += 1
         return True
 
     def next_chunk(self) -> pa.Table | None:
         """The next chunk (an Arrow table, see CHUNK_COLUMNS), or None when the stream ended."""
-        step = self._next_step()
-        if step is None:
+        t = self.chunk(self._k)
+        if t is None:
+            self._ended = True
             return None
-        idx, gids, epochs = self._rows(step.draws)
-        if self.spec.unit != "tokens" and self._tokens_needed and step.tok is None:
-            step.tok = self._tok + np.bincount(gids, weights=self._token_array()[idx],
-                                               minlength=self.n_groups).astype(np.int64)
-        k = self._k
-        self._commit(step)
+        self._k += 1
+        return t
+
+    def draws(self, k: int) -> np.ndarray | None:
+        """Samples each group gives to chunk k (None when chunk k is not part of the stream)."""
+        if not self._comp.exists(k):
+            return None
+        return self._comp.after(k)[0] - self._comp.after(k - 1)[0]
+
+    def chunk(self, k: int) -> pa.Table | None:
+        """Chunk ``k`` computed directly (a pure function of k, the spec and recorded weight
+        changes), or None when the stream has fewer chunks."""
+        comp = self._comp
+        if not comp.exists(k):
+            return None
+        start = comp.after(k - 1)[0]
+        end = comp.after(k)[0]
+        idx, gids, epochs = self._rows(start, end - start)
+        if comp.cut_chunk == k:
+            idx, gids, epochs = self._cut_to_budget(k, idx, gids, epochs)
         return self._table(k, idx, gids, epochs)
+
 
     def __iter__(self) -> Iterator[pa.Table]:
         while True:
@@ -968,25 +726,10 @@ class MixEngine:
 
     # --- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to continue the stream exactly here; JSON-able, O(groups)."""
-        return {
-            "version": STATE_VERSION,
-            "fingerprint": self._fingerprint,
-            "next_index": self._k,
-            "total": int(self._T),
-            "counts": self._count.tolist(),
-            "tokens": self._tok.tolist(),
-            "dry": self._dry.tolist(),
-            "ended": self._ended,
-            "weights": self._weights.tolist(),
-            "effective": self._weff.tolist(),
-            "base_total": int(self._base_T),
-            "base_targets": self._base_a.tolist(),
-            # pending changes only (past ones are folded into "weights"/"effective"/"base_*"):
-            # the state stays O(groups + pending changes) however many updates were applied
-            "log": [[int(a), list(w)] for a, w in self._log if a >= self._k],
-            "applied": self._applied,
-        }
+        """Everything needed to continue the stream exactly here; JSON-able, O(groups): the
+        weights segment in force, the pending weight changes and the position."""
+        return {"version": STATE_VERSION, "fingerprint": self._fingerprint, "next_index": self._k,
+                **self._comp.state(self._k)}
 
     def load_state_dict(self, d: dict) -> None:
         """Continue from ``state_dict()`` output, O(groups): no replay."""
@@ -997,25 +740,25 @@ class MixEngine:
                 "engine state belongs to a different stream (statement, settings or catalog snapshot "
                 "changed); restore it with the same MIX statement over the same catalog"
             )
-        G = self.n_groups
+        self._comp.load(d)
         self._k = int(d["next_index"])
-        self._T = int(d["total"])
-        self._count = np.asarray(d["counts"], np.int64).reshape(G)
-        self._tok = np.asarray(d["tokens"], np.int64).reshape(G)
-        self._dry = np.asarray(d["dry"], bool).reshape(G)
-        self._ended = bool(d["ended"])
-        self._weights = np.asarray(d["weights"], np.float64).reshape(G)
-        self._weff = np.asarray(d["effective"], np.float64).reshape(G)
-        self._base_T = int(d["base_total"])
-        self._base_a = np.asarray(d["base_targets"], np.float64).reshape(G)
-        self._log = [[int(a), [float(x) for x in w]] for a, w in d["log"]]
-        self._applied = int(d["applied"])
+        self._ended = False
 
     # --- introspection --------------------------------------------------------------------------
     def targets(self) -> np.ndarray:
-        """Current cumulative targets per group (samples or tokens), for tests and monitoring."""
-        return self._target(self._T)
+        """Cumulative targets per group after the last chunk read (samples or tokens)."""
+        return self._comp.targets_after(self._k - 1)
 
     def delivered(self) -> np.ndarray:
-        """Cumulative delivered amount per group in the stream's unit."""
-        return self._amount().copy()
+        """Cumulative delivered amount per group in the stream's unit after the last chunk read."""
+        c, tok = self._comp.after(self._k - 1)
+        return tok if self.spec.unit == "tokens" else c
+
+    def totals(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(samples, tokens or None) per group delivered by chunks [0, k), computed directly."""
+        return self._comp.after(k - 1)
+
+    @property
+    def share_bound(self) -> float:
+        """Largest |delivered - target| of any group the current weights allow (see composition)."""
+        return self._comp.segment_for(max(0, self._k - 1)).tree.share_bound

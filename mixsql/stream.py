@@ -2,8 +2,8 @@
 
 ``MixStream.open(catalog, sql)`` plans and runs the statement read-only and keeps the pointer
 table, the final spec, the used files (for readers) and the catalog snapshot. ``chunks()``
-yields this process's chunks for a :class:`~mixsql.topology.Topology`; chunks owned by other
-ranks/workers are skipped without materialising them (composition only).
+yields this process's chunks for a :class:`~mixsql.topology.Topology`; each is computed directly
+(:meth:`~mixsql.engine.MixEngine.chunk`), so chunks owned by other ranks/workers cost nothing.
 
 ``user_columns`` chooses what the pointer table carries besides ``spec.MIX_COLUMNS``: ``True``
 (default; the DB-API's MIX result rows show the user's projection), ``False`` (pointers only:
@@ -21,7 +21,7 @@ import pyarrow as pa
 from .catalog import Catalog
 from .engine import MixEngine
 from .spec import MixSpec
-from .topology import Topology
+from .topology import Topology, owned_chunks
 
 
 class MixStream:
@@ -65,15 +65,12 @@ class MixStream:
     def chunks(self, topology: Topology | None = None, state: dict | None = None) -> Iterator[pa.Table]:
         """This process's chunks, in index order (all chunks when ``topology`` is None)."""
         eng = self.engine(state)
-        topo = topology or Topology()
-        while True:
-            if topo.owns(eng.next_index):
-                t = eng.next_chunk()
-                if t is None:
-                    return
-                yield t
-            elif not eng.skip_chunk():
+        for k in owned_chunks(topology or Topology(), eng.next_index):
+            eng.seek(k)   # computed directly: chunks owned by others are never composed
+            t = eng.next_chunk()
+            if t is None:
                 return
+            yield t
 
 
 def _used_file_ids(pointers: pa.Table) -> list[int]:

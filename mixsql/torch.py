@@ -51,7 +51,10 @@ Exactly-once resume
     every token/sample once. With the same ``num_workers`` (and ranks) the remaining batches are
     identical to an uninterrupted run; with a different ``num_workers`` the same tokens are
     delivered (nothing lost or duplicated) but sequence boundaries and order may differ.
-    Changing the number of data-parallel ranks on resume is refused.
+    Elastic resume: ``load_state_dict([state of rank 0, ..., state of rank D-1])`` on a different
+    number of data-parallel ranks (:func:`merge_rank_states`) continues the global stream from the
+    largest old frontier; every chunk some old rank had not finished is redone by the new rank that
+    owns its index, so nothing is lost or repeated. A single state needs the same world size.
 """
 from __future__ import annotations
 
@@ -105,6 +108,59 @@ def _explicit_tasks(state: dict, num_workers: int, worker: int) -> list[dict]:
             tasks.append({"chunk": h, "carry": {}, "drop": {}})
     tasks.sort(key=lambda t: -1 if t["chunk"] is None else t["chunk"])
     return tasks
+
+
+def merge_rank_states(states: list[dict], dp_rank: int, dp_world: int) -> dict:
+    """The state of new rank ``dp_rank`` of ``dp_world`` from every old rank's state.
+
+    Old rank r (of D) has consumed its chunks ``k = r (mod D)`` below its frontier except its
+    pending (partially consumed) chunks and holes (never started). The merged run continues from
+    the largest old frontier F: the new rank redoes, as explicit tasks, the pending entries, holes
+    and old ranks' unstarted chunks in ``[frontier_r, F)`` whose index it owns in the new topology
+    (``k % dp_world == dp_rank``; leftover packed tokens without a chunk go to ``old rank %
+    dp_world``), then streams its own chunks from F. With an unchanged world the rank's own state
+    is returned as is (the remaining batches are identical to an uninterrupted run)."""
+    by_rank: dict[int, dict] = {}
+    for s in states:
+        if s.get("version") != STATE_VERSION:
+            raise ProgrammingError(f"unsupported mixsql state version {s.get('version')!r}")
+        by_rank.setdefault(int(s["dp_rank"]), s)   # replicas of one dp rank hold the same state
+    D = {int(s["dp_world"]) for s in by_rank.values()}
+    if len(D) != 1:
+        raise ProgrammingError(f"the states come from different world sizes {sorted(D)}; pass one run's states")
+    D = D.pop()
+    if sorted(by_rank) != list(range(D)):
+        if len(by_rank) == 1 and D == dp_world and dp_rank in by_rank:
+            return by_rank[dp_rank]
+        missing = sorted(set(range(D)) - set(by_rank))
+        raise ProgrammingError(f"states of data-parallel ranks {missing} (of {D}) are missing; pass every "
+                               "old rank's loader.state_dict()")
+    if D == dp_world:
+        return by_rank[dp_rank]
+    F = max(int(s["frontier"]) for s in by_rank.values())
+    ends = [int(s["end"]) for s in by_rank.values() if s.get("end") is not None]
+    end = min(ends) if ends else None
+    pending, holes = [], set()
+    for r, s in sorted(by_rank.items()):
+        for p in s["pending"]:
+            c = p.get("chunk")
+            owner = (r if c is None else c) % dp_world
+            if owner == dp_rank:
+                pending.append({"chunk": c, "carry": p.get("carry") or {}, "drop": p.get("drop") or {},
+                                "worker": len(pending)})
+        holes.update(int(h) for h in s["holes"] if int(h) % dp_world == dp_rank)
+        f = int(s["frontier"])
+        k = f + ((r - f) % D)
+        while k < F:
+            if k % dp_world == dp_rank:
+                holes.add(k)
+            k += D
+    if end is not None:
+        holes = {h for h in holes if h < end}
+    base = min(int(s["base"]) for s in by_rank.values())
+    engine = next(s["engine"] for s in by_rank.values() if int(s["base"]) == base)
+    return {"version": STATE_VERSION, "dp_rank": dp_rank, "dp_world": dp_world, "pending": pending,
+            "holes": sorted(holes), "frontier": F, "base": base, "engine": engine, "end": end}
 
 
 def _merge_carry(a: dict, b: dict) -> dict:
@@ -520,7 +576,12 @@ class MixDataset(IterableDataset):
             return {}
         return {"dynamic": {"algorithm": algo, "weights": [[int(a), list(w)] for a, w in self._weight_log]}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict | Sequence[dict]) -> None:
+        """Restore ``state_dict()`` output. ``state`` may be the list of *every* old rank's state
+        (as saved per rank): with a different number of data-parallel ranks (or workers) the
+        remaining work is redistributed over the new topology, nothing lost or repeated."""
+        if isinstance(state, (list, tuple)):
+            state = self._merge_states(list(state))
         st = state.get("mixsql", state)
         if state.get("statement") not in (None, self._fingerprint()):
             raise ProgrammingError("this checkpoint was taken with a different MIX statement or parameters; "
@@ -539,6 +600,20 @@ class MixDataset(IterableDataset):
             self._algo.close()
         self._algo, self._algo_state = None, dyn.get("algorithm")
         self._weight_log = [[int(a), [float(x) for x in w]] for a, w in dyn.get("weights", [])]
+
+    def _merge_states(self, states: list[dict]) -> dict:
+        """One state for this rank from all old ranks' states (see :func:`merge_rank_states`)."""
+        if not states:
+            raise ProgrammingError("load_state_dict got an empty list of states")
+        fps = {s.get("statement") for s in states}
+        if len(fps) > 1:
+            raise ProgrammingError("the states come from different MIX statements; pass the states of one run")
+        dyn = [s.get("dynamic") for s in states if s.get("dynamic")]
+        merged = merge_rank_states([s.get("mixsql", s) for s in states], self.dp_rank, self.dp_world)
+        out = {"mixsql": merged, "statement": next(iter(fps))}
+        if dyn:
+            out["dynamic"] = dyn[0]
+        return out
 
     def _fingerprint(self) -> str:
         text = f"{self.sql}\x00{self.params!r}\x00{self.seq_len}"
@@ -623,6 +698,9 @@ class MixDataset(IterableDataset):
                 c = task["chunk"]
                 table = eng = None
                 if c is not None and (end is None or c < end):
+                    seek = getattr(engine, "seek", None)
+                    if seek is not None and engine.next_index < c:
+                        seek(c)   # chunk c computed directly: other workers' chunks are never composed
                     while engine.next_index < c:
                         if not engine.skip_chunk():
                             end = engine.next_index

@@ -89,3 +89,4 @@ def test_gloo_ranks(cat, tmp_path, world, replicas):
     sel = collections.Counter(map(tuple, c.con.execute('SELECT file, "row" FROM samples').fetchall()))
     c.close()
     assert collections.Counter(seen) == sel        # the union over ranks is exactly the selection
+
