@@ -9,7 +9,9 @@ import sys
 import time
 import traceback
 
-NAMES = ("corpus", "registration", "planner", "engine", "throughput", "server", "compare", "storage", "shell")
+NAMES = ("corpus", "registration", "planner", "engine", "throughput", "server", "compare", "storage", "shell",
+         "scale")
+NOT_IN_ALL = ("corpus", "scale")   # scale: minutes of CPU and GBs of disk at full size
 
 
 def run_one(name: str, quick: bool, command: str, run_id: str | None = None) -> dict:
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run", metavar="RUN_ID", help="append under an existing run id (to finish an interrupted run)")
     a = ap.parse_args(argv)
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    names = [n for n in NAMES if n != "corpus"] if a.name == "all" else [a.name]
+    names = [n for n in NAMES if n not in NOT_IN_ALL] if a.name == "all" else [a.name]
     from .results import new_run_id
     run_id = a.run or new_run_id()
     print(f"bench run {run_id}")

@@ -69,6 +69,7 @@ import pyarrow as pa
 
 from .composition import Composer
 from .errors import ProgrammingError
+from .selection import SORTED_KEY
 from .shuffle import ORDER_KEY_PREFIX, GroupSequence, order_key_columns, ordered_permutation, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, MixSpec
 
@@ -413,15 +414,17 @@ class MixEngine:
                     "tokenizer (WITH (tokenizer = ...)) or use unit = 'samples'"
                 )
             tokens = _to_numpy(col, np.int64)
-        order = self._base_order(pointers, gid)
+        stored = (pointers.schema.metadata or {}).get(SORTED_KEY) == b"1"   # a cached selection
+        order = None if stored else self._base_order(pointers, gid)
         counts = np.bincount(gid, minlength=G) if N else np.zeros(G, np.int64)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         shuffle = None if spec.ordered else spec.shuffle
         self._seq = []
         for g in range(G):
-            members = order[bounds[g]:bounds[g + 1]]
-            self._seq.append(GroupSequence(members, spec.seed, g, shuffle,
-                                           tokens[members] if tokens is not None else None))
+            lo, hi = int(bounds[g]), int(bounds[g + 1])
+            members = range(lo, hi) if order is None else order[lo:hi]
+            tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members])
+            self._seq.append(GroupSequence(members, spec.seed, g, shuffle, tok))
         self._n = counts.astype(np.int64)
         self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
         # output projection: numpy pointer columns + per-file dictionaries; user columns via take

@@ -69,7 +69,8 @@ def _rng(*words: int) -> np.random.Generator:
 class GroupSequence:
     """Consumption order of one group.
 
-    ``members``: pointer-table row indices of the group's samples in base order.
+    ``members``: pointer-table row indices of the group's samples in base order, or a
+    ``range`` when they are contiguous (a selection stored in base order: no index array).
     ``tokens``: per-member token counts (same order) or ``None`` when not needed.
     ``shuffle=None`` means ordered (base order in every epoch).
     """
@@ -77,6 +78,7 @@ class GroupSequence:
     def __init__(self, members: np.ndarray, seed: int, group_id: int, shuffle: Shuffle | None,
                  tokens: np.ndarray | None = None):
         self.members = members
+        self._start = members.start if isinstance(members, range) else None
         self.n = int(len(members))
         self.seed = int(seed)
         self.group_id = int(group_id)
@@ -166,7 +168,8 @@ class GroupSequence:
 
     def indices(self, epoch: int, start: int, stop: int) -> np.ndarray:
         """Pointer-table row indices of sequence positions ``[start, stop)`` of ``epoch``."""
-        return self.members[self.positions(epoch, start, stop)]
+        pos = self.positions(epoch, start, stop)
+        return pos + self._start if self._start is not None else self.members[pos]
 
     def token_prefix(self, epoch: int, pos: int) -> int:
         """Tokens of sequence positions ``[0, pos)`` of ``epoch``."""

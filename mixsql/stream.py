@@ -59,6 +59,29 @@ class MixStream:
                 cat.close()
         return cls(pointers, spec, files, snapshot, sql, batch_size, plan)
 
+    @classmethod
+    def open_cached(cls, catalog: str | os.PathLike, sql: str, params=None, *,
+                    batch_size: int | None = None) -> "MixStream":
+        """Like :meth:`open` (pointers only), through the node's selection cache
+        (:mod:`mixsql.selection`): the first process plans and publishes the selection, every
+        other process (and every later restart) memory-maps it instead of planning."""
+        from . import planner
+        from .selection import cached
+
+        with Catalog(catalog, read_only=True) as cat:
+            snapshot = cat.snapshot
+
+        def build():
+            with Catalog(catalog, read_only=True) as cat, cat.lock:
+                plan = planner.plan(cat, sql, params)
+                pointers, spec = planner.execute_plan(cat, plan, user_columns=False, canonical=True)
+                return pointers, spec, cat.files_table(_used_file_ids(pointers))
+
+        pointers, spec, files, built = cached(str(catalog), snapshot, sql, params, build)
+        stream = cls(pointers, spec, files, snapshot, sql, batch_size)
+        stream.built = built
+        return stream
+
     def engine(self, state: dict | None = None) -> MixEngine:
         return MixEngine(self.pointers, self.spec, state, batch_size=self.batch_size)
 

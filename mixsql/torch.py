@@ -59,6 +59,7 @@ Exactly-once resume
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -630,8 +631,11 @@ class MixDataset(IterableDataset):
             else:
                 from .stream import MixStream
 
-                # a path: MixStream.open opens the catalog read-only and closes it when done
-                self._stream = MixStream.open(self.catalog, self.sql, self.params, user_columns=self.columns)
+                if self.columns or not isinstance(self.catalog, (str, os.PathLike)):
+                    # a path: MixStream.open opens the catalog read-only and closes it when done
+                    self._stream = MixStream.open(self.catalog, self.sql, self.params, user_columns=self.columns)
+                else:   # pointers only: the node's cached selection, planned once, memory-mapped
+                    self._stream = MixStream.open_cached(self.catalog, self.sql, self.params)
         return self._stream
 
     def __iter__(self) -> Iterator[dict]:

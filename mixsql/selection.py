@@ -1,0 +1,94 @@
+"""One planned selection per node: built once, memory-mapped by every process.
+
+``cached(catalog_path, snapshot, sql, params, build)`` returns ``(pointers, spec, files, built)``
+for a MIX statement. The selection lives in ``$MIXSQL_CACHE_DIR/selections/<key>`` (default
+``~/.cache/mixsql``), ``key = sha256(catalog path, catalog snapshot, statement, parameters)``:
+
+* ``pointers.arrow``: the pointer columns (``spec.MIX_COLUMNS``) in the engine's base order (by
+  group, then ORDER BY rank or (file, row)), one uncompressed Arrow IPC record batch, so opening
+  it is a memory map: every process on the node shares the same page-cache pages and no process
+  copies the selection. ORDER BY selections carry their stored order as the row order itself.
+* ``files.arrow``: the files the selection points into; ``meta.json``: spec and provenance.
+
+Concurrency: the first opener takes an exclusive ``flock`` on ``<key>.lock``, builds into
+``<key>.tmp-<pid>`` and publishes it with one atomic ``rename``; the others block on the lock and
+then map the published directory. A builder killed mid-way leaves only a ``.tmp-`` directory,
+which is never read and is removed by the next builder. A published directory is immutable.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from .spec import MixSpec
+
+SELECTION_VERSION = 1
+SORTED_KEY = b"mixsql.base_order"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MIXSQL_CACHE_DIR") or Path.home() / ".cache" / "mixsql") / "selections"
+
+
+def selection_key(catalog_path: str, snapshot: int, sql: str, params) -> str:
+    text = json.dumps([SELECTION_VERSION, os.path.abspath(catalog_path), int(snapshot), sql, repr(params)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _read_arrow(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
+def _write_arrow(path: Path, table: pa.Table) -> None:
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table, max_chunksize=max(1, table.num_rows))
+
+
+def _load(d: Path):
+    meta = json.loads((d / "meta.json").read_text())
+    return _read_arrow(d / "pointers.arrow"), MixSpec.from_json(meta["spec"]), _read_arrow(d / "files.arrow")
+
+
+def cached(catalog_path: str, snapshot: int, sql: str, params, build):
+    """The node's selection for ``sql``: mapped when published, else built once under the lock.
+
+    ``build()`` returns ``(pointers in base order, spec, files)``. Returns ``(pointers, spec,
+    files, built)`` where ``built`` tells whether this call planned the statement."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    key = selection_key(catalog_path, snapshot, sql, params)
+    final = root / key
+    if final.is_dir():
+        return (*_load(final), False)
+    with open(root / f"{key}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if final.is_dir():   # another process published it while we waited
+                return (*_load(final), False)
+            for stale in root.glob(f"{key}.tmp-*"):   # left by a builder that died
+                shutil.rmtree(stale, ignore_errors=True)
+            pointers, spec, files = build()
+            tmp = root / f"{key}.tmp-{os.getpid()}"
+            tmp.mkdir()
+            _write_arrow(tmp / "pointers.arrow", pointers.replace_schema_metadata({SORTED_KEY: b"1"}))
+            _write_arrow(tmp / "files.arrow", files)
+            (tmp / "meta.json").write_text(json.dumps({"version": SELECTION_VERSION, "spec": spec.to_json(),
+                                                       "snapshot": int(snapshot), "statement": sql,
+                                                       "rows": pointers.num_rows}))
+            delay = float(os.environ.get("MIXSQL_SELECTION_PUBLISH_DELAY", "0") or 0)
+            if delay:   # lets tests kill a builder between writing and publishing
+                time.sleep(delay)
+            for p in tmp.iterdir():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+            os.rename(tmp, final)
+            return (*_load(final), True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

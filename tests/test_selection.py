@@ -1,0 +1,67 @@
+"""The node's selection cache: built once under a lock, memory-mapped by every process, never
+trusted half-written."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from conftest import write_jsonl_catalog
+from mixsql.selection import cache_root, selection_key
+from mixsql.stream import MixStream
+
+SQL = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
+       "SETTINGS (chunk_size = 16, on_exhausted = 'redistribute', seed = 3)")
+OPEN = ("import json, sys; from mixsql.stream import MixStream; s = MixStream.open_cached(sys.argv[1], sys.argv[2]);"
+        "print(json.dumps([s.built, [[int(f), int(r)] for c in s.chunks() for f, r in "
+        "zip(c.column('file_id').to_pylist(), c.column('row').to_pylist())]]))")
+
+
+def _catalog(tmp_path, n=3000):
+    recs = [{"text": f"doc {i}", "lang": ["en", "de", "fr"][i % 3]} for i in range(n)]
+    return str(write_jsonl_catalog(tmp_path / "cat", recs, properties={"lang": "VARCHAR"}, rows_per_file=500))
+
+
+def _spawn(cat, env):
+    return subprocess.Popen([sys.executable, "-c", OPEN, cat, SQL], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def test_concurrent_first_openers_build_once_and_map_the_same_selection(tmp_path):
+    cat = _catalog(tmp_path)
+    env = dict(os.environ, MIXSQL_CACHE_DIR=str(tmp_path / "cache"), MIXSQL_SELECTION_PUBLISH_DELAY="1")
+    procs = [_spawn(cat, env) for _ in range(2)]
+    out = [json.loads(p.communicate(timeout=240)[0]) for p in procs]
+    assert sorted(b for b, _ in out) == [False, True]   # one planned, the other waited and mapped
+    assert out[0][1] == out[1][1] and len(out[0][1]) == 3000
+    assert sorted(map(tuple, out[0][1])) == sorted(set(map(tuple, out[0][1])))
+    env.pop("MIXSQL_SELECTION_PUBLISH_DELAY")
+    again = json.loads(subprocess.run([sys.executable, "-c", OPEN, cat, SQL], capture_output=True, text=True,
+                                      env=env, check=True).stdout)
+    assert again == [False, out[0][1]]   # a restart maps the published selection, no re-plan
+
+
+def test_a_killed_builder_leaves_nothing_a_later_open_trusts(tmp_path, monkeypatch):
+    cat = _catalog(tmp_path, n=600)
+    env = dict(os.environ, MIXSQL_CACHE_DIR=str(tmp_path / "cache"), MIXSQL_SELECTION_PUBLISH_DELAY="60")
+    p = _spawn(cat, env)
+    monkeypatch.setenv("MIXSQL_CACHE_DIR", str(tmp_path / "cache"))
+    root = cache_root()
+    deadline = time.time() + 120
+    while not list(root.glob("*.tmp-*/meta.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(root.glob("*.tmp-*/meta.json")), "the builder wrote its files"
+    p.kill()
+    p.wait()
+    from mixsql.catalog import Catalog
+    with Catalog(cat, read_only=True) as c:
+        key = selection_key(cat, c.snapshot, SQL, None)
+    assert not (root / key).exists()   # nothing was published
+    s = MixStream.open_cached(cat, SQL)
+    assert s.built                       # planned again, the dead builder's files are gone
+    assert not list(root.glob("*.tmp-*"))
+    ref = MixStream.open(cat, SQL, user_columns=False)
+    got = [(f, r) for c in s.chunks() for f, r in zip(c.column("file_id").to_pylist(), c.column("row").to_pylist())]
+    exp = [(f, r) for c in ref.chunks() for f, r in zip(c.column("file_id").to_pylist(), c.column("row").to_pylist())]
+    assert got == exp   # the cached selection streams exactly what planning in-process streams
