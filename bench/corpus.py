@@ -269,68 +269,56 @@ def write_metadata_catalog(catalog_dir: str | os.PathLike, n_rows: int, seed: in
     ``n_tokens`` are log-normal per domain. Rows are generated inside DuckDB (10M rows take
     seconds); the result is a real catalog that the planner and engine can query.
     """
-    from mixsql.catalog import Catalog, bump_snapshot, create_samples_view
+    from mixsql.catalog import Catalog
     t0 = time.perf_counter()
     cat = Catalog(catalog_dir)
-    con = cat.con
     names = ", ".join(f"'{d.name}'" for d in DOMAINS)
     # document-count shares: token share / median length, normalised
     w = np.array([d.share / d.median_words for d in DOMAINS])
     cum = np.cumsum(w / w.sum())
     case = " ".join(f"WHEN u < {c!r} THEN {i}" for i, c in enumerate(cum[:-1].tolist()))
     med = "[" + ", ".join(str(d.median_words * 5) for d in DOMAINS) + "]"
-    con.execute("BEGIN")
+    props = [("redpajama_set_name", "VARCHAR"), ("language", "VARCHAR"), ("quality", "DOUBLE"), ("year", "INTEGER")]
+    n_files = -(-n_rows // rows_per_file)
     try:
-        have = {n for n, _ in cat.properties()}
-        for col, typ in (("redpajama_set_name", "VARCHAR"), ("language", "VARCHAR"),
-                         ("quality", "DOUBLE"), ("year", "INTEGER")):
-            if col not in have:
-                con.execute(f'ALTER TABLE sample_index ADD COLUMN "{col}" {typ}')
-        source_id = con.execute("SELECT coalesce(max(source_id), 0) + 1 FROM sources").fetchone()[0]
-        first_file = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM files").fetchone()[0]
-        n_files = -(-n_rows // rows_per_file)
-        con.execute(
-            "INSERT INTO files SELECT ? + i, ?, '/nonexistent/" + source + "/part-' || lpad(i::VARCHAR, 6, '0') "
-            "|| '.jsonl.zst', 'zstd', 0, 0, 'synthetic', least(?, ? - i * ?), 0 FROM range(?) t(i)",
-            [first_file, source_id, rows_per_file, n_rows, rows_per_file, n_files])
-        # hash-based pseudo-random columns: deterministic in (seed, row id)
-        con.execute(f"""
-            INSERT INTO sample_index (file_id, "row", loc_offset, loc_length, n_bytes, n_tokens,
-                                      redpajama_set_name, language, quality, year)
-            SELECT {first_file} + i // {rows_per_file}, i % {rows_per_file}, (i % {rows_per_file}) * 4096, 4096,
-                   nb, greatest(1, nb // 4),
-                   ([{names}])[dom + 1],
-                   (['en', 'de', 'fr', 'es', 'code'])[1 + (hash(i, {seed}, 3) % 5)::INTEGER],
-                   (hash(i, {seed}, 4) % 1000000) / 1e6,
-                   1990 + (hash(i, {seed}, 5) % 35)::INTEGER
-            FROM (SELECT i, dom,
-                         greatest(16, ({med})[dom + 1] * exp(0.9 * sqrt(-2 * ln(greatest(u2, 1e-12)))
-                                  * cos(6.283185307 * u3)))::BIGINT AS nb
-                  FROM (SELECT i, CASE {case} ELSE {len(DOMAINS) - 1} END AS dom, u2, u3
-                        FROM (SELECT i, (hash(i, {seed}, 1) % 1000000) / 1e6 AS u,
-                                     (hash(i, {seed}, 2) % 1000000 + 1) / 1000001.0 AS u2,
-                                     (hash(i, {seed}, 6) % 1000000) / 1e6 AS u3
-                              FROM range({n_rows}) t(i))))
-        """)
-        tot = con.execute(f"SELECT count(*), sum(n_bytes), sum(n_tokens) FROM sample_index "
-                          f"WHERE file_id >= {first_file}").fetchone()
-        con.execute(f"UPDATE files SET n_bytes = s.b FROM (SELECT file_id, sum(n_bytes) b FROM sample_index "
-                    f"WHERE file_id >= {first_file} GROUP BY file_id) s WHERE files.file_id = s.file_id")
-        props = {"redpajama_set_name": "VARCHAR", "language": "VARCHAR", "quality": "DOUBLE", "year": "INTEGER"}
-        con.execute("INSERT INTO sources (source_id, name, format, pattern, options, properties, n_files, "
-                    "n_samples, n_bytes, n_tokens) VALUES (?, ?, 'jsonl', ?, ?, ?, ?, ?, ?, ?)",
-                    [source_id, source, f"/nonexistent/{source}/*.jsonl.zst", json.dumps({"text": "text"}),
-                     json.dumps(props), n_files, tot[0], tot[1], tot[2]])
-        create_samples_view(con)
-        bump_snapshot(con)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with cat.write(f"bench metadata corpus {source}") as wr:
+            source_id, first_file = wr.next_source_id(), wr.reserve_file_ids(n_files)
+            seg = wr.segment(props)
+            con = seg.con
+            con.execute(
+                "INSERT INTO files SELECT ? + i, ?, '/nonexistent/" + source + "/part-' || lpad(i::VARCHAR, 6, '0') "
+                "|| '.jsonl.zst', 'zstd', 0, 0, 'synthetic', least(?, ? - i * ?), 0 FROM range(?) t(i)",
+                [first_file, source_id, rows_per_file, n_rows, rows_per_file, n_files])
+            # hash-based pseudo-random columns: deterministic in (seed, row id)
+            con.execute(f"""
+                INSERT INTO sample_index (file_id, "row", loc_offset, loc_length, n_bytes, n_tokens,
+                                          redpajama_set_name, language, quality, year)
+                SELECT {first_file} + i // {rows_per_file}, i % {rows_per_file}, (i % {rows_per_file}) * 4096, 4096,
+                       nb, greatest(1, nb // 4),
+                       ([{names}])[dom + 1],
+                       (['en', 'de', 'fr', 'es', 'code'])[1 + (hash(i, {seed}, 3) % 5)::INTEGER],
+                       (hash(i, {seed}, 4) % 1000000) / 1e6,
+                       1990 + (hash(i, {seed}, 5) % 35)::INTEGER
+                FROM (SELECT i, dom,
+                             greatest(16, ({med})[dom + 1] * exp(0.9 * sqrt(-2 * ln(greatest(u2, 1e-12)))
+                                      * cos(6.283185307 * u3)))::BIGINT AS nb
+                      FROM (SELECT i, CASE {case} ELSE {len(DOMAINS) - 1} END AS dom, u2, u3
+                            FROM (SELECT i, (hash(i, {seed}, 1) % 1000000) / 1e6 AS u,
+                                         (hash(i, {seed}, 2) % 1000000 + 1) / 1000001.0 AS u2,
+                                         (hash(i, {seed}, 6) % 1000000) / 1e6 AS u3
+                                  FROM range({n_rows}) t(i))))
+            """)
+            tot = con.execute("SELECT count(*), sum(n_bytes), sum(n_tokens) FROM sample_index").fetchone()
+            con.execute("UPDATE files SET n_bytes = s.b FROM (SELECT file_id, sum(n_bytes) b FROM sample_index "
+                        "GROUP BY file_id) s WHERE files.file_id = s.file_id")
+            wr.put_source({"source_id": source_id, "name": source, "format": "jsonl",
+                           "pattern": f"/nonexistent/{source}/*.jsonl.zst", "options": json.dumps({"text": "text"}),
+                           "property_types": [list(p) for p in props]}, seg)
+            seg_path = seg.path
     finally:
         cat.close()
     return {"rows": int(tot[0]), "files": n_files, "seconds": round(time.perf_counter() - t0, 2),
-            "db_bytes": os.path.getsize(Path(catalog_dir) / "catalog.duckdb")}
+            "db_bytes": os.path.getsize(seg_path)}
 
 
 def run(quick: bool = False) -> dict:

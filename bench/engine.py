@@ -39,7 +39,7 @@ ROWS_PER_FILE = 10_000
 
 def build_catalog(n: int) -> Path:
     """Metadata-only catalog of n samples (3 languages, 10k samples per file), cached."""
-    from mixsql.catalog import Catalog, bump_snapshot, create_samples_view
+    from mixsql.catalog import Catalog
 
     path = DATA / f"cat_{n}"
     if (path / "done").exists():
@@ -47,23 +47,19 @@ def build_catalog(n: int) -> Path:
     import shutil
     shutil.rmtree(path, ignore_errors=True)
     cat = Catalog(path)
-    con = cat.con
     nf = -(-n // ROWS_PER_FILE)
-    con.execute("BEGIN")
-    con.execute("ALTER TABLE sample_index ADD COLUMN lang VARCHAR")
-    con.execute("INSERT INTO sources (source_id, name, format, pattern, options, properties, n_files, n_samples, n_bytes) "
-                "VALUES (1, 'web', 'jsonl', '/data/*.jsonl', '{}', '{\"lang\": \"VARCHAR\"}', ?, ?, ?)",
-                [nf, n, n * 199])
-    con.execute(f"INSERT INTO files SELECT i + 1, 1, '/data/web/part-' || lpad(i::VARCHAR, 6, '0') || '.jsonl', "
-                f"'none', {ROWS_PER_FILE * 200}, 0, 'bench', {ROWS_PER_FILE}, {ROWS_PER_FILE * 199} FROM range({nf}) t(i)")
-    con.execute(f"INSERT INTO sample_index SELECT (i // {ROWS_PER_FILE} + 1)::INTEGER, i % {ROWS_PER_FILE}, "
-                f"(i % {ROWS_PER_FILE}) * 200, 199, 199, 40 + i % 23, "
-                "CASE WHEN hash(i) % 10 < 5 THEN 'en' WHEN hash(i) % 10 < 8 THEN 'de' ELSE 'fr' END "
-                f"FROM range({n}) t(i)")
-    create_samples_view(con)
-    bump_snapshot(con)
-    con.execute("COMMIT")
-    con.execute("CHECKPOINT")
+    with cat.write("bench engine corpus") as w:
+        sid, first = w.next_source_id(), w.reserve_file_ids(nf)
+        seg = w.segment([("lang", "VARCHAR")])
+        seg.con.execute(f"INSERT INTO files SELECT i + {first}, {sid}, '/data/web/part-' || lpad(i::VARCHAR, 6, '0') "
+                        f"|| '.jsonl', 'none', {ROWS_PER_FILE * 200}, 0, 'bench', {ROWS_PER_FILE}, "
+                        f"{ROWS_PER_FILE * 199} FROM range({nf}) t(i)")
+        seg.con.execute(f"INSERT INTO sample_index SELECT (i // {ROWS_PER_FILE} + {first})::INTEGER, "
+                        f"i % {ROWS_PER_FILE}, (i % {ROWS_PER_FILE}) * 200, 199, 199, 40 + i % 23, "
+                        "CASE WHEN hash(i) % 10 < 5 THEN 'en' WHEN hash(i) % 10 < 8 THEN 'de' ELSE 'fr' END "
+                        f"FROM range({n}) t(i)")
+        w.put_source({"source_id": sid, "name": "web", "format": "jsonl", "pattern": "/data/*.jsonl",
+                      "options": "{}", "property_types": [["lang", "VARCHAR"]]}, seg)
     cat.close()
     (path / "done").write_text("ok")
     return path

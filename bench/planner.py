@@ -37,7 +37,7 @@ import statistics
 import time
 from pathlib import Path
 
-from mixsql.catalog import Catalog, bump_snapshot, create_samples_view
+from mixsql.catalog import Catalog
 
 DATA = Path(__file__).resolve().parent / ".data"
 SQL = """SELECT * FROM samples
@@ -62,28 +62,25 @@ def metadata_catalog(path: Path, rows: int, sources: list[str], columns: dict[st
         return path
     path.mkdir(parents=True, exist_ok=True)
     cat = Catalog(path)
-    con = cat.con
     per_file = 10_000
     n_files = (rows + per_file - 1) // per_file
-    con.execute("BEGIN")
-    for name, (typ, _) in columns.items():
-        con.execute(f"ALTER TABLE sample_index ADD COLUMN {name} {typ}")
-    for i, name in enumerate(sources, start=1):
-        con.execute("INSERT INTO sources (source_id, name, format, pattern, options, properties) "
-                    "VALUES (?, ?, 'jsonl', ?, '{\"text\": \"text\"}', '{}')", [i, name, f"/bench/{name}/*.jsonl"])
-    con.execute(f"""INSERT INTO files SELECT i + 1, (i % {len(sources)}) + 1,
-        '/bench/data/part-' || lpad(i::VARCHAR, 6, '0') || '.jsonl', 'none', 0, 0, 'bench', {per_file}, 0
-        FROM range({n_files}) t(i)""")
+    props = [(name, typ) for name, (typ, _) in columns.items()]
     names = ", ".join(columns)
     values = ", ".join(expr for _, expr in columns.values())
-    con.execute(f"""INSERT INTO sample_index (file_id, "row", loc_offset, loc_length, n_bytes, n_tokens, {names})
-        SELECT (i // {per_file}) + 1, i % {per_file}, (i % {per_file}) * 700, 699, 600 + i % 200, 150 + i % 50,
-               {values}
-        FROM range({rows}) t(i)""")
-    create_samples_view(con)
-    bump_snapshot(con)
-    con.execute("COMMIT")
-    con.execute("CHECKPOINT")
+    with cat.write("bench planner corpus") as w:
+        w.reserve_file_ids(n_files)
+        for k, name in enumerate(sources):   # file i belongs to source i % len(sources)
+            sid = w.next_source_id()
+            seg = w.segment(props)
+            seg.con.execute(f"""INSERT INTO files SELECT i + 1, {sid},
+                '/bench/data/part-' || lpad(i::VARCHAR, 6, '0') || '.jsonl', 'none', 0, 0, 'bench', {per_file}, 0
+                FROM range({n_files}) t(i) WHERE i % {len(sources)} = {k}""")
+            seg.con.execute(f"""INSERT INTO sample_index (file_id, "row", loc_offset, loc_length, n_bytes, n_tokens, {names})
+                SELECT (i // {per_file}) + 1, i % {per_file}, (i % {per_file}) * 700, 699, 600 + i % 200, 150 + i % 50,
+                       {values}
+                FROM range({rows}) t(i) WHERE (i // {per_file}) % {len(sources)} = {k}""")
+            w.put_source({"source_id": sid, "name": name, "format": "jsonl", "pattern": f"/bench/{name}/*.jsonl",
+                          "options": '{"text": "text"}', "property_types": [list(p) for p in props]}, seg)
     cat.close()
     (path / "ready").write_text("ok")
     return path

@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     cfg = yaml.safe_load(open(args.config))
     cat_dir = Path(cfg["catalog"])
-    if not (cat_dir / "catalog.duckdb").exists():
+    if not (cat_dir / "snapshots").is_dir():
         make_corpus(cat_dir)
     seq_len = cfg["seq_len"]
     torch.manual_seed(0)  # model init only; data order comes from the statement's seed

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-f", "--file", metavar="FILE", help="read the statement from FILE")
     e.add_argument("--format", choices=FORMATS, default="table")
 
-    r = add("register", "register a data collection as a source (refreshes it if it exists)",
+    r = add("register", "register a data collection as a source (refreshes it if it exists with the same "
+                        "path; --replace replaces it)",
             epilog="examples:\n  mixsql register web 'data/*.jsonl.zst' --map language=meta.lang\n"
                    "  mixsql register slim '/data/slimpajama/**/*.jsonl.zst' --preset slimpajama\n"
                    "  mixsql register code data/code.parquet --format parquet --tokens input_ids\n")
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tokens", help="parquet list<int> column of pre-tokenized ids")
     r.add_argument("--tokenizer", metavar="TOKENIZER_JSON", help="HF tokenizer.json to count n_tokens with")
     r.add_argument("--on-error", choices=("fail", "skip"), help="skip malformed records instead of failing")
+    r.add_argument("--replace", action="store_true",
+                   help="replace an existing source of this name (its files, options and samples)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add("sources", "list registered sources")
@@ -292,19 +295,14 @@ def cmd_register(args: argparse.Namespace) -> int:
     con = _connect(args)
     try:
         cat = con.catalog
-        if args.name in cat.source_names():
-            if options or args.data_format:
-                print(f"mixsql: source {args.name!r} exists; refreshing it with its registered options "
-                      "(drop it first to change them)", file=sys.stderr)
-            summary = registration.refresh_source(cat, args.name, progress=progress)
-            verb = "refreshed"
-        else:
-            summary = registration.create_source(cat, args.name, args.pattern, format=args.data_format,
-                                                 options=options or None, progress=progress)
-            verb = "registered"
+        if args.name in cat.source_names() and not args.replace and (options or args.data_format):
+            print(f"mixsql: source {args.name!r} exists; refreshing it with its registered options "
+                  "(--replace registers it anew with these)", file=sys.stderr)
+        summary = registration.register_source(cat, args.name, args.pattern, format=args.data_format,
+                                               options=options or None, progress=progress, replace=args.replace)
     finally:
         con.close()
-    print(_summary_line(verb, args.name, summary))
+    print(_summary_line(summary["action"], args.name, summary))
     return 0
 
 
@@ -313,19 +311,30 @@ def _summary_line(verb: str, name: str, summary: dict | None) -> str:
     s = summary or {}
     bits = [f"{s[k]} {label}" for k, label in (("files", "files"), ("samples", "samples"))
             if s.get(k) is not None]
+    if s.get("samples_before") is not None:
+        bits.append(f"samples {s['samples_before']} -> {s['samples_after']}")
     for key, label in (("new_files", "new files"), ("changed_files", "changed files"),
-                       ("vanished_files", "vanished files"), ("skipped", "skipped records")):
+                       ("removed_files", "removed files"), ("skipped", "skipped records")):
         val = s.get(key)
         if isinstance(val, (list, tuple, dict)):
             val = len(val)
         if val:
             bits.append(f"{val} {label}")
+    if s.get("snapshot") is not None:
+        bits.append(f"snapshot {s['snapshot']}")
     if isinstance(s.get("seconds"), (int, float)):
         bits.append(f"{s['seconds']:.2f} s")
+    stats = s.get("property_stats") or {}
     props = s.get("properties")
     if isinstance(props, dict) and props:
-        bits.append("properties: " + ", ".join(f"{k} {v}" for k, v in props.items()))
+        bits.append("properties: " + ", ".join(f"{k} {v}{_non_null(stats.get(k))}" for k, v in props.items()))
     return f"{verb} source {name}: " + ("; ".join(bits) if bits else "done")
+
+
+def _non_null(stat: dict | None) -> str:
+    """' (97.5% non-null)' from a property's registration stats; '' when unknown."""
+    frac = (stat or {}).get("non_null_fraction")
+    return "" if frac is None else f" ({frac:.1%} non-null)"
 
 
 def cmd_sources(args: argparse.Namespace) -> int:

@@ -12,6 +12,12 @@
 
 Transactions: statements autocommit unless a cursor issued ``BEGIN``; ``Connection.commit()``
 and ``rollback()`` end the open transaction of every cursor of the connection.
+
+Snapshots: each statement reads the newest committed catalog snapshot (other processes may
+register meanwhile; nobody waits), or the one it names: ``... FROM samples AT SNAPSHOT 3``, or
+every statement with ``connect(dir, snapshot=3)``. Tables a user creates with plain SQL live in
+the connection (an in-memory DuckDB over the catalog), not in the catalog directory; ``ATTACH``
+a DuckDB file to keep them. A ``read_only`` connection refuses such statements.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from .catalog import DEFAULT_CATALOG, Catalog
+from .source_statements import split_snapshot
 from .errors import (
     DatabaseError, DataError, Error, IntegrityError, InterfaceError, InternalError,
     NotSupportedError, OperationalError, ProgrammingError, Warning,
@@ -554,17 +561,30 @@ class Connection:
     autocommit = True  # DuckDB semantics: each statement commits unless BEGIN was issued
 
     def __init__(self, catalog: "str | os.PathLike | Catalog" = DEFAULT_CATALOG,
-                 read_only: bool = False, progress: bool = False):
+                 read_only: bool = False, progress: bool = False, snapshot: int | None = None,
+                 lock_timeout: float | None = None):
         if isinstance(catalog, Catalog):
             self.catalog = catalog
             self._owns_catalog = False
         else:
-            self.catalog = Catalog(catalog, read_only=read_only)
+            self.catalog = Catalog(catalog, read_only=read_only, snapshot=snapshot, lock_timeout=lock_timeout)
             self._owns_catalog = True
         self.read_only = self.catalog.read_only
         self.progress = progress
         self._cursors: list[Cursor] = []
+        self._pinned: dict[int, Catalog] = {}
         self._closed = False
+
+    def _catalog_at(self, snapshot: int | None) -> Catalog:
+        """The catalog a statement reads: the connection's (moved to the newest snapshot unless
+        the connection is pinned), or a read-only handle on ``snapshot`` (AT SNAPSHOT n)."""
+        if snapshot is None or snapshot == self.catalog.snapshot:
+            if snapshot is None:
+                self.catalog.sync()
+            return self.catalog
+        if snapshot not in self._pinned:
+            self._pinned[snapshot] = Catalog(self.catalog.path, read_only=True, snapshot=snapshot)
+        return self._pinned[snapshot]
 
     @property
     def closed(self) -> bool:
@@ -621,6 +641,9 @@ class Connection:
         for cur in list(self._cursors):
             cur.close()
         self._cursors.clear()
+        for cat in self._pinned.values():
+            cat.close()
+        self._pinned.clear()
         if self._owns_catalog:
             self.catalog.close()
         self._closed = True
@@ -714,10 +737,14 @@ class Cursor:
         if not isinstance(operation, str):
             raise InterfaceError(f"operation must be a str, not {type(operation).__name__}")
         self._reset()
+        operation, pin = split_snapshot(operation)
+        cat = self.connection._catalog_at(pin)
         kind = classify(operation)
         self.statement_kind = kind
         if kind == "duckdb":
-            dcur = self._duck()
+            if cat.read_only:
+                _refuse_changes(operation, cat)
+            dcur = self._duck() if cat is self.connection.catalog else cat.con.cursor()
             with _duck_errors():
                 if parameters is None:
                     dcur.execute(operation)
@@ -725,40 +752,41 @@ class Cursor:
                     dcur.execute(operation, parameters)
             self._result = _DuckResult(dcur)
         elif kind == "mix":
-            self._result = self._open_mix(operation, parameters)
+            self._result = self._open_mix(cat, operation, parameters)
         elif kind == "explain_mix":
             from .planner import explain
 
             with _duck_errors():
-                self._result = _ArrowResult(explain(self.connection.catalog, operation, parameters))
-        elif kind in ("create_source", "refresh_source", "drop_source", "show_sources"):
-            self._result = self._registration(kind, operation)
+                self._result = _ArrowResult(explain(cat, operation, parameters))
+        elif kind in ("create_source", "refresh_source", "drop_source", "show_sources", "show_source"):
+            self._result = self._registration(cat, kind, operation)
         else:  # pragma: no cover - classify's contract lists every kind
             raise InternalError(f"unknown statement kind {kind!r} from dialect.classify")
         return self
 
-    def _open_mix(self, operation: str, parameters: Any) -> _MixResult:
+    def _open_mix(self, cat: Catalog, operation: str, parameters: Any) -> _MixResult:
         from .stream import MixStream
 
         with _duck_errors():
-            stream = MixStream.open(self.connection.catalog, operation, parameters)
+            stream = MixStream.open(cat, operation, parameters)
             return _MixResult(stream)
 
-    def _registration(self, kind: str, operation: str) -> _Result:
+    def _registration(self, cat: Catalog, kind: str, operation: str) -> _Result:
         from . import registration
 
-        cat = self.connection.catalog
         with _duck_errors():
             if kind == "show_sources":
                 return _ArrowResult(registration.show_sources(cat))
-            from .planner import registration_request
+            from .source_statements import registration_request
 
             req = registration_request(operation)
+            if kind == "show_source":
+                return _ArrowResult(registration.show_source(cat, req.name))
             progress = self.connection.progress
             if kind == "create_source":
                 summary = registration.create_source(
                     cat, req.name, req.pattern, format=req.format, options=req.options or None,
-                    progress=progress,
+                    progress=progress, replace=req.replace, if_not_exists=req.if_not_exists,
                 )
             elif kind == "refresh_source":
                 summary = registration.refresh_source(cat, req.name, progress=progress)
@@ -892,9 +920,30 @@ class Cursor:
 
 
 def connect(catalog: "str | os.PathLike | Catalog" = DEFAULT_CATALOG, read_only: bool = False,
-            progress: bool = False) -> Connection:
-    """Open a catalog directory (created unless ``read_only``) and return a Connection."""
-    return Connection(catalog, read_only=read_only, progress=progress)
+            progress: bool = False, snapshot: int | None = None, lock_timeout: float | None = None) -> Connection:
+    """Open a catalog directory (created unless ``read_only``) and return a Connection.
+
+    ``snapshot``: read that catalog snapshot (default: the newest, followed statement by
+    statement). ``lock_timeout``: seconds a change waits for another process's change
+    (default ``MIXSQL_LOCK_TIMEOUT`` or 600)."""
+    return Connection(catalog, read_only=read_only, progress=progress, snapshot=snapshot,
+                      lock_timeout=lock_timeout)
+
+
+_READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA", "SET", "VARIABLE_SET", "TRANSACTION",
+                                   "PREPARE", "EXECUTE", "RELATION"})
+
+
+def _refuse_changes(operation: str, cat: Catalog) -> None:
+    """ProgrammingError for a statement that would change anything through a read-only handle."""
+    try:
+        kinds = [st.type.name for st in duckdb.extract_statements(operation)]
+    except duckdb.Error:
+        return   # a syntax error: DuckDB reports it when the statement runs
+    bad = [k for k in kinds if k not in _READ_ONLY_STATEMENTS]
+    if bad:
+        raise ProgrammingError(f"catalog {cat.path} is open read-only (or pinned to a snapshot): "
+                               f"{bad[0]} statements are refused; connect without read_only to create tables")
 
 
 __all__ = [

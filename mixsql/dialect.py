@@ -5,8 +5,8 @@
 * query modifiers attached to a SELECT: ``MIX BY <expr> [WITH (...) | WITH NATURAL |
   WITH SCHEDULE (...)]``, ``USING <algorithm> (k = v, ...)``, ``LIMIT n SAMPLES|TOKENS|CHUNKS``
   and ``SETTINGS (k = v, ...)``;
-* statements ``EXPLAIN MIX <select>``, ``CREATE SOURCE``, ``REFRESH SOURCE``, ``DROP SOURCE``,
-  ``SHOW SOURCES``.
+* statements ``EXPLAIN MIX <select>``, ``CREATE [OR REPLACE] SOURCE [IF NOT EXISTS]``,
+  ``REFRESH SOURCE``, ``DROP SOURCE``, ``SHOW SOURCES``, ``SHOW SOURCE <name>``.
 
 Public functions: :func:`classify` (cheap, token based, never raises), :func:`parse` (raises
 only :class:`mixsql.errors.SQLError`) and :func:`generate` (round-trips ``parse``).
@@ -33,7 +33,8 @@ MIX_KEYWORDS = (
     "FORMAT", "FROM", "WHERE", "SELECT", "CREATE", "REFRESH", "DROP", "SHOW", "GROUP", "AND", "OR",
 )
 FORMATS = ("jsonl", "parquet", "webdataset")
-KINDS = ("duckdb", "mix", "explain_mix", "create_source", "refresh_source", "drop_source", "show_sources")
+KINDS = ("duckdb", "mix", "explain_mix", "create_source", "refresh_source", "drop_source", "show_sources",
+         "show_source")
 
 
 # --------------------------------------------------------------------------- expressions
@@ -86,7 +87,10 @@ class ExplainMix(exp.Expression):
 
 
 class CreateSource(exp.Expression):
-    arg_types = {"this": True, "pattern": True, "format": False, "expressions": False}
+    """``CREATE [OR REPLACE] SOURCE [IF NOT EXISTS] this FROM pattern [FORMAT f] [WITH (...)]``."""
+
+    arg_types = {"this": True, "pattern": True, "format": False, "expressions": False, "replace": False,
+                 "exists": False}
 
 
 class RefreshSource(exp.Expression):
@@ -99,6 +103,12 @@ class DropSource(exp.Expression):
 
 class ShowSources(exp.Expression):
     arg_types = {}
+
+
+class ShowSource(exp.Expression):
+    """``SHOW SOURCE this``: one row per property (type, path, non-null fraction)."""
+
+    arg_types = {"this": True}
 
 
 class _Located(Exception):
@@ -167,6 +177,8 @@ class MixSQL(DuckDB):
                 return self.expression(exp.Command(this="EXPLAIN", expression=exp.Literal.string(rest)))
             if self._match_text_seq("CREATE", "SOURCE"):
                 return self._parse_create_source()
+            if self._match_text_seq("CREATE", "OR", "REPLACE", "SOURCE"):
+                return self._parse_create_source(replace=True)
             if self._match_text_seq("REFRESH", "SOURCE"):
                 return self.expression(RefreshSource(this=self._parse_source_name()))
             if self._match_text_seq("DROP", "SOURCE"):
@@ -174,6 +186,8 @@ class MixSQL(DuckDB):
                 return self.expression(DropSource(this=self._parse_source_name(), exists=exists or None))
             if self._match_text_seq("SHOW", "SOURCES"):
                 return self.expression(ShowSources())
+            if self._match_text_seq("SHOW", "SOURCE"):
+                return self.expression(ShowSource(this=self._parse_source_name()))
             return super()._parse_statement()
 
         def _parse_explain_mix(self):
@@ -191,7 +205,10 @@ class MixSQL(DuckDB):
                 self._mix_fail("expected a source name", tok)
             return name
 
-        def _parse_create_source(self):
+        def _parse_create_source(self, replace: bool = False):
+            exists = self._match_text_seq("IF", "NOT", "EXISTS")
+            if replace and exists:
+                self._mix_fail("use either OR REPLACE or IF NOT EXISTS, not both", self._prev)
             name = self._parse_source_name()
             if not self._match(TokenType.FROM):
                 self._mix_fail("expected FROM '<glob>' after CREATE SOURCE <name>", choices=("FROM",))
@@ -212,7 +229,8 @@ class MixSQL(DuckDB):
             options = None
             if self._match(TokenType.WITH):
                 options = self._parse_mix_options("WITH")
-            return self.expression(CreateSource(this=name, pattern=pattern, format=fmt, expressions=options))
+            return self.expression(CreateSource(this=name, pattern=pattern, format=fmt, expressions=options,
+                                                replace=replace or None, exists=exists or None))
 
         # ------------------------------------------------------------ query modifiers
         def _parse_query_modifiers(self, this):
@@ -281,6 +299,8 @@ class MixSQL(DuckDB):
             if tok is None:
                 self._mix_fail("expected a group value")
             tt = tok.token_type
+            if tt == TokenType.L_BRACE:   # CREATE SOURCE ... WITH (properties = {'name': 'path'})
+                return self._parse_bitwise()
             if tt == TokenType.DASH and self._next and self._next.token_type == TokenType.NUMBER:
                 self._advance()
                 num = self._curr
@@ -412,6 +432,7 @@ class MixSQL(DuckDB):
             RefreshSource: lambda self, e: self.refreshsource_sql(e),
             DropSource: lambda self, e: self.dropsource_sql(e),
             ShowSources: lambda self, e: self.showsources_sql(e),
+            ShowSource: lambda self, e: f"SHOW SOURCE {self.sql(e, 'this')}",
         }
 
         def after_limit_modifiers(self, expression):
@@ -464,7 +485,9 @@ class MixSQL(DuckDB):
             return f"EXPLAIN MIX {self.sql(e, 'this')}"
 
         def createsource_sql(self, e: CreateSource) -> str:
-            text = f"CREATE SOURCE {self.sql(e, 'this')} FROM {self.sql(e, 'pattern')}"
+            text = (f"CREATE {'OR REPLACE ' if e.args.get('replace') else ''}SOURCE "
+                    f"{'IF NOT EXISTS ' if e.args.get('exists') else ''}{self.sql(e, 'this')} "
+                    f"FROM {self.sql(e, 'pattern')}")
             if e.args.get("format"):
                 text += f" FORMAT {e.args['format'].name}"
             if e.args.get("expressions") is not None:
@@ -502,7 +525,7 @@ def classify(sql: str) -> str:
         first = (words[0], words[1])
         if first == ("EXPLAIN", "MIX"):
             return "explain_mix"
-        if first == ("CREATE", "SOURCE"):
+        if first == ("CREATE", "SOURCE") or words[:4] == ["CREATE", "OR", "REPLACE", "SOURCE"]:
             return "create_source"
         if first == ("REFRESH", "SOURCE"):
             return "refresh_source"
@@ -510,6 +533,8 @@ def classify(sql: str) -> str:
             return "drop_source"
         if first == ("SHOW", "SOURCES"):
             return "show_sources"
+        if first == ("SHOW", "SOURCE"):
+            return "show_source"
     for a, b in zip(words, words[1:]):
         if a == "MIX" and b == "BY":
             return "mix"

@@ -44,6 +44,7 @@ from . import groups as G
 from .errors import ProgrammingError, SQLError
 from .shuffle import order_key_columns, order_key_name, ordered_permutation, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, Algorithm, Budget, Group, MixSpec, ScheduleStep, Shuffle
+from .source_statements import RegistrationRequest, registration_request  # noqa: F401  (re-exported)
 
 # A chunk is a unit of composition, resume and distribution: 512 samples, or (unit = 'tokens')
 # 65,536 tokens, i.e. 32 sequences of 2,048, so per-chunk overhead stays small next to the reading.
@@ -76,16 +77,6 @@ def known_algorithms() -> list[str]:
         return sorted(ALGORITHMS)
     except Exception:  # noqa: BLE001 - algorithms module optional at plan time
         return ["ado", "loss_average"]
-
-
-@dataclass
-class RegistrationRequest:
-    kind: str                      # create_source | refresh_source | drop_source | show_sources
-    name: str | None = None
-    pattern: str | None = None
-    format: str | None = None
-    options: dict = field(default_factory=dict)
-    if_exists: bool = False
 
 
 @dataclass(slots=True)
@@ -1104,23 +1095,6 @@ def _value_suggestion(catalog, plan: MixPlan, node: _Node, value):
 
 
 # --------------------------------------------------------------------------- other statements
-def registration_request(sql: str) -> RegistrationRequest:
-    """CREATE/REFRESH/DROP SOURCE and SHOW SOURCES -> a RegistrationRequest."""
-    tree = D.parse(sql)
-    if isinstance(tree, D.CreateSource):
-        opts = {o.this.name: _pyvalue(o.expression) for o in tree.expressions or []}
-        fmt = tree.args.get("format")
-        return RegistrationRequest("create_source", tree.this.name, tree.args["pattern"].this,
-                                   fmt.name if fmt is not None else None, opts)
-    if isinstance(tree, D.RefreshSource):
-        return RegistrationRequest("refresh_source", tree.this.name)
-    if isinstance(tree, D.DropSource):
-        return RegistrationRequest("drop_source", tree.this.name, if_exists=bool(tree.args.get("exists")))
-    if isinstance(tree, D.ShowSources):
-        return RegistrationRequest("show_sources")
-    raise ProgrammingError("not a source statement (CREATE SOURCE, REFRESH SOURCE, DROP SOURCE, SHOW SOURCES)")
-
-
 def explain(catalog, sql: str, params=None) -> pa.Table:
     """EXPLAIN MIX: one row per leaf group (see :mod:`mixsql.explain`)."""
     from .explain import explain_table

@@ -11,11 +11,11 @@ Python API (the SQL statements and ``mixsql register`` call these)::
     check_file(path, size, mtime_ns, fingerprint=None) -> None   (readers: raises StaleFileError)
 
 ``pattern``: a glob (``**`` recursive), a file or a directory (every recognised data file below
-it); relative paths resolve against the CWD, and paths are stored absolute. An object-store URI
-(``s3://bucket/prefix/**/*.jsonl.zst``, ``gs://``, ``az://``; see :mod:`mixsql.storage`) works the
-same way; objects are stored as URIs, with their ETag as the fingerprint. Multi-frame zstd and
-multi-member gzip files get a seek table (``seek_points``) so readers reach a row from the
-nearest frame. ``format``: ``jsonl``
+it); relative paths resolve against the CWD, and the pattern and paths are stored absolute. An
+object-store URI (``s3://bucket/prefix/**/*.jsonl.zst``, ``gs://``, ``az://``; see
+:mod:`mixsql.storage`) works the same way; objects are stored as URIs, with their ETag as the
+fingerprint. Multi-frame zstd and multi-member gzip files get a seek table (``seek_points``) so
+readers reach a row from the nearest frame. ``format``: ``jsonl``
 (``.jsonl``/``.jsonl.zst``/``.jsonl.gz``, compression from the extension), ``parquet`` or
 ``webdataset`` (``.tar``); detected from the extensions when omitted.
 
@@ -42,8 +42,9 @@ nearest frame. ``format``: ``jsonl``
   overrides).
 
 Without a tokenizer, a tokens column or a count hint, ``n_tokens`` is NULL. ``n_bytes`` is the
-UTF-8 byte length of the text. Every change runs in one DuckDB transaction: a failed registration
-leaves the catalog exactly as it was.
+UTF-8 byte length of the text. Every change is one catalog commit (mixsql.catalog: a new segment
+and an atomically published snapshot manifest): a failed or killed registration leaves the
+catalog exactly as it was. Changes wait for each other (the writer lock); readers never wait.
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -63,15 +65,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import formats, storage
-from .catalog import (RESERVED_NAMES, Catalog, bump_snapshot, create_samples_view, fetch_one, property_columns,
-                      quote_ident, require_writable)
+from .catalog import RESERVED_NAMES, Catalog, now, quote_ident, require_writable
 from .errors import (IntegrityError, OperationalError, ProgrammingError, RegistrationError,
                      StaleFileError)
+from .options import check_matched, property_stats, split_options, strip_optional
 from .presets import get_preset
 from .progress import ScanProgress
 
-OPTION_KEYS = frozenset({"text", "tokens", "tokenizer", "on_error", "required", "preset", "types",
-                         "properties", "n_tokens", "workers", "format"})
 FORMAT_ALIASES = {"jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "jsonl.zst": "jsonl",
                   "jsonl.gz": "jsonl", "parquet": "parquet", "pq": "parquet",
                   "webdataset": "webdataset", "wds": "webdataset", "tar": "webdataset"}
@@ -79,7 +79,8 @@ PARALLEL_MIN_BYTES = 8 << 20   # below this total size, scan in-process (no pool
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 
-__all__ = ["create_source", "refresh_source", "register_source", "drop_source", "show_sources", "check_file",
+__all__ = ["create_source", "refresh_source", "register_source", "drop_source", "show_sources", "show_source",
+           "check_file",
            "normalize_options", "list_files"]
 
 
@@ -118,9 +119,13 @@ def _as_list(v) -> list[str]:
     return [str(x) for x in v]
 
 
-def _check_prop_name(name: str) -> None:
+def _check_prop_name(name: str, path: str | None = None) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ProgrammingError(f"property name {name!r} is not a plain identifier (letters, digits, _)")
+    if name.lower() == "source":
+        raise ProgrammingError(
+            "property name 'source' is reserved: in samples it is the registered source's name; to keep "
+            f"the data's field, map it under another name, e.g. origin = '{path or 'source'}'")
     if name.lower() in RESERVED_NAMES:
         raise ProgrammingError(
             f"property name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_NAMES))}); "
@@ -133,15 +138,14 @@ def normalize_options(con: duckdb.DuckDBPyConnection, fmt: str, options: dict | 
     Result keys: text, tokens, tokenizer, n_tokens, on_error, required, preset, properties
     (name -> path; None = auto-discover), types (name -> canonical DuckDB type).
     """
-    options = dict(options or {})
+    options, flat = split_options(dict(options or {}))
     preset_name = options.get("preset")
     base = get_preset(preset_name) if preset_name else {}
     props: dict[str, str] = dict(base.get("properties", {}))
     types: dict[str, str] = dict(base.get("types", {}))
     user_props = dict(options.get("properties") or {})
-    for k, v in options.items():
-        if k not in OPTION_KEYS:
-            user_props[k] = v
+    user_props.update(flat)
+    optional: list[str] = []
     for name, path in user_props.items():
         if not isinstance(path, str) or not path.strip():
             raise ProgrammingError(f"property {name!r}: the mapping must be a non-empty path string, got {path!r}")
@@ -149,6 +153,10 @@ def normalize_options(con: duckdb.DuckDBPyConnection, fmt: str, options: dict | 
         if "::" in path:
             path, typ = (x.strip() for x in path.split("::", 1))
             types[name] = typ
+        path, is_optional = strip_optional(path)
+        if is_optional:
+            optional.append(name)
+        _check_prop_name(name, path)
         props[name] = path
     utypes = options.get("types") or {}
     if isinstance(utypes, str):
@@ -196,12 +204,19 @@ def normalize_options(con: duckdb.DuckDBPyConnection, fmt: str, options: dict | 
         "required": required,
         "preset": preset_name or None,
         "properties": None if auto else props,
+        "optional": optional,
         "types": types,
         **({"workers": int(workers)} if workers else {}),
     }
 
 
 # ----------------------------------------------------------------------------- files
+
+def absolute_pattern(pattern: str) -> str:
+    """``pattern`` resolved against the current directory (what the catalog stores: REFRESH never
+    depends on where it runs); object-store URIs as given."""
+    return str(pattern) if storage.is_remote(pattern) else os.path.abspath(storage.local_path(str(pattern)))
+
 
 def list_files(pattern: str, fmt: str | None) -> tuple[str, list[tuple[str, str]]]:
     """(format, [(absolute path or object URI, compression)]) matched by ``pattern``; errors when
@@ -212,7 +227,7 @@ def list_files(pattern: str, fmt: str | None) -> tuple[str, list[tuple[str, str]
         if not any(c in pat for c in "*?[") and paths != [pat]:   # a prefix: the data files below it
             paths = [p for p in paths if _detected(p) is not None and (fmt is None or _detected(p) == fmt)]
         return _typed_files(pattern, pat, paths, fmt)
-    pat = storage.local_path(str(pattern))
+    pat = absolute_pattern(pattern)
     if os.path.isdir(pat):
         cands = [p for p in globmod.glob(os.path.join(pat, "**", "*"), recursive=True) if os.path.isfile(p)]
         paths = [p for p in cands if _detected(p) is not None and (fmt is None or _detected(p) == fmt)]
@@ -422,10 +437,9 @@ def _resolve_types(con, results: list[dict], paths: list[str], declared: dict[st
     return out
 
 
-def _check_against_catalog(con, types: dict[str, str]) -> list[tuple[str, str]]:
-    """Compare with existing columns; return the columns to add. Raise on a type conflict."""
-    existing = {n.lower(): (n, t) for n, t in property_columns(con)}
-    add = []
+def _check_against_catalog(existing_columns, types: dict[str, str]) -> None:
+    """Adopt existing column types (fill NULL-only properties); raise on a type conflict."""
+    existing = {n.lower(): (n, t) for n, t in existing_columns}
     for name, typ in types.items():
         if typ is None:
             typ = types[name] = existing[name.lower()][1] if name.lower() in existing else "VARCHAR"
@@ -436,9 +450,16 @@ def _check_against_catalog(con, types: dict[str, str]) -> list[tuple[str, str]]:
                     f"property {name!r} would be {typ} but the catalog already has column {ename!r} of type {etyp}",
                     hint=f"declare types = {{'{name}': '{etyp}'}} or map the field under another name")
             types[name] = etyp
-        else:
-            add.append((name, typ))
-    return add
+
+
+def _columns_of_others(catalog: Catalog, source_id: int | None) -> list[tuple[str, str]]:
+    """Property columns of every source but ``source_id`` (what a new or replaced source must match)."""
+    out: dict[str, tuple[str, str]] = {}
+    for s in catalog.manifest.get("sources", []):
+        if s["source_id"] != source_id:
+            for n, t in s["property_types"]:
+                out.setdefault(n.lower(), (n, t))
+    return list(out.values())
 
 
 def _cast_file_table(con, table: pa.Table, file_id: int, path: str, types: dict[str, str],
@@ -479,7 +500,7 @@ def _tasks(fmt: str, files: list[tuple[str, str]], opts: dict) -> list[formats.S
                              types=dict(opts["types"])) for p, c in files]
 
 
-def _index_files(catalog: Catalog, source_id: int, fmt: str, files: list[tuple[str, str]], opts: dict,
+def _index_files(catalog: Catalog, fmt: str, files: list[tuple[str, str]], opts: dict,
                  progress: bool, label: str):
     """Scan ``files``; return (results, stats, types, skipped_columns) without touching the DB."""
     stats = _stats([p for p, _ in files])
@@ -511,15 +532,12 @@ def _index_files(catalog: Catalog, source_id: int, fmt: str, files: list[tuple[s
     return results, stats, types, skipped_cols
 
 
-def _write(catalog: Catalog, source_id: int, files: list[tuple[str, str]], results, stats,
-           types: dict[str, str], required: list[str], next_file_id: int) -> tuple[int, int, int, int | None]:
-    """Insert files and sample rows (inside the caller's transaction). Returns totals."""
-    con = catalog.con
+def _write(con, source_id: int, files: list[tuple[str, str]], results, stats,
+           types: dict[str, str], required: list[str], next_file_id: int) -> None:
+    """Insert files and sample rows into a new segment's connection ``con``."""
     arrow_types = {n: _arrow_type_of(con, t) for n, t in types.items()}
     tables = []
     file_rows, seek_rows = [], []
-    tot_s = tot_b = 0
-    tot_t: int | None = 0
     for k, ((path, comp), res, (size, mtime, fp)) in enumerate(zip(files, results, stats)):
         fid = next_file_id + k
         t = res["table"]
@@ -527,15 +545,8 @@ def _write(catalog: Catalog, source_id: int, files: list[tuple[str, str]], resul
         nb = int(pc.sum(t.column("n_bytes")).as_py() or 0) if ns else 0
         if ns:
             tables.append(_cast_file_table(con, t, fid, path, types, required, arrow_types))
-            ntok = t.column("n_tokens")
-            if ntok.null_count or tot_t is None:
-                tot_t = None
-            else:
-                tot_t += int(pc.sum(ntok).as_py() or 0)
         file_rows.append((fid, source_id, path, comp, size, mtime, fp, ns, nb))
         seek_rows.extend((fid, c, d) for c, d in res.get("seek") or ())
-        tot_s += ns
-        tot_b += nb
     if file_rows:
         con.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", file_rows)
     if seek_rows:
@@ -548,25 +559,16 @@ def _write(catalog: Catalog, source_id: int, files: list[tuple[str, str]], resul
             con.execute(f"INSERT INTO sample_index ({names}) SELECT {names} FROM __mixsql_new_rows")
         finally:
             con.unregister("__mixsql_new_rows")
-    return len(file_rows), tot_s, tot_b, tot_t
 
 
-def _in_transaction(catalog: Catalog, fn):
-    con = catalog.con
-    with catalog.lock:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            out = fn(con)
-            con.execute("COMMIT")
-            return out
-        except BaseException as exc:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
-            if isinstance(exc, duckdb.Error):
-                raise OperationalError(f"catalog update failed and was rolled back: {exc}") from exc
-            raise
+@contextmanager
+def _committing(catalog: Catalog, what: str):
+    """catalog.write(what), with a DuckDB error inside turned into one clear mixsql error."""
+    try:
+        with catalog.write(what) as w:
+            yield w
+    except duckdb.Error as exc:
+        raise OperationalError(f"catalog update failed and was rolled back: {exc}") from exc
 
 
 def _summary(name, fmt, results, files, t0, snapshot, types, skipped_cols, **extra) -> dict:
@@ -587,20 +589,33 @@ def _summary(name, fmt, results, files, t0, snapshot, types, skipped_cols, **ext
     return out
 
 
+def _taken_error(src: dict) -> IntegrityError:
+    return IntegrityError(f"source {src['name']!r} already exists (from {src['pattern']!r}); run REFRESH SOURCE "
+                          f"{src['name']} to index new or changed files, CREATE OR REPLACE SOURCE to replace it, "
+                          f"or DROP SOURCE {src['name']} first")
+
+
 def create_source(catalog: Catalog, name: str, pattern: str, format: str | None = None,
-                  options: dict | None = None, progress: bool = True) -> dict:
+                  options: dict | None = None, progress: bool = True, replace: bool = False,
+                  if_not_exists: bool = False) -> dict:
     """Register every file matched by ``pattern`` as source ``name``; returns a summary dict
     (source, format, files, samples, bytes, raw_bytes, skipped, skipped_lines, properties,
-    skipped_columns, snapshot, seconds, mb_per_s, samples_per_s)."""
+    property_stats, skipped_columns, snapshot, seconds, mb_per_s, samples_per_s).
+
+    An existing ``name`` is an IntegrityError unless ``replace`` (CREATE OR REPLACE SOURCE: the
+    old source goes in the same commit) or ``if_not_exists`` (nothing changes; the summary says
+    ``exists``). Files are scanned before the writer lock is taken, so registrations of
+    different sources scan in parallel and commit one after the other."""
     t0 = time.perf_counter()
     require_writable(catalog)
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ProgrammingError(f"source name {name!r} must be a plain identifier (letters, digits, _)")
-    con = catalog.con
-    taken = fetch_one(con.execute("SELECT name FROM sources WHERE lower(name) = lower(?)", [name]))
-    if taken:
-        raise IntegrityError(f"source {taken[0]!r} already exists; run REFRESH SOURCE {taken[0]} to index "
-                             f"new or changed files, or DROP SOURCE {taken[0]} first")
+    catalog.sync()
+    taken = catalog.source(name)
+    if taken and if_not_exists:
+        return {"source": taken["name"], "exists": True, "pattern": taken["pattern"], "snapshot": catalog.snapshot}
+    if taken and not replace:
+        raise _taken_error(taken)
     fmt = None
     format = format or (options or {}).get("format")
     if format:
@@ -608,140 +623,126 @@ def create_source(catalog: Catalog, name: str, pattern: str, format: str | None 
         if fmt is None:
             raise ProgrammingError(f"unknown format {format!r}; use jsonl, parquet or webdataset")
     fmt, files = list_files(pattern, fmt)
-    opts = normalize_options(con, fmt, options)
-    source_id = con.execute("SELECT coalesce(max(source_id), 0) + 1 FROM sources").fetchall()[0][0]
-    results, stats, types, skipped_cols = _index_files(catalog, source_id, fmt, files, opts, progress,
-                                                       f"registering {name}")
-    add = _check_against_catalog(con, types)
-    opts["types"] = types
+    opts = normalize_options(catalog.con, fmt, options)
+    explicit = opts["properties"] is not None
+    results, stats, types, skipped_cols = _index_files(catalog, fmt, files, opts, progress, f"registering {name}")
+    with _committing(catalog, f"CREATE SOURCE {name}") as w:
+        now_taken = catalog.source(name)
+        if now_taken and not replace:
+            if if_not_exists:
+                return {"source": now_taken["name"], "exists": True, "pattern": now_taken["pattern"],
+                        "snapshot": catalog.snapshot}
+            raise _taken_error(now_taken)
+        _check_against_catalog(_columns_of_others(catalog, now_taken and now_taken["source_id"]), types)
+        opts["types"] = types
+        prop_stats = property_stats(results, types)
+        if explicit:
+            check_matched(fmt, files, opts["text"], opts["properties"], opts["optional"], prop_stats)
+        source_id = w.next_source_id()
+        seg = w.segment(list(types.items()))
+        _write(seg.con, source_id, files, results, stats, types, opts["required"], w.reserve_file_ids(len(files)))
+        if now_taken:
+            w.remove_source(now_taken["source_id"])
+        w.put_source({"source_id": source_id, "name": name, "format": fmt, "pattern": absolute_pattern(pattern),
+                      "options": json.dumps(opts), "property_types": [[n, t] for n, t in types.items()]}, seg)
+    return _summary(name, fmt, results, files, t0, w.snapshot, types, skipped_cols, property_stats=prop_stats,
+                    new_files=len(files), changed_files=0, removed_files=0, unchanged_files=0,
+                    replaced=bool(now_taken))
 
-    def txn(con):
-        for col, typ in add:
-            con.execute(f"ALTER TABLE sample_index ADD COLUMN {quote_ident(col)} {typ}")
-        next_fid = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM files").fetchall()[0][0]
-        con.execute("INSERT INTO sources (source_id, name, format, pattern, options, properties) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [source_id, name, fmt, str(pattern), json.dumps(opts), json.dumps(types)])
-        nf, ns, nb, nt = _write(catalog, source_id, files, results, stats, types, opts["required"], next_fid)
-        con.execute("UPDATE sources SET n_files = ?, n_samples = ?, n_bytes = ?, n_tokens = ? "
-                    "WHERE source_id = ?", [nf, ns, nb, nt, source_id])
-        if add:
-            create_samples_view(con)
-        return bump_snapshot(con)
 
-    snap = _in_transaction(catalog, txn)
-    return _summary(name, fmt, results, files, t0, snap, types, skipped_cols,
-                    new_files=len(files), changed_files=0, removed_files=0, unchanged_files=0)
-
-
-def _source_row(con, name: str):
-    row = fetch_one(con.execute("SELECT source_id, name, format, pattern, options, properties FROM sources "
-                                "WHERE lower(name) = lower(?)", [name]))
-    if row is None:
-        known = [r[0] for r in con.execute("SELECT name FROM sources ORDER BY name").fetchall()]
+def _source(catalog: Catalog, name: str) -> dict:
+    src = catalog.source(name)
+    if src is None:
+        known = catalog.source_names()
         raise ProgrammingError(f"no source named {name!r}" + (f" (sources: {', '.join(known)})" if known else
                                                                " (the catalog has no sources)"))
-    return row
+    return src
 
 
 def refresh_source(catalog: Catalog, name: str, progress: bool = True) -> dict:
     """Re-index new or changed files of source ``name`` and drop vanished ones.
 
-    Unchanged files (same size, mtime_ns and fingerprint) keep their file_id and rows.
-    The summary adds new_files, changed_files, removed_files, unchanged_files.
-    """
+    The source's glob was stored absolute, so this never depends on the current directory.
+    Unchanged files keep their file_id and rows (copied into the source's new segment). The
+    summary adds new_files, changed_files, removed_files, unchanged_files, samples_before,
+    samples_after and ``changes`` (paths added / changed / removed)."""
     t0 = time.perf_counter()
     require_writable(catalog)
-    con = catalog.con
-    source_id, sname, fmt, pattern, opts_json, props_json = _source_row(con, name)
-    opts = json.loads(opts_json)
-    types = json.loads(props_json)
+    catalog.sync()
+    src = _source(catalog, name)
+    source_id, sname, fmt, pattern = src["source_id"], src["name"], src["format"], src["pattern"]
+    opts = json.loads(src["options"])
+    types = dict(src["property_types"])
     opts["types"] = types
     _, matched = list_files(pattern, fmt)
-    known = {r[1]: r for r in con.execute(
+    known = {r[1]: r for r in catalog.con.execute(
         "SELECT file_id, path, size, mtime_ns, fingerprint FROM files WHERE source_id = ?", [source_id]).fetchall()}
-    todo, gone, new, changed, unchanged = [], [], 0, 0, 0
-    matched_paths = set()
+    todo, gone = [], []
+    changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
+    unchanged = 0
     now = dict(zip((p for p, _ in matched if p in known), _stats([p for p, _ in matched if p in known])))
     for path, comp in matched:
-        matched_paths.add(path)
         old = known.get(path)
         if old is not None:
             if (old[2], old[3], old[4]) == now[path]:
                 unchanged += 1
                 continue
             gone.append(old[0])
-            changed += 1
+            changes["changed"].append(path)
         else:
-            new += 1
+            changes["added"].append(path)
         todo.append((path, comp))
-    removed = [r[0] for p, r in known.items() if p not in matched_paths]
-    gone.extend(removed)
-    results, stats, types, _ = _index_files(catalog, source_id, fmt, todo, opts, progress, f"refreshing {sname}")
-    _check_against_catalog(con, types)
-
-    def txn(con):
-        if gone:
-            ids = ",".join(str(int(i)) for i in gone)
-            con.execute(f"DELETE FROM sample_index WHERE file_id IN ({ids})")
-            con.execute(f"DELETE FROM seek_points WHERE file_id IN ({ids})")
-            con.execute(f"DELETE FROM files WHERE file_id IN ({ids})")
-        next_fid = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM files").fetchall()[0][0]
-        _write(catalog, source_id, todo, results, stats, types, opts["required"], next_fid)
-        tot = con.execute("SELECT count(*), coalesce(sum(n_samples), 0), coalesce(sum(n_bytes), 0) "
-                          "FROM files WHERE source_id = ?", [source_id]).fetchall()[0]
-        ntok = con.execute("SELECT CASE WHEN count(n_tokens) = count(*) THEN sum(n_tokens) END "
-                           "FROM sample_index WHERE file_id IN (SELECT file_id FROM files WHERE source_id = ?)",
-                           [source_id]).fetchall()[0][0]
-        con.execute("UPDATE sources SET n_files = ?, n_samples = ?, n_bytes = ?, n_tokens = ?, "
-                    "refreshed_at = current_timestamp WHERE source_id = ?", [*tot, ntok, source_id])
-        return bump_snapshot(con) if (todo or gone) else catalog.snapshot
-
-    snap = _in_transaction(catalog, txn)
-    return _summary(sname, fmt, results, todo, t0, snap, types, [], new_files=new, changed_files=changed,
-                    removed_files=len(removed), unchanged_files=unchanged)
+    matched_paths = {p for p, _ in matched}
+    for p, r in known.items():
+        if p not in matched_paths:
+            gone.append(r[0])
+            changes["removed"].append(p)
+    results, stats, types, _ = _index_files(catalog, fmt, todo, opts, progress, f"refreshing {sname}")
+    before = int(src["n_samples"])
+    with _committing(catalog, f"REFRESH SOURCE {sname}") as w:
+        cur = catalog.source(sname)
+        if cur is None or cur["segment"] != src["segment"]:
+            raise OperationalError(f"source {sname!r} was changed by another process while refreshing; "
+                                   "run REFRESH SOURCE again")
+        if todo or gone:
+            _check_against_catalog(_columns_of_others(catalog, source_id), types)
+            seg = w.segment(list(types.items()))
+            seg.copy_from(catalog.path / cur["segment"], gone)
+            _write(seg.con, source_id, todo, results, stats, types, opts["required"], w.reserve_file_ids(len(todo)))
+            entry = {k: v for k, v in cur.items() if k not in ("n_files", "n_samples", "n_bytes", "n_tokens")}
+            w.put_source({**entry, "refreshed_at": now()}, seg)
+    after = catalog.source(sname)["n_samples"]
+    return _summary(sname, fmt, results, todo, t0, w.snapshot, types, [], new_files=len(changes["added"]),
+                    changed_files=len(changes["changed"]), removed_files=len(changes["removed"]),
+                    unchanged_files=unchanged, samples_before=before, samples_after=after, changes=changes)
 
 
 def register_source(catalog: Catalog, name: str, pattern: str, format: str | None = None,
-                    options: dict | None = None, progress: bool = True) -> dict:
+                    options: dict | None = None, progress: bool = True, replace: bool = False) -> dict:
     """``mixsql register``: create the source, or refresh it when it already exists with the same
-    pattern (a different pattern is an IntegrityError suggesting DROP SOURCE)."""
+    pattern (a different pattern is an IntegrityError suggesting ``--replace``). ``replace``
+    registers it anew (CREATE OR REPLACE SOURCE). The summary's ``action`` says which happened."""
     require_writable(catalog)
-    row = fetch_one(catalog.con.execute("SELECT name, pattern FROM sources WHERE lower(name) = lower(?)", [name]))
-    if row is None:
-        return create_source(catalog, name, pattern, format=format, options=options, progress=progress)
-    if str(pattern) != row[1]:
-        raise IntegrityError(f"source {row[0]!r} is registered from {row[1]!r}, not {str(pattern)!r}; "
-                             f"run DROP SOURCE {row[0]} first to re-register it from another location")
-    return refresh_source(catalog, name, progress=progress)
+    catalog.sync()
+    row = catalog.source(name)
+    if row is None or replace:
+        out = create_source(catalog, name, pattern, format=format, options=options, progress=progress,
+                            replace=replace)
+        return {**out, "action": "replaced" if row is not None else "registered"}
+    if absolute_pattern(pattern) != absolute_pattern(row["pattern"]):
+        raise IntegrityError(f"source {row['name']!r} is registered from {row['pattern']!r}, not "
+                             f"{absolute_pattern(pattern)!r}; replace it with mixsql register --replace "
+                             "(CREATE OR REPLACE SOURCE), or register the new files under another name")
+    return {**refresh_source(catalog, name, progress=progress), "action": "refreshed"}
 
 
 def drop_source(catalog: Catalog, name: str) -> None:
     """Remove source ``name``, its files and samples; property columns no other source uses go too."""
     require_writable(catalog)
-    con = catalog.con
-    source_id, sname, *_ = _source_row(con, name)
-    others = set()
-    for (props,) in con.execute("SELECT properties FROM sources WHERE source_id <> ?", [source_id]).fetchall():
-        others.update(n.lower() for n in json.loads(props))
-
-    def txn(con):
-        con.execute("DELETE FROM sample_index WHERE file_id IN (SELECT file_id FROM files WHERE source_id = ?)",
-                    [source_id])
-        con.execute("DELETE FROM seek_points WHERE file_id IN (SELECT file_id FROM files WHERE source_id = ?)",
-                    [source_id])
-        con.execute("DELETE FROM files WHERE source_id = ?", [source_id])
-        con.execute("DELETE FROM sources WHERE source_id = ?", [source_id])
-        dropped = False
-        for col, _ in property_columns(con):
-            if col.lower() not in others:
-                con.execute(f"ALTER TABLE sample_index DROP COLUMN {quote_ident(col)}")
-                dropped = True
-        if dropped:
-            create_samples_view(con)
-        bump_snapshot(con)
-
-    _in_transaction(catalog, txn)
+    catalog.sync()
+    _source(catalog, name)
+    with _committing(catalog, f"DROP SOURCE {name}") as w:
+        w.remove_source(_source(catalog, name)["source_id"])
 
 
 def show_sources(catalog: Catalog) -> pa.Table:
@@ -750,3 +751,22 @@ def show_sources(catalog: Catalog) -> pa.Table:
     return catalog.con.sql(
         "SELECT name, format, pattern, n_files, n_samples, n_bytes, n_tokens, properties, options, "
         "registered_at, refreshed_at FROM sources ORDER BY name").to_arrow_table()
+
+
+def show_source(catalog: Catalog, name: str) -> pa.Table:
+    """``SHOW SOURCE name``: one row per property of the source: property, type, path, optional,
+    non_null (samples with a value) and non_null_fraction (of the source's samples)."""
+    src = _source(catalog, name)
+    opts, types = json.loads(src["options"]), dict(src["property_types"])
+    paths, optional = opts.get("properties") or {}, set(opts.get("optional") or [])
+    counts = "".join(f", count({quote_ident(p)})" for p in types)
+    row = catalog.con.execute(f"SELECT count(*){counts} FROM samples WHERE source = ?", [src["name"]]).fetchall()[0]
+    total = row[0]
+    return pa.table({
+        "property": pa.array(list(types), pa.string()),
+        "type": pa.array(list(types.values()), pa.string()),
+        "path": pa.array([paths.get(p, p) for p in types], pa.string()),
+        "optional": pa.array([p in optional for p in types], pa.bool_()),
+        "non_null": pa.array(row[1:], pa.int64()),
+        "non_null_fraction": pa.array([round(c / total, 4) if total else None for c in row[1:]], pa.float64()),
+    })

@@ -38,15 +38,20 @@ class MixStream:
 
     @classmethod
     def open(cls, catalog: str | os.PathLike | Catalog, sql: str, params=None, *,
-             batch_size: int | None = None, user_columns=True) -> "MixStream":
+             batch_size: int | None = None, user_columns=True, snapshot: int | None = None) -> "MixStream":
         """Plan and execute ``sql`` (a MIX statement) against ``catalog`` (path or Catalog).
 
         ``user_columns``: True (all of the statement's projection), False (pointers only), or a
-        sequence of projection column names; see the module docstring."""
+        sequence of projection column names; see the module docstring. ``snapshot`` (or
+        ``AT SNAPSHOT n`` in ``sql``) reads that catalog snapshot."""
         from . import planner  # imported lazily: the planner pulls in the dialect
+        from .source_statements import split_snapshot
 
-        own = not isinstance(catalog, Catalog)
-        cat = Catalog(catalog, read_only=True) if own else catalog
+        sql, pin = split_snapshot(sql)
+        snapshot = pin if snapshot is None else snapshot
+        own = not isinstance(catalog, Catalog) or snapshot not in (None, catalog.snapshot)
+        path = catalog.path if isinstance(catalog, Catalog) else catalog
+        cat = Catalog(path, read_only=True, snapshot=snapshot) if own else catalog
         try:
             with cat.lock:
                 plan = planner.plan(cat, sql, params)
@@ -61,18 +66,20 @@ class MixStream:
 
     @classmethod
     def open_cached(cls, catalog: str | os.PathLike, sql: str, params=None, *,
-                    batch_size: int | None = None) -> "MixStream":
+                    batch_size: int | None = None, snapshot: int | None = None) -> "MixStream":
         """Like :meth:`open` (pointers only), through the node's selection cache
         (:mod:`mixsql.selection`): the first process plans and publishes the selection, every
         other process (and every later restart) memory-maps it instead of planning."""
         from . import planner
         from .selection import cached
+        from .source_statements import split_snapshot
 
-        with Catalog(catalog, read_only=True) as cat:
+        sql, pin = split_snapshot(sql)
+        with Catalog(catalog, read_only=True, snapshot=pin if snapshot is None else snapshot) as cat:
             snapshot = cat.snapshot
 
         def build():
-            with Catalog(catalog, read_only=True) as cat, cat.lock:
+            with Catalog(catalog, read_only=True, snapshot=snapshot) as cat, cat.lock:
                 plan = planner.plan(cat, sql, params)
                 pointers, spec = planner.execute_plan(cat, plan, user_columns=False, canonical=True)
                 return pointers, spec, cat.files_table(_used_file_ids(pointers))

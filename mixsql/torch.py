@@ -518,6 +518,15 @@ def _dp_from_dist(replicas: int) -> tuple[int, int]:
     return 0, 1
 
 
+def _hold_snapshot(catalog, sql):
+    """Hold the catalog snapshot the dataset plans on (AT SNAPSHOT n in ``sql``, else the newest)."""
+    from .catalog import Catalog, hold_snapshot
+    from .source_statements import split_snapshot
+
+    path = catalog.path if isinstance(catalog, Catalog) else catalog
+    return hold_snapshot(path, split_snapshot(sql)[1] if sql else None)
+
+
 class MixDataset(IterableDataset):
     """Stream a MIX statement as training samples or packed token sequences (see module doc).
 
@@ -536,6 +545,8 @@ class MixDataset(IterableDataset):
         if sql is None and stream_factory is None:
             raise InterfaceError("MixDataset needs a MIX statement: MixDataset(sql, catalog=...)")
         self.sql, self.catalog, self.server, self.params = sql, catalog, server, params
+        self._lease = _hold_snapshot(catalog, sql) if server is None and stream_factory is None else None
+        self.snapshot = self._lease.snapshot if self._lease is not None else None
         self.tokenizer_spec, self.seq_len = tokenizer, seq_len
         self.replicas = int(replicas)
         if self.replicas < 1:
@@ -564,7 +575,7 @@ class MixDataset(IterableDataset):
         """What was consumed by direct iteration in this process (use MixDataLoader.state_dict()
         with DataLoader workers)."""
         return {"mixsql": self._tracker.state() if self._tracker else self._state,
-                "statement": self._fingerprint(), **self._dynamic_state()}
+                "statement": self._fingerprint(), "snapshot": self.snapshot, **self._dynamic_state()}
 
     def _dynamic_state(self) -> dict:
         """In-process feedback's part of a checkpoint: the algorithm's state and the weight
@@ -584,6 +595,10 @@ class MixDataset(IterableDataset):
         if isinstance(state, (list, tuple)):
             state = self._merge_states(list(state))
         st = state.get("mixsql", state)
+        if state.get("snapshot") not in (None, self.snapshot):
+            raise ProgrammingError(f"this checkpoint was taken on catalog snapshot {state['snapshot']}, this dataset "
+                                   f"reads snapshot {self.snapshot}; resume with 'AT SNAPSHOT {state['snapshot']}' "
+                                   "after FROM samples in the statement")
         if state.get("statement") not in (None, self._fingerprint()):
             raise ProgrammingError("this checkpoint was taken with a different MIX statement or parameters; "
                                    "resume with the same statement")
@@ -617,7 +632,9 @@ class MixDataset(IterableDataset):
         return out
 
     def _fingerprint(self) -> str:
-        text = f"{self.sql}\x00{self.params!r}\x00{self.seq_len}"
+        from .source_statements import split_snapshot
+
+        text = f"{split_snapshot(self.sql)[0]}\x00{self.params!r}\x00{self.seq_len}\x00{self.snapshot}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # -- iteration --------------------------------------------------------------------------
@@ -633,9 +650,11 @@ class MixDataset(IterableDataset):
 
                 if self.columns or not isinstance(self.catalog, (str, os.PathLike)):
                     # a path: MixStream.open opens the catalog read-only and closes it when done
-                    self._stream = MixStream.open(self.catalog, self.sql, self.params, user_columns=self.columns)
+                    self._stream = MixStream.open(self.catalog, self.sql, self.params, user_columns=self.columns,
+                                                  snapshot=self.snapshot)
                 else:   # pointers only: the node's cached selection, planned once, memory-mapped
-                    self._stream = MixStream.open_cached(self.catalog, self.sql, self.params)
+                    self._stream = MixStream.open_cached(self.catalog, self.sql, self.params,
+                                                         snapshot=self.snapshot)
         return self._stream
 
     def __iter__(self) -> Iterator[dict]:
@@ -1021,7 +1040,8 @@ class MixDataLoader(DataLoader):
 
     def state_dict(self) -> dict:
         st = self._tracker.state() if self._tracker else self.dataset._state
-        return {"mixsql": st, "statement": self.dataset._fingerprint(), **self.dataset._dynamic_state()}
+        return {"mixsql": st, "statement": self.dataset._fingerprint(), "snapshot": self.dataset.snapshot,
+                **self.dataset._dynamic_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.dataset.load_state_dict(state)

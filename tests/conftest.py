@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from mixsql.catalog import Catalog, bump_snapshot, create_samples_view, quote_ident
+from mixsql.catalog import Catalog, quote_ident
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -38,17 +38,19 @@ def write_jsonl_catalog(
     data_dir = Path(catalog_dir) / "data" / source
     data_dir.mkdir(parents=True, exist_ok=True)
     cat = Catalog(catalog_dir)
-    con = cat.con
-    con.execute("BEGIN")
-    existing = {n for n, _ in cat.properties()}
-    for name, typ in properties.items():
-        if name not in existing:
-            con.execute(f"ALTER TABLE sample_index ADD COLUMN {quote_ident(name)} {typ}")
-    source_id = con.execute("SELECT coalesce(max(source_id), 0) + 1 FROM sources").fetchone()[0]
-    next_file = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM files").fetchone()[0]
+    with cat.write(f"test corpus {source}") as w:
+        _write_jsonl_source(w, data_dir, records, source, properties, rows_per_file, n_tokens)
+    cat.close()
+    return Path(catalog_dir)
+
+
+def _write_jsonl_source(w, data_dir, records, source, properties, rows_per_file, n_tokens) -> None:
+    source_id = w.next_source_id()
+    next_file = w.reserve_file_ids(-(-len(records) // rows_per_file))
+    seg = w.segment(list(properties.items()))
+    con = seg.con
     cols: dict[str, list] = {c: [] for c in ("file_id", "row", "loc_offset", "loc_length", "n_bytes", "n_tokens")}
     cols.update({p: [] for p in properties})
-    total_bytes = 0
     for fi, start in enumerate(range(0, len(records), rows_per_file)):
         part = records[start:start + rows_per_file]
         path = data_dir / f"part-{fi:05d}.jsonl"
@@ -68,7 +70,6 @@ def write_jsonl_catalog(
                 cols[p].append(rec.get(p))
             blob += line + b"\n"
             offset += len(line) + 1
-            total_bytes += nb
         path.write_bytes(bytes(blob))
         st = os.stat(path)
         con.execute(
@@ -76,23 +77,14 @@ def write_jsonl_catalog(
             [file_id, source_id, str(path.resolve()), st.st_size, st.st_mtime_ns, "test", len(part),
              sum(len(x["text"].encode()) for x in part)],
         )
-    opts = json.dumps({"text": "text"})
-    con.execute(
-        "INSERT INTO sources (source_id, name, format, pattern, options, properties, n_files, n_samples, n_bytes) "
-        "VALUES (?, ?, 'jsonl', ?, ?, ?, ?, ?, ?)",
-        [source_id, source, str(data_dir / "*.jsonl"), opts, json.dumps(properties),
-         (len(records) + rows_per_file - 1) // rows_per_file, len(records), total_bytes],
-    )
     table = pa.table(cols)
     con.register("__new_rows", table)
     names = ", ".join(quote_ident(c) for c in cols)
     con.execute(f"INSERT INTO sample_index ({names}) SELECT {names} FROM __new_rows")
     con.unregister("__new_rows")
-    create_samples_view(con)
-    bump_snapshot(con)
-    con.execute("COMMIT")
-    cat.close()
-    return Path(catalog_dir)
+    w.put_source({"source_id": source_id, "name": source, "format": "jsonl",
+                  "pattern": str(Path(data_dir).resolve() / "*.jsonl"), "options": json.dumps({"text": "text"}),
+                  "property_types": [[n, t] for n, t in properties.items()]}, seg)
 
 
 LANGS_PROPERTIES = {"language": "VARCHAR", "license": "VARCHAR", "quality": "DOUBLE"}

@@ -68,7 +68,7 @@ def test_connect_creates_catalog_and_read_only_needs_one(tmp_path):
     with pytest.raises(mixsql.OperationalError, match="no mixsql catalog"):
         mixsql.connect(tmp_path / "missing", read_only=True)
     with mixsql.connect(tmp_path / "new") as c:
-        assert (tmp_path / "new" / "catalog.duckdb").exists()
+        assert (tmp_path / "new" / "snapshots").is_dir()
         assert c.cursor().execute("SELECT count(*) FROM samples").fetchone() == (0,)
     with mixsql.connect(tmp_path / "new", read_only=True) as c:
         with pytest.raises(mixsql.Error):
@@ -100,8 +100,9 @@ def test_connection_context_manager_and_close(tmp_path):
     with pytest.raises(mixsql.InterfaceError):
         cur.execute("SELECT 1")
     c.close()  # closing twice is allowed
-    with mixsql.connect(tmp_path / "c") as c2:  # the table was committed
-        assert c2.execute("SELECT count(*) FROM k").fetchone() == (0,)
+    with mixsql.connect(tmp_path / "c") as c2:  # user tables belong to their connection, not the catalog
+        with pytest.raises(mixsql.ProgrammingError, match="does not exist"):
+            c2.execute("SELECT count(*) FROM k")
 
 
 # ------------------------------------------------------------------ cursor: plain SQL

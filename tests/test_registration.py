@@ -125,7 +125,7 @@ def test_declared_types_inline_and_string_and_missing_property(cat, tmp_path):
     p.write_text('{"text": "a", "m": {"score": 1, "n": "7"}}\n{"text": "b", "m": {"score": 2.5}}\n'
                  '{"text": "c", "m": {}}\n')
     create_source(cat, "a", str(p), options={"quality": "m.score::DOUBLE", "num": "m.n", "types": "num BIGINT",
-                                             "absent": "m.zzz"}, progress=False)
+                                             "absent": "m.zzz?"}, progress=False)
     rows = cat.con.sql("SELECT quality, num, absent FROM samples ORDER BY row").fetchall()
     assert rows == [(1.0, 7, None), (2.5, None, None), (None, None, None)]
     types = dict(cat.con.sql("SELECT column_name, data_type FROM information_schema.columns "
@@ -377,7 +377,7 @@ def test_register_source_creates_then_refreshes(cat, tmp_path):
     (p / "b.jsonl").write_text('{"text": "b"}\n')
     s = registration.register_source(cat, "d", str(p), progress=False)
     assert (s["new_files"], s["unchanged_files"]) == (1, 1)
-    with pytest.raises(IntegrityError, match="DROP SOURCE d"):
+    with pytest.raises(IntegrityError, match="--replace"):
         registration.register_source(cat, "d", str(tmp_path), progress=False)
 
 

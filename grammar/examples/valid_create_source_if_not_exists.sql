@@ -1,0 +1,1 @@
+CREATE SOURCE IF NOT EXISTS web FROM 'data/web/*.jsonl.zst'
