@@ -115,14 +115,17 @@ class Catalog:
     ``self.lock`` around multi-statement work other threads could interleave with.
     ``read_only`` forbids changes through this handle; readers and writers never block each
     other either way. ``lock_timeout``: how long a change waits for another writer.
+    ``duckdb_config``: settings of the in-memory DuckDB (e.g. the server's sandbox limits).
     """
 
     def __init__(self, path: str | os.PathLike = DEFAULT_CATALOG, read_only: bool = False,
-                 snapshot: int | None = None, lock_timeout: float | None = None):
+                 snapshot: int | None = None, lock_timeout: float | None = None,
+                 duckdb_config: dict | None = None):
         self.path = Path(path).expanduser().resolve()
         self.read_only = read_only
         self.pinned = snapshot is not None
         self.lock_timeout = lock_timeout
+        self.duckdb_config = dict(duckdb_config or {})
         self.lock = threading.RLock()
         self.store = Store(self.path)
         self.con: duckdb.DuckDBPyConnection | None = None
@@ -161,7 +164,7 @@ class Catalog:
                         "to it cannot resume: plan the statement again on the current snapshot")
                 continue
             if self.con is None:
-                self.con = duckdb.connect(":memory:")
+                self.con = duckdb.connect(":memory:", config=self.duckdb_config)
             try:
                 _attach(self.con, self.path, doc)
             except duckdb.IOException as exc:   # a segment was collected under us: retry

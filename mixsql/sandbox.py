@@ -12,8 +12,8 @@ between a client and the server's files, network and configuration:
    function that reads settings, files or the environment (``current_setting``, ``getenv``,
    ``read_*``, ``pragma_*``, ``duckdb_*`` ...).
 2. **DuckDB itself** (:class:`Sandbox`): a fresh in-memory DuckDB per statement with the
-   catalog database ``ATTACH``-ed read-only, extension autoloading and autoinstall off, no
-   scans of Python objects (``python_enable_replacements = false``), then
+   catalog's newest snapshot ``ATTACH``-ed read-only (mixsql.catalog), extension autoloading
+   and autoinstall off, no scans of Python objects (``python_enable_replacements = false``), then
    ``enable_external_access = false`` (no file, URL or extension access from here on) and
    ``lock_configuration = true`` (no ``SET`` can undo it). Memory and threads are capped, and a
    timer interrupts a statement that runs past the query time limit.
@@ -33,10 +33,8 @@ import duckdb
 from sqlglot import exp
 
 from . import dialect as D
-from .catalog import DB_FILENAME, Catalog
+from .catalog import Catalog
 from .errors import Error, OperationalError, ProgrammingError, SQLError
-
-ATTACHED_AS = "mixsql_catalog"
 
 # statement kinds that never belong in a client's MIX statement (refused anywhere in the tree)
 _REFUSED_KINDS = tuple(getattr(exp, n) for n in (
@@ -109,33 +107,30 @@ class Sandbox:
     def __init__(self, catalog_dir: str | Path, limits: SandboxLimits = SandboxLimits()):
         self.limits = limits
         path = Path(catalog_dir).expanduser().resolve()
-        db = path / DB_FILENAME
-        if not db.exists():
-            raise OperationalError(f"the server's catalog {path} has no {DB_FILENAME}")
-        con = duckdb.connect(":memory:", config={
-            "autoload_known_extensions": False, "autoinstall_known_extensions": False,
-            "allow_community_extensions": False, "python_enable_replacements": False,
-            "memory_limit": limits.memory_limit,
-            "threads": max(int(limits.threads), 1)})
         try:
-            literal = str(db).replace("'", "''")
-            con.execute(f"ATTACH '{literal}' AS {ATTACHED_AS} (READ_ONLY)")
-            con.execute(f"USE {ATTACHED_AS}")
+            cat = Catalog(path, read_only=True, duckdb_config={
+                "autoload_known_extensions": False, "autoinstall_known_extensions": False,
+                "allow_community_extensions": False, "python_enable_replacements": False,
+                "memory_limit": limits.memory_limit,
+                "threads": max(int(limits.threads), 1)})
+        except duckdb.Error as exc:
+            raise OperationalError(f"cannot open the server's catalog {path} read-only: "
+                                   f"{str(exc).splitlines()[0]}") from None
+        con = cat.con
+        try:
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             rows = con.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND NOT internal "
-                "UNION SELECT view_name FROM duckdb_views() WHERE database_name = ? AND NOT internal",
-                [ATTACHED_AS, ATTACHED_AS]).fetchall()
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT internal "
+                "UNION SELECT view_name FROM duckdb_views() WHERE database_name = current_database() "
+                "AND NOT internal").fetchall()
         except duckdb.Error as exc:
-            con.close()
+            cat.close()
             raise OperationalError(f"cannot open the server's catalog {path} read-only: "
                                    f"{str(exc).splitlines()[0]}") from None
         self.tables = frozenset(r[0].lower() for r in rows)
         self.con = con
-        cat = Catalog.__new__(Catalog)   # the catalog's own methods, over the sandboxed connection
-        cat.path, cat.read_only, cat.lock, cat.con = path, True, threading.RLock(), con
-        self.catalog = cat
+        self.catalog = cat   # pinned in effect: a locked-down connection attaches nothing new
 
     @property
     def snapshot(self) -> int:
@@ -180,10 +175,7 @@ class Sandbox:
             return MixStream.open(self.catalog, statement, params, user_columns=False)
 
     def close(self) -> None:
-        try:
-            self.con.close()
-        except duckdb.Error:
-            pass
+        self.catalog.close()
 
     def __enter__(self):
         return self
