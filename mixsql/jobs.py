@@ -535,14 +535,10 @@ class JobManager:
             self.planning.release()
 
     def _open(self, statement: str, params: Any, expect_snapshot: int | None = None):
-        """(snapshot, stream) of ``statement`` planned in a fresh sandbox."""
-        with self._plan_slot(), Sandbox(self.catalog, self.sandbox_limits) as box:
-            snap = box.snapshot
-            if expect_snapshot is not None and snap != expect_snapshot:
-                raise JobError(
-                    f"this job was registered on catalog snapshot {expect_snapshot}, the catalog is now at "
-                    f"snapshot {snap}: its chunks cannot be reproduced; register the statement again")
-            return snap, box.open_stream(statement, params)
+        """(snapshot, stream) of ``statement`` planned in a fresh sandbox, on ``expect_snapshot``
+        when given (a job keeps reading the snapshot it was registered on)."""
+        with self._plan_slot(), Sandbox(self.catalog, self.sandbox_limits, snapshot=expect_snapshot) as box:
+            return box.snapshot, box.open_stream(statement, params)
 
     def _snapshot(self) -> int:
         with Sandbox(self.catalog, self.sandbox_limits) as box:

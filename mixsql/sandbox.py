@@ -102,13 +102,15 @@ class Sandbox:
     """A read-only, locked-down DuckDB handle on one catalog, for one client statement.
 
     ``catalog`` is a :class:`~mixsql.catalog.Catalog` over the sandboxed connection (what the
-    planner and :class:`~mixsql.stream.MixStream` take); ``tables`` the names it may read."""
+    planner and :class:`~mixsql.stream.MixStream` take); ``tables`` the names it may read.
+    ``snapshot``: the catalog snapshot to read (default: the newest)."""
 
-    def __init__(self, catalog_dir: str | Path, limits: SandboxLimits = SandboxLimits()):
+    def __init__(self, catalog_dir: str | Path, limits: SandboxLimits = SandboxLimits(),
+                 snapshot: int | None = None):
         self.limits = limits
         path = Path(catalog_dir).expanduser().resolve()
         try:
-            cat = Catalog(path, read_only=True, duckdb_config={
+            cat = Catalog(path, read_only=True, snapshot=snapshot, duckdb_config={
                 "autoload_known_extensions": False, "autoinstall_known_extensions": False,
                 "allow_community_extensions": False, "python_enable_replacements": False,
                 "memory_limit": limits.memory_limit,

@@ -95,7 +95,9 @@ HOLD_LOCK = """
     from mixsql.snapshots import Store
     with Store(Path(sys.argv[1])).writer_lock("test holder"):
         Path(sys.argv[2]).touch()
-        time.sleep(float(sys.argv[3]))
+        deadline = time.monotonic() + float(sys.argv[3])
+        while time.monotonic() < deadline and not Path(sys.argv[2] + ".release").exists():
+            time.sleep(0.02)
 """
 
 REGISTER = """
@@ -121,14 +123,22 @@ def test_concurrent_registrations_queue_and_both_commit(tmp_path):
     write_docs(tmp_path / "a.jsonl", 4)
     write_docs(tmp_path / "b.jsonl", 6)
     held = tmp_path / "held"
-    holder = child(HOLD_LOCK, cat, held, 6)
+    holder = child(HOLD_LOCK, cat, held, 120)
     _wait_for(held, holder)
-    regs = [child(REGISTER, cat, n, tmp_path / f"{n}.jsonl") for n in ("a", "b")]
-    outs = [p.communicate(timeout=120) for p in regs]
+    errs = [tmp_path / f"{n}.err" for n in ("a", "b")]
+    regs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(REGISTER), str(cat), n, str(tmp_path / f"{n}.jsonl")],
+                             env=ENV, stdout=subprocess.PIPE, stderr=open(e, "w"), text=True)
+            for n, e in zip(("a", "b"), errs)]
+    deadline = time.monotonic() + 120
+    while not all("waiting for pid" in e.read_text() for e in errs):   # both queue behind the holder
+        assert time.monotonic() < deadline and all(p.poll() is None for p in regs), [e.read_text() for e in errs]
+        time.sleep(0.05)
+    Path(str(held) + ".release").touch()
+    outs = [p.communicate(timeout=120)[0] for p in regs]
     assert holder.wait(30) == 0
-    assert [p.returncode for p in regs] == [0, 0], outs
-    assert any("waiting for pid" in err and "test holder" in err for _, err in outs)
-    assert sorted(int(o) for o, _ in outs) == [1, 2]       # serialised: one snapshot each
+    assert [p.returncode for p in regs] == [0, 0], [e.read_text() for e in errs]
+    assert all("test holder" in e.read_text() for e in errs)
+    assert sorted(int(o) for o in outs) == [1, 2]       # serialised: one snapshot each
     with mixsql.connect(cat, read_only=True) as con:
         assert con.execute("SELECT source, count(*) FROM samples GROUP BY 1 ORDER BY 1").fetchall() == \
             [("a", 4), ("b", 6)]
