@@ -680,11 +680,11 @@ def refresh_source(catalog: Catalog, name: str, progress: bool = True) -> dict:
     todo, gone = [], []
     changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
     unchanged = 0
-    now = dict(zip((p for p, _ in matched if p in known), _stats([p for p, _ in matched if p in known])))
+    current = dict(zip((p for p, _ in matched if p in known), _stats([p for p, _ in matched if p in known])))
     for path, comp in matched:
         old = known.get(path)
         if old is not None:
-            if (old[2], old[3], old[4]) == now[path]:
+            if (old[2], old[3], old[4]) == current[path]:
                 unchanged += 1
                 continue
             gone.append(old[0])
