@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "path; --replace replaces it)",
             epilog="examples:\n  mixsql register web 'data/*.jsonl.zst' --map language=meta.lang\n"
                    "  mixsql register slim '/data/slimpajama/**/*.jsonl.zst' --preset slimpajama\n"
-                   "  mixsql register code data/code.parquet --format parquet --tokens input_ids\n")
+                   "  mixsql register code data/code.parquet --format parquet --tokens input_ids\n"
+                   "  mixsql register web '/shared/web/*.jsonl.zst' --ray auto\n")
     r.add_argument("name", help="source name (letters, digits, _)")
     r.add_argument("pattern", metavar="GLOB", help="file, directory or glob (** recursive)")
     r.add_argument("--format", dest="data_format", choices=("jsonl", "parquet", "webdataset"),
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-error", choices=("fail", "skip"), help="skip malformed records instead of failing")
     r.add_argument("--replace", action="store_true",
                    help="replace an existing source of this name (its files, options and samples)")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="scan the files as Ray tasks on a cluster: 'auto', host:port, or none for "
+                        "RAY_ADDRESS / a new local cluster (needs mixsql[ray]; put it after GLOB)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add("sources", "list registered sources")
@@ -284,6 +288,10 @@ def _register_options(args: argparse.Namespace) -> dict:
         value = getattr(args, key)
         if value:
             options[key] = value
+    if args.ray is not None:
+        options["engine"] = "ray"
+        if args.ray:
+            options["ray_address"] = args.ray
     return options
 
 
@@ -295,7 +303,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     con = _connect(args)
     try:
         cat = con.catalog
-        if args.name in cat.source_names() and not args.replace and (options or args.data_format):
+        reading = set(options) - {"engine", "ray_address"}   # --ray applies to a refresh too
+        if args.name in cat.source_names() and not args.replace and (reading or args.data_format):
             print(f"mixsql: source {args.name!r} exists; refreshing it with its registered options "
                   "(--replace registers it anew with these)", file=sys.stderr)
         summary = registration.register_source(cat, args.name, args.pattern, format=args.data_format,

@@ -3,8 +3,8 @@
 ``CREATE SOURCE ... WITH (key = value, ...)`` mixes two kinds of keys:
 
 * **options** (``OPTIONS``): how to read and index the files (``text``, ``tokenizer``,
-  ``on_error``, ...). ``RESERVED_OPTIONS`` are names mixsql will give meaning to later
-  (``engine``); they are errors today, so no property silently takes the name.
+  ``on_error``, ``engine``, ...). ``RESERVED_OPTIONS`` are names mixsql will give meaning to
+  later; they are errors today, so no property silently takes the name.
 * **properties**: every other key maps a property name to a path in the data
   (``lang = 'meta.language'``).
 
@@ -43,10 +43,10 @@ OPTIONS: dict[str, str] = {
     "properties": "explicit property map {name: 'path'}",
     "workers": "parallel scans",
     "format": "jsonl | parquet | webdataset",
+    "engine": "where the scans run: local | ray (mixsql.cluster)",
+    "ray_address": "the Ray cluster for engine = 'ray' ('auto', 'host:port')",
 }
-RESERVED_OPTIONS: dict[str, str] = {
-    "engine": "where registration runs (e.g. engine = 'ray')",
-}
+RESERVED_OPTIONS: dict[str, str] = {}   # names kept for options to come
 OPTIONAL_MARK = "?"
 SUGGEST_CUTOFF = 0.8      # a key this close to an option name is taken for a misspelling
 SAMPLE_RECORDS = 512      # records per file read to list the paths seen (errors only)

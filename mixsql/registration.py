@@ -3,7 +3,7 @@
 Python API (the SQL statements and ``mixsql register`` call these)::
 
     create_source(catalog, name, pattern, format=None, options=None, progress=True) -> dict
-    refresh_source(catalog, name, progress=True) -> dict
+    refresh_source(catalog, name, progress=True, engine=None, ray_address=None) -> dict
     register_source(catalog, name, pattern, format=None, options=None, progress=True) -> dict
         (create, or refresh when the source exists: what ``mixsql register`` does)
     drop_source(catalog, name) -> None
@@ -40,6 +40,10 @@ readers reach a row from the nearest frame. ``format``: ``jsonl``
 * ``workers``: parallel scans (default: all cores); threads for JSONL and Parquet, processes for
   WebDataset and for token counting with a ``tokenizer`` (``MIXSQL_SCAN_POOL=thread|process``
   overrides).
+* ``engine``: ``local`` (default: the pool above) or ``ray``: one Ray task per file on a cluster
+  (mixsql.cluster), at ``ray_address`` (``'auto'``, ``'host:port'``; default ``RAY_ADDRESS`` or a
+  new local Ray instance). Stored with the source, so ``REFRESH SOURCE`` runs on Ray too;
+  ``refresh_source(..., engine=, ray_address=)`` overrides both for one run.
 
 Without a tokenizer, a tokens column or a count hint, ``n_tokens`` is NULL. ``n_bytes`` is the
 UTF-8 byte length of the text. Every change is one catalog commit (mixsql.catalog: a new segment
@@ -56,7 +60,8 @@ import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import duckdb
@@ -207,7 +212,23 @@ def normalize_options(con: duckdb.DuckDBPyConnection, fmt: str, options: dict | 
         "optional": optional,
         "types": types,
         **({"workers": int(workers)} if workers else {}),
+        **_engine_options(options),
     }
+
+
+def _engine_options(options: dict) -> dict:
+    """``engine`` / ``ray_address`` as stored: nothing for the local pool (the default)."""
+    engine = str(options.get("engine") or "local").lower()
+    address = options.get("ray_address")
+    if engine not in ("local", "ray"):
+        raise ProgrammingError(f"engine must be 'local' or 'ray', got {options.get('engine')!r}")
+    if engine == "local":
+        if address:
+            raise ProgrammingError("ray_address is given but engine is not 'ray'; add engine = 'ray'")
+        return {}
+    from .cluster import require_ray
+    require_ray()
+    return {"engine": "ray", **({"ray_address": str(address)} if address else {})}
 
 
 # ----------------------------------------------------------------------------- files
@@ -335,35 +356,19 @@ def _executor(fmt: str, n: int, tokenize: bool = False):
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="mixsql-scan")
 
 
-def _scan_all(tasks: list[formats.ScanTask], sizes: list[int], workers: int | None, progress: bool,
+def _scan_all(tasks: list[formats.ScanTask], sizes: list[int], opts: dict, progress: bool,
               label: str) -> list[dict]:
-    """Scan every task (a thread or process pool when worth it); results in task order. Raises on the first error."""
+    """Scan every task on the source's engine; results in task order. Raises on the first failed file."""
     bar = ScanProgress(progress, [t.path for t in tasks], label, sizes=sizes)
     results: list[dict | None] = [None] * len(tasks)
+    if opts.get("engine") == "ray":
+        from . import cluster
+        scans = cluster.scan(tasks, sizes, opts.get("ray_address"))
+    else:
+        scans = _local_scans(tasks, sizes, opts.get("workers"))
     try:
-        n = workers or os.cpu_count() or 1
-        n = max(1, min(n, len(tasks)))
-        tokenize = any(t.tokenizer for t in tasks)   # ~100x the work per byte: worth a pool sooner
-        if n > 1 and sum(sizes) >= (PARALLEL_MIN_BYTES // 32 if tokenize else PARALLEL_MIN_BYTES):
-            order = sorted(range(len(tasks)), key=lambda i: -sizes[i])
-            with _executor(tasks[0].format, n, tokenize=tokenize) as ex:
-                futs = {ex.submit(formats.scan_file, tasks[i]): i for i in order}
-                try:
-                    for fut in as_completed(futs):
-                        i = futs[fut]
-                        res = fut.result()
-                        if res["error"]:
-                            _raise_scan_error(res)
-                        results[i] = res
-                        bar.update(res)
-                except BaseException:
-                    for f in futs:
-                        f.cancel()
-                    raise
-        else:
-            for i, t in enumerate(tasks):
-                t.use_threads = True
-                res = formats.scan_file(t)
+        with closing(scans):
+            for i, res in scans:
                 if res["error"]:
                     _raise_scan_error(res)
                 results[i] = res
@@ -371,6 +376,27 @@ def _scan_all(tasks: list[formats.ScanTask], sizes: list[int], workers: int | No
     finally:
         bar.close()
     return results  # type: ignore[return-value]
+
+
+def _local_scans(tasks: list[formats.ScanTask], sizes: list[int], workers: int | None) -> Iterator[tuple[int, dict]]:
+    """(index, result) of each task as it finishes: in this process, or a thread / process pool
+    when the files (``sizes`` bytes) are worth it."""
+    n = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    tokenize = any(t.tokenizer for t in tasks)   # ~100x the work per byte: worth a pool sooner
+    if n == 1 or sum(sizes) < (PARALLEL_MIN_BYTES // 32 if tokenize else PARALLEL_MIN_BYTES):
+        for i, t in enumerate(tasks):
+            t.use_threads = True
+            yield i, formats.scan_file(t)
+        return
+    order = sorted(range(len(tasks)), key=lambda i: -sizes[i])
+    with _executor(tasks[0].format, n, tokenize=tokenize) as ex:
+        futs = {ex.submit(formats.scan_file, tasks[i]): i for i in order}
+        try:
+            for fut in as_completed(futs):
+                yield futs[fut], fut.result()
+        finally:
+            for f in futs:
+                f.cancel()
 
 
 def _raise_scan_error(res: dict):
@@ -504,8 +530,7 @@ def _index_files(catalog: Catalog, fmt: str, files: list[tuple[str, str]], opts:
                  progress: bool, label: str):
     """Scan ``files``; return (results, stats, types, skipped_columns) without touching the DB."""
     stats = _stats([p for p, _ in files])
-    results = _scan_all(_tasks(fmt, files, opts), [st[0] for st in stats], opts.get("workers"), progress,
-                        label) if files else []
+    results = _scan_all(_tasks(fmt, files, opts), [st[0] for st in stats], opts, progress, label) if files else []
     skipped_cols: list[str] = []
     if opts["properties"] is None:  # auto-discovery: names from the data, in first-seen order
         names: dict[str, None] = {}
@@ -595,6 +620,13 @@ def _taken_error(src: dict) -> IntegrityError:
                           f"or DROP SOURCE {src['name']} first")
 
 
+def _engine_summary(opts: dict, results: list[dict]) -> dict:
+    """Where the scans ran: ``engine``, and for Ray the number of nodes that ran them."""
+    if opts.get("engine") != "ray":
+        return {"engine": "local"}
+    return {"engine": "ray", "ray_nodes": len({r["node"] for r in results})}
+
+
 def create_source(catalog: Catalog, name: str, pattern: str, format: str | None = None,
                   options: dict | None = None, progress: bool = True, replace: bool = False,
                   if_not_exists: bool = False) -> dict:
@@ -647,7 +679,7 @@ def create_source(catalog: Catalog, name: str, pattern: str, format: str | None 
                       "options": json.dumps(opts), "property_types": [[n, t] for n, t in types.items()]}, seg)
     return _summary(name, fmt, results, files, t0, w.snapshot, types, skipped_cols, property_stats=prop_stats,
                     new_files=len(files), changed_files=0, removed_files=0, unchanged_files=0,
-                    replaced=bool(now_taken))
+                    replaced=bool(now_taken), **_engine_summary(opts, results))
 
 
 def _source(catalog: Catalog, name: str) -> dict:
@@ -659,19 +691,24 @@ def _source(catalog: Catalog, name: str) -> dict:
     return src
 
 
-def refresh_source(catalog: Catalog, name: str, progress: bool = True) -> dict:
+def refresh_source(catalog: Catalog, name: str, progress: bool = True, engine: str | None = None,
+                   ray_address: str | None = None) -> dict:
     """Re-index new or changed files of source ``name`` and drop vanished ones.
 
     The source's glob was stored absolute, so this never depends on the current directory.
     Unchanged files keep their file_id and rows (copied into the source's new segment). The
     summary adds new_files, changed_files, removed_files, unchanged_files, samples_before,
-    samples_after and ``changes`` (paths added / changed / removed)."""
+    samples_after and ``changes`` (paths added / changed / removed). ``engine`` / ``ray_address``
+    override the registered ones for this run (not stored)."""
     t0 = time.perf_counter()
     require_writable(catalog)
     catalog.sync()
     src = _source(catalog, name)
     source_id, sname, fmt, pattern = src["source_id"], src["name"], src["format"], src["pattern"]
     opts = json.loads(src["options"])
+    if engine is not None or ray_address is not None:
+        opts = {k: v for k, v in opts.items() if k not in ("engine", "ray_address")}
+        opts.update(_engine_options({"engine": engine or "ray", "ray_address": ray_address}))
     types = dict(src["property_types"])
     opts["types"] = types
     _, matched = list_files(pattern, fmt)
@@ -714,14 +751,16 @@ def refresh_source(catalog: Catalog, name: str, progress: bool = True) -> dict:
     after = catalog.source(sname)["n_samples"]
     return _summary(sname, fmt, results, todo, t0, w.snapshot, types, [], new_files=len(changes["added"]),
                     changed_files=len(changes["changed"]), removed_files=len(changes["removed"]),
-                    unchanged_files=unchanged, samples_before=before, samples_after=after, changes=changes)
+                    unchanged_files=unchanged, samples_before=before, samples_after=after, changes=changes,
+                    **_engine_summary(opts, results))
 
 
 def register_source(catalog: Catalog, name: str, pattern: str, format: str | None = None,
                     options: dict | None = None, progress: bool = True, replace: bool = False) -> dict:
     """``mixsql register``: create the source, or refresh it when it already exists with the same
     pattern (a different pattern is an IntegrityError suggesting ``--replace``). ``replace``
-    registers it anew (CREATE OR REPLACE SOURCE). The summary's ``action`` says which happened."""
+    registers it anew (CREATE OR REPLACE SOURCE). The summary's ``action`` says which happened;
+    ``engine`` and ``ray_address`` in ``options`` apply to a refresh too."""
     require_writable(catalog)
     catalog.sync()
     row = catalog.source(name)
@@ -733,7 +772,9 @@ def register_source(catalog: Catalog, name: str, pattern: str, format: str | Non
         raise IntegrityError(f"source {row['name']!r} is registered from {row['pattern']!r}, not "
                              f"{absolute_pattern(pattern)!r}; replace it with mixsql register --replace "
                              "(CREATE OR REPLACE SOURCE), or register the new files under another name")
-    return {**refresh_source(catalog, name, progress=progress), "action": "refreshed"}
+    opts = options or {}
+    return {**refresh_source(catalog, name, progress=progress, engine=opts.get("engine"),
+                             ray_address=opts.get("ray_address")), "action": "refreshed"}
 
 
 def drop_source(catalog: Catalog, name: str) -> None:

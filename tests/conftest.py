@@ -104,3 +104,24 @@ def langs_records() -> list[dict]:
 def langs_catalog(tmp_path):
     """The scenario-2 corpus as one source, in files of 40 lines."""
     return write_jsonl_catalog(tmp_path / "cat", langs_records(), properties=LANGS_PROPERTIES, rows_per_file=40)
+
+
+def random_texts(seed: int, n_texts: int, vocabulary: int, max_words: int) -> list[str]:
+    """``n_texts`` documents of 20..``max_words`` random words drawn from ``vocabulary`` random words."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(vocabulary)]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(20, max_words))) for _ in range(n_texts)]
+
+
+def train_bpe(texts: list[str], path: Path, vocab_size: int):
+    """A small byte-level BPE trained on ``texts``, saved as a HF ``tokenizer.json`` at ``path``."""
+    import tokenizers
+
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(texts, tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[UNK]"]))
+    tok.save(str(path))
+    return tok

@@ -58,9 +58,8 @@ def test_misspelled_option_suggests_the_option(cat, data, key, option):
                      ProgrammingError)
 
 
-def test_reserved_option_cannot_be_a_property(cat, data):
-    _fails_unchanged(cat, data, {"engine": "ray"}, r"'engine' is a reserved option.*properties = ",
-                     ProgrammingError)
+def test_engine_is_an_option_not_a_property(cat, data):
+    _fails_unchanged(cat, data, {"engine": "spark"}, r"engine must be 'local' or 'ray'", ProgrammingError)
 
 
 def test_source_mapping_says_how_to_keep_the_field(cat, data):

@@ -2,32 +2,26 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import zstandard
+from conftest import random_texts, train_bpe
 
 from mixsql.catalog import Catalog
 from mixsql.registration import create_source
 
-tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("tokenizers")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Two .jsonl.zst shards, together above the pool threshold for token counting (256 KB)."""
     d = tmp_path_factory.mktemp("tok")
-    rng = random.Random(7)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-             for _ in range(5000)]
-    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 400))) for _ in range(1600)]
+    texts = random_texts(7, 1600, vocabulary=5000, max_words=400)
     for s in range(2):
         blob = "".join(json.dumps({"text": t, "meta": {"k": i % 3}}) + "\n" for i, t in enumerate(texts[s::2]))
         (d / f"part{s}.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=1).compress(blob.encode()))
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(texts[:300], tokenizers.trainers.BpeTrainer(vocab_size=600, special_tokens=["[UNK]"]))
-    tok.save(str(d / "tokenizer.json"))
+    tok = train_bpe(texts[:300], d / "tokenizer.json", vocab_size=600)
     assert sum(p.stat().st_size for p in d.glob("*.zst")) > 256 * 1024
     return d, tok, texts
 
