@@ -9,8 +9,8 @@ import sys
 import time
 import traceback
 
-NAMES = ("corpus", "registration", "planner", "engine", "throughput", "server", "compare", "storage", "shell",
-         "scale")
+NAMES = ("corpus", "registration", "cluster", "planner", "engine", "throughput", "server", "compare", "storage",
+         "shell", "scale")
 NOT_IN_ALL = ("corpus", "scale")   # scale: minutes of CPU and GBs of disk at full size
 
 

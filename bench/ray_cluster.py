@@ -31,8 +31,8 @@ def free_ports(n: int) -> list[int]:
 
 
 class LocalCluster:
-    """``LocalCluster(nodes=2, env=...)``: a head and ``nodes - 1`` workers; ``address`` to connect;
-    ``stop()`` ends every process the nodes started. ``env`` is the nodes' environment (Ray
+    """``LocalCluster(nodes=2, env=...)``: a head and ``nodes - 1`` workers (``add_node()`` adds
+    one); ``address`` to connect; ``stop()`` ends every process the nodes started. ``env`` is the nodes' environment (Ray
     workers inherit it, e.g. a PYTHONPATH for setup hooks)."""
 
     def __init__(self, nodes: int = 2, env: dict | None = None, cpus_per_node: int = 1):
@@ -47,12 +47,20 @@ class LocalCluster:
         try:
             self._start(["--head", "--port", str(port), "--include-dashboard", "false"])
             self._wait(1)
-            for k in range(1, nodes):
-                self._start(["--address", self.address, "--resources", f'{{"node{k}": 1}}'])
-            self._wait(nodes)
+            for _ in range(1, nodes):
+                self.add_node()
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def nodes(self) -> int:
+        return len(self.procs)
+
+    def add_node(self) -> None:
+        """One more worker node (resource ``node<k>``); returns once the cluster counts it."""
+        self._start(["--address", self.address, "--resources", f'{{"node{self.nodes}": 1}}'])
+        self._wait(self.nodes)
 
     def _start(self, args: list[str]) -> None:
         tmp = tempfile.mkdtemp(prefix="mxray", dir="/tmp")   # short: Ray's socket paths live below it

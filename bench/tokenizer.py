@@ -30,13 +30,18 @@ def sample_texts(corpus_dir: str | os.PathLike, max_bytes: int = 3_000_000, seed
 def train(corpus_dir: str | os.PathLike, out_path: str | os.PathLike, vocab_size: int = VOCAB,
           seed: int = 0):
     """Train a byte-level BPE on a corpus sample and save it to ``out_path``; returns the Tokenizer."""
+    return train_on(sample_texts(corpus_dir, seed=seed), out_path, vocab_size)
+
+
+def train_on(texts, out_path: str | os.PathLike, vocab_size: int = VOCAB):
+    """Train a byte-level BPE on ``texts`` and save it to ``out_path``; returns the Tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(sample_texts(corpus_dir, seed=seed), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_path))
     return tok

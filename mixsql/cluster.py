@@ -6,8 +6,8 @@ zstd-compressed Arrow IPC bytes, and the head collects the parts as they finish
 (:func:`scan` yields ``(task index, result)`` in completion order), reports progress and commits
 one catalog transaction exactly as a local registration does (mixsql.registration).
 
-* ``ray_address``: ``None`` connects where ``ray.init()`` does (``RAY_ADDRESS``, else a new local
-  cluster), ``'auto'`` to the cluster running on this node, ``'host:port'`` to that head. A process
+* ``ray_address``: ``None`` connects to ``RAY_ADDRESS``, else starts a new local Ray instance;
+  ``'auto'`` connects to the cluster running on this node, ``'host:port'`` to that head. A process
   that already called ``ray.init`` is reused as it is (and left connected).
 * A task whose worker or node dies is retried by Ray (``MAX_RETRIES`` times); a file that fails
   for good raises RegistrationError naming it, and the caller commits nothing.
@@ -53,10 +53,11 @@ def connected(address: str | None):
     if ray.is_initialized():
         yield ray
         return
-    local = address in (None, "", "local")
-    kwargs = {"include_dashboard": False} if local and not os.environ.get("RAY_ADDRESS") else {}
+    if not address:   # RAY_ADDRESS, else a new local instance (never "the latest cluster on this machine")
+        address = None if os.environ.get("RAY_ADDRESS") else "local"
+    kwargs = {"include_dashboard": False} if address == "local" else {}
     try:
-        ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RegistrationError(f"cannot connect to the Ray cluster at {address or 'RAY_ADDRESS/local'} ({exc})",
                                 hint="start one with `ray start --head`, or give ray_address = 'host:port' "
