@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 START_TIMEOUT = 120
+START_ATTEMPTS = 3
 _PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
                "--dashboard-port")
@@ -30,6 +31,12 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+class NodeExited(RuntimeError):
+    def __init__(self, index: int, message: str):
+        super().__init__(message)
+        self.index = index
+
+
 class LocalCluster:
     """``LocalCluster(nodes=2, env=...)``: a head and ``nodes - 1`` workers (``add_node()`` adds
     one); ``address`` to connect; ``stop()`` ends every process the nodes started. ``env`` is the nodes' environment (Ray
@@ -42,11 +49,9 @@ class LocalCluster:
         self.cpus = cpus_per_node
         self.procs: list[subprocess.Popen] = []
         self.dirs: list[str] = []
-        port, *_ = free_ports(1)
-        self.address = f"127.0.0.1:{port}"
+        self.address = ""
         try:
-            self._start(["--head", "--port", str(port), "--include-dashboard", "false"])
-            self._wait(1)
+            self._node(lambda: ["--head", "--port", self._new_address(), "--include-dashboard", "false"])
             for _ in range(1, nodes):
                 self.add_node()
         except BaseException:
@@ -59,8 +64,27 @@ class LocalCluster:
 
     def add_node(self) -> None:
         """One more worker node (resource ``node<k>``); returns once the cluster counts it."""
-        self._start(["--address", self.address, "--resources", f'{{"node{self.nodes}": 1}}'])
-        self._wait(self.nodes)
+        k = self.nodes
+        self._node(lambda: ["--address", self.address, "--resources", f'{{"node{k}": 1}}'])
+
+    def _new_address(self) -> str:
+        port, = free_ports(1)
+        self.address = f"127.0.0.1:{port}"
+        return str(port)
+
+    def _node(self, args_of) -> None:
+        """Start a node (``ray start`` with ``args_of()``) and wait until the cluster counts it.
+        ``ray start`` gives a node 30 s to register and then exits: on a loaded machine, retry."""
+        for attempt in range(START_ATTEMPTS):
+            self._start(args_of())
+            try:
+                self._wait(self.nodes)
+                return
+            except NodeExited as exc:
+                if attempt == START_ATTEMPTS - 1 or exc.index != self.nodes - 1:
+                    raise
+                self._kill(self.procs.pop())
+                shutil.rmtree(self.dirs.pop(), ignore_errors=True)
 
     def _start(self, args: list[str]) -> None:
         tmp = tempfile.mkdtemp(prefix="mxray", dir="/tmp")   # short: Ray's socket paths live below it
@@ -82,7 +106,7 @@ class LocalCluster:
         while True:
             for k, p in enumerate(self.procs):
                 if p.poll() is not None:
-                    raise RuntimeError(f"ray start exited with {p.returncode}:\n{self._log(k)}")
+                    raise NodeExited(k, f"ray start exited with {p.returncode}:\n{self._log(k)}")
             try:
                 out = subprocess.run([self.ray, "status", "--address", self.address], env=self.env,
                                      capture_output=True, text=True, timeout=30).stdout
@@ -105,15 +129,20 @@ class LocalCluster:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 pass
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            p.wait(10)
+            self._kill(p)
         self.procs.clear()
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
         self.dirs.clear()
+
+    @staticmethod
+    def _kill(p: subprocess.Popen) -> None:
+        """SIGKILL what is left of one node: its ``ray start`` process group (its own session)."""
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        p.wait(10)
 
     def __enter__(self) -> "LocalCluster":
         return self
