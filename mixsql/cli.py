@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve a non-loopback address without TLS or a token (trusted networks only)")
     v.add_argument("--query-timeout", type=float, metavar="SECONDS", help="DuckDB time per statement (default 30)")
     v.add_argument("--memory-limit", metavar="SIZE", help="DuckDB memory per statement (default 1GB)")
+    v.add_argument("--max-statement-bytes", type=int, metavar="N",
+                   help="longest client statement (default 16384; raise it for mixtures listing thousands of groups)")
     v.add_argument("--max-jobs", type=int, metavar="N", help="jobs per server (default 256)")
     v.add_argument("--max-jobs-per-token", type=int, metavar="N", help="jobs per token (default 32)")
     v.add_argument("--feedback-lag", type=int, metavar="STEPS",
@@ -385,7 +387,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-SERVE_LIMITS = ("query_timeout", "memory_limit", "max_jobs", "max_jobs_per_token", "feedback_lag")
+SERVE_LIMITS = ("query_timeout", "memory_limit", "max_statement_bytes", "max_jobs", "max_jobs_per_token", "feedback_lag")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -193,7 +193,8 @@ def parse_client_statement(statement, limits: SandboxLimits) -> exp.Expr:
     size = len(statement.encode("utf-8", "replace"))
     if size > limits.max_statement_bytes:
         raise SandboxError(f"the statement is {size} bytes; the server accepts at most "
-                           f"{limits.max_statement_bytes}")
+                           f"{limits.max_statement_bytes} (a mixture listing thousands of groups needs "
+                           f"a server started with a larger --max-statement-bytes)")
     try:
         return D.parse(statement)
     except SQLError:

@@ -174,6 +174,24 @@ def test_refusals_say_what_is_not_allowed(server, secret):
             c.register_job(sql)
 
 
+def test_statement_bound_is_a_server_setting(catalog):
+    """A long statement (a mixture listing many groups) is refused by default with the flag to
+    raise, and served by a server started with a larger bound."""
+    many = GOOD.replace("FROM samples", "FROM samples WHERE kind <> '" + "x" * 20000 + "'")
+    small = Running(catalog, token=TOKENS[0])
+    try:
+        with pytest.raises(errors.Error, match="--max-statement-bytes"):
+            small.client(TOKENS[0]).register_job(many)
+    finally:
+        small.stop()
+    big = Running(catalog, token=TOKENS[0], max_statement_bytes=64 << 10)
+    try:
+        c = big.client(TOKENS[0])
+        assert c.get_chunk(c.register_job(many), 0).num_rows == 10
+    finally:
+        big.stop()
+
+
 def test_the_manager_is_not_blocked_while_a_statement_plans(server, monkeypatch):
     """One registration held inside planning (after its sandbox opened) does not stop other
     registrations, chunks or job info: the manager lock is not held while DuckDB plans."""
