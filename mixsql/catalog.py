@@ -85,16 +85,6 @@ SOURCES_COLUMNS = (("source_id", "INTEGER"), ("name", "VARCHAR"), ("format", "VA
                    ("registered_at", "TIMESTAMP"), ("refreshed_at", "TIMESTAMP"))
 
 
-def fetch_one(result):
-    """First row of an executed statement, or None; always drains the result.
-
-    DuckDB 2.0 refuses further work on a connection whose ``execute()`` result was not read to
-    its end, so ``fetchone()`` on a multi-row (or later reused) result is unsafe.
-    """
-    rows = result.fetchall()
-    return rows[0] if rows else None
-
-
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
