@@ -7,7 +7,8 @@
   re-raised as the matching PEP 249 class with DuckDB's message;
 * a MIX statement becomes a lazy result set: one row per sample in training order
   (``chunk, position, group, source, file, row, <selected columns>``); ``Cursor.chunks()``
-  yields the engine's Arrow chunk tables instead;
+  yields the same columns as Arrow tables chunk by chunk, ``Cursor.pointer_chunks()`` the
+  engine's chunk tables (plus the pointer details readers load samples from);
 * ``EXPLAIN MIX``, ``CREATE / REFRESH / DROP SOURCE`` and ``SHOW SOURCES`` return small result sets.
 
 Transactions: statements autocommit unless a cursor issued ``BEGIN``; ``Connection.commit()``
@@ -309,6 +310,65 @@ class _Result:
         pass
 
 
+# DuckDB answers statements that return no rows with one status column; PEP 249 wants
+# ``description = None`` for them (and ``rowcount`` = rows changed, when DuckDB counts them).
+_STATUS_COLUMNS = ((("Count", "BIGINT"),), (("Success", "BOOLEAN"),))
+_ROW_RETURNING = {"SELECT", "EXPLAIN", "PRAGMA", "CALL", "EXECUTE", "RELATION", "LOGICAL_PLAN"}
+
+
+def _returns_no_rows(operation: str, dcur: duckdb.DuckDBPyConnection) -> bool:
+    """True when the last statement of ``operation`` is DDL/DML (its DuckDB result is a status)."""
+    desc = dcur.description
+    if desc is None:
+        return True
+    if tuple((d[0], str(d[1])) for d in desc) not in _STATUS_COLUMNS:
+        return False
+    try:
+        last = duckdb.extract_statements(operation)[-1]
+    except (duckdb.Error, IndexError):
+        return False
+    return last.type.name not in _ROW_RETURNING
+
+
+class _NoRows(_Result):
+    """The result of a statement that returns no rows (DDL, DML): PEP 249 ``description`` is
+    None, ``rowcount`` the rows changed (-1 when not counted), and fetching raises."""
+
+    def __init__(self, rowcount: int = -1):
+        self.rowcount = rowcount
+
+    def _refuse(self):
+        raise ProgrammingError("the last statement returned no rows (DDL or DML); fetch after a "
+                               "statement that returns rows, such as SELECT")
+
+    def fetchone(self):
+        self._refuse()
+
+    def fetchmany(self, n: int) -> list[tuple]:
+        self._refuse()
+
+    def fetchall(self) -> list[tuple]:
+        self._refuse()
+
+    def arrow(self) -> pa.Table:
+        self._refuse()
+
+    def chunks(self) -> Iterator[pa.Table]:
+        self._refuse()
+
+
+def _duck_result(operation: str, dcur: duckdb.DuckDBPyConnection) -> _Result:
+    """The cursor's result after DuckDB ran ``operation``."""
+    if not _returns_no_rows(operation, dcur):
+        return _DuckResult(dcur)
+    changed = -1
+    if dcur.description is not None and dcur.description[0][0] == "Count":
+        with _duck_errors():
+            row = dcur.fetchone()
+        changed = int(row[0]) if row and row[0] is not None else -1
+    return _NoRows(changed)
+
+
 class _DuckResult(_Result):
     """A DuckDB result on the cursor's own DuckDB connection (streams from DuckDB)."""
 
@@ -505,13 +565,20 @@ class _MixResult(_Result):
 
     def arrow(self) -> pa.Table:
         self._refuse_unbounded("fetch_arrow_table")
-        parts = [self._lead(c) for c in self.chunks()]
+        parts = list(self.chunks())
         if not parts:
             names = [d[0] for d in self.description or []]
             return pa.table({n: pa.array([], type=pa.null()) for n in names}) if names else pa.table({})
         return pa.concat_tables(parts)
 
     def chunks(self) -> Iterator[pa.Table]:
+        """The remaining rows chunk by chunk, with the result's columns (``description``)."""
+        for chunk in self.pointer_chunks():
+            yield self._lead(chunk)
+
+    def pointer_chunks(self) -> Iterator[pa.Table]:
+        """The engine's chunk tables: the result's columns plus the pointer details a reader
+        needs to load each sample (:data:`POINTER_DETAIL_COLUMNS`)."""
         if self._chunk is not None and self._pos < len(self._rows):
             rest = self._chunk.slice(self._pos)
             self._delivered += rest.num_rows
@@ -750,7 +817,7 @@ class Cursor:
                     dcur.execute(operation)
                 else:
                     dcur.execute(operation, parameters)
-            self._result = _DuckResult(dcur)
+            self._result = _duck_result(operation, dcur)
         elif kind == "mix":
             self._result = self._open_mix(cat, operation, parameters)
         elif kind == "explain_mix":
@@ -810,9 +877,7 @@ class Cursor:
         with _duck_errors():
             if seq:
                 dcur.executemany(operation, seq)
-                self._result = _DuckResult(dcur)
-                self._result.rowcount = dcur.rowcount if isinstance(dcur.rowcount, int) else -1
-                self._result.description = None
+                self._result = _NoRows(dcur.rowcount if isinstance(dcur.rowcount, int) else -1)
             else:
                 self._result = None
         return self
@@ -850,15 +915,22 @@ class Cursor:
         return self._require_result().arrow()
 
     def chunks(self) -> Iterator[pa.Table]:
-        """Arrow tables: the engine's chunk tables for MIX statements, record batches otherwise."""
+        """The remaining rows as Arrow tables with the columns of ``description``: a MIX stream's
+        chunks in training order, record batches otherwise."""
+        return self._checked(self._require_result().chunks())
+
+    def pointer_chunks(self) -> Iterator[pa.Table]:
+        """A MIX stream's engine chunk tables: ``description``'s columns plus the pointer details
+        (:data:`POINTER_DETAIL_COLUMNS`) that ``mixsql.readers`` load samples from."""
         res = self._require_result()
+        if not isinstance(res, _MixResult):
+            raise ProgrammingError("pointer_chunks() follows a MIX statement; use chunks() for other results")
+        return self._checked(res.pointer_chunks())
 
-        def gen():
-            for t in res.chunks():
-                self._check()
-                yield t
-
-        return gen()
+    def _checked(self, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        for t in tables:
+            self._check()
+            yield t
 
     def cancel(self) -> None:
         """Interrupt the running statement (safe to call from another thread)."""

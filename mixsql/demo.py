@@ -132,7 +132,7 @@ def run_demo(catalog: str | Path = "./mixsql_catalog", seq_len: int = 256, batch
                     console.print(f"   batch {n_batches}: input_ids {np.stack(batch).shape} int32")
                 batch.clear()
 
-    for chunk in cur.chunks():
+    for chunk in cur.pointer_chunks():
         samples = reader.read(chunk)
         delivered.update(samples.column("group").to_pylist())
         ids = tokenizer.encode_batch(samples.column("text").to_pylist())

@@ -367,7 +367,7 @@ class Repl:
             cursor.execute(sql)
             desc = cursor.description
             if desc is None:
-                rows = []
+                rows = [] if cursor.rowcount < 0 else [(cursor.rowcount,)]
             elif self.mode == "table":
                 rows = cursor.fetchmany(self.max_rows + 1)
             elif cursor.unbounded:
@@ -398,8 +398,10 @@ class Repl:
     def print_result(self, desc: list[tuple] | None, rows: list[tuple], elapsed: float | None, kind: str | None) -> None:
         """A result in the current ``.mode`` to the terminal or the ``.output`` file; the summary
         line (rows, time) goes to the terminal."""
-        if desc is None:
-            self.console.print(Text("OK" + (f" ({elapsed:.3f} s)" if elapsed is not None else ""), style="dim"))
+        if desc is None:   # DDL/DML: rows holds the number of rows changed, when counted
+            changed = f", {rows[0][0]} row{'s' if rows[0][0] != 1 else ''} changed" if rows else ""
+            self.console.print(Text("OK" + changed + (f" ({elapsed:.3f} s)" if elapsed is not None else ""),
+                                    style="dim"))
             return
         if self.mode == "table":
             more = len(rows) > self.max_rows

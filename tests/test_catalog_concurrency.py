@@ -187,7 +187,7 @@ def test_pinned_stream_reads_its_snapshot_after_refresh_adds_and_removes_files(t
             assert con.execute(f"SELECT count(*) FROM samples AT SNAPSHOT {n}").fetchone() == (15,)
             assert con.execute("SELECT count(*) FROM samples").fetchone() == (17,)
         (tmp_path / "en2.jsonl.away").rename(d / "en2.jsonl")   # back (same bytes and mtime), not re-indexed
-        torch_mod = pytest.importorskip("mixsql.torch")
+        from mixsql import torch as torch_mod
         ds = torch_mod.MixDataset(SQL.replace("FROM samples", f"FROM samples AT SNAPSHOT {n}"),
                                   catalog=str(cat.path))
         texts = [x["text"] for x in ds]
@@ -201,7 +201,7 @@ def test_pinned_stream_reads_its_snapshot_after_refresh_adds_and_removes_files(t
 
 
 def test_resume_fingerprint_includes_the_snapshot(tmp_path):
-    torch_mod = pytest.importorskip("mixsql.torch")
+    from mixsql import torch as torch_mod
     d = tmp_path / "d"
     write_docs(d / "a.jsonl", 6)
     with Catalog(tmp_path / "cat") as cat:

@@ -38,7 +38,7 @@ def test_mix_stream_releases_catalog(langs_catalog, no_gc):
 
 
 def test_mix_dataset_releases_catalog(langs_catalog, no_gc):
-    torch_mod = pytest.importorskip("mixsql.torch")
+    from mixsql import torch as torch_mod
     ds = torch_mod.MixDataset(SQL, catalog=str(langs_catalog), seq_len=32)
     assert sum(int(x["length"]) for x in ds) > 0
     _reopen_read_write(langs_catalog)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-pexpect = pytest.importorskip("pexpect")
+import pexpect
 
 
 def _command() -> list[str]:

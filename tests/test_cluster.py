@@ -20,8 +20,8 @@ from mixsql.catalog import Catalog
 from mixsql.errors import RegistrationError
 from mixsql.registration import create_source, refresh_source
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("tokenizers")
+import ray
+import tokenizers  # noqa: F401 (a test dependency: fail, never skip, when missing)
 from bench.ray_cluster import LocalCluster  # noqa: E402
 from conftest import random_texts, train_bpe  # noqa: E402
 from test_registration import dump  # noqa: E402

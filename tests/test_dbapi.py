@@ -135,7 +135,7 @@ def test_executemany_rowcount_and_dml(cur):
     assert cur.rowcount == 3
     assert cur.description is None
     cur.execute("UPDATE t SET b = 'u' WHERE a >= 100")
-    assert cur.fetchone() == (3,)
+    assert (cur.description, cur.rowcount) == (None, 3)
     cur.executemany("INSERT INTO t (a) VALUES (?)", [])
     assert cur.description is None
 
@@ -265,3 +265,23 @@ def test_arrow_type_codes():
     assert dbapi.arrow_type_code(pa.decimal128(10, 2)) == "DECIMAL(10,2)"
     desc = dbapi.describe_arrow(pa.schema([("x", pa.decimal128(10, 2))]))
     assert desc == [("x", "DECIMAL(10,2)", None, None, 10, 2, None)]
+
+
+def test_statements_without_rows_have_no_description_and_refuse_fetches(tmp_path):
+    """PEP 249: description is None after DDL/DML, rowcount counts changed rows, fetch raises."""
+    with mixsql.connect(tmp_path / "cat") as con:
+        cur = con.cursor()
+        expected = [("CREATE TABLE t (a INT)", -1), ("INSERT INTO t VALUES (1), (2), (3)", 3),
+                    ("UPDATE t SET a = a + 1 WHERE a > 1", 2), ("DELETE FROM t WHERE a = 1", 1),
+                    ("CREATE TABLE u AS SELECT * FROM t", 2), ("DROP TABLE u", -1)]
+        for sql, changed in expected:
+            cur.execute(sql)
+            assert (cur.description, cur.rowcount) == (None, changed), sql
+            for fetch in (cur.fetchone, cur.fetchall, lambda: cur.fetchmany(2)):
+                with pytest.raises(mixsql.ProgrammingError, match="returned no rows"):
+                    fetch()
+        cur.executemany("INSERT INTO t VALUES (?)", [(7,), (8,)])
+        assert (cur.description, cur.rowcount) == (None, 2)
+        assert cur.execute("INSERT INTO t VALUES (9) RETURNING a").fetchall() == [(9,)]
+        assert cur.execute("SELECT count(*)::BIGINT AS Count FROM t").fetchall() == [(5,)]
+        assert [d[0] for d in cur.description] == ["Count"]

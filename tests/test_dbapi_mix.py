@@ -13,10 +13,6 @@ MIX = ("SELECT language, quality FROM samples "
        "MIX BY language WITH (JavaScript 0.5, HTML 0.3, Python 0.2) SETTINGS (seed = 3, chunk_size = 10)")
 
 
-def _need(module: str):
-    pytest.importorskip(module, reason=f"{module} not written yet")
-
-
 @pytest.fixture
 def cur(langs_catalog):
     con = mixsql.connect(langs_catalog)
@@ -27,7 +23,6 @@ def cur(langs_catalog):
 # ------------------------------------------------------------------ MIX streams
 
 def test_mix_description_before_fetch_and_rows_in_training_order(cur):
-    _need("mixsql.stream")
     cur.execute(MIX)
     names = [d[0] for d in cur.description]
     assert tuple(names[:6]) == MIX_LEADING_COLUMNS
@@ -44,7 +39,6 @@ def test_mix_description_before_fetch_and_rows_in_training_order(cur):
 
 
 def test_mix_fetches_are_lazy_and_deterministic(cur, langs_catalog):
-    _need("mixsql.stream")
     cur.execute(MIX)
     first = cur.fetchone()
     some = cur.fetchmany(15)
@@ -55,19 +49,22 @@ def test_mix_fetches_are_lazy_and_deterministic(cur, langs_catalog):
     assert [first, *some, *more, *rest] == again
 
 
-def test_mix_chunks_are_engine_tables(cur):
-    _need("mixsql.stream")
+def test_mix_chunks_carry_the_description_columns_and_pointer_chunks_add_details(cur):
     cur.execute(MIX)
+    names = [d[0] for d in cur.description]
     chunks = list(cur.chunks())
-    assert chunks and all(isinstance(c, pa.Table) for c in chunks)
-    assert tuple(chunks[0].column_names[:6]) == MIX_LEADING_COLUMNS
-    assert tuple(chunks[0].column_names[-len(POINTER_DETAIL_COLUMNS):]) == POINTER_DETAIL_COLUMNS
+    assert chunks and all(isinstance(c, pa.Table) and c.column_names == names for c in chunks)
+    assert tuple(names[:6]) == MIX_LEADING_COLUMNS
+    engine = list(cur.execute(MIX).pointer_chunks())
+    assert [c.column_names for c in engine] == [names + list(POINTER_DETAIL_COLUMNS)] * len(chunks)
+    assert [c.select(names) for c in engine] == chunks
+    with pytest.raises(mixsql.ProgrammingError, match="pointer_chunks"):
+        cur.execute("SELECT 1").pointer_chunks()
     assert [c.column("chunk")[0].as_py() for c in chunks] == list(range(len(chunks)))
     assert sum(c.num_rows for c in chunks) == 100
 
 
 def test_mix_partial_rows_then_chunks_and_arrow(cur):
-    _need("mixsql.stream")
     cur.execute(MIX)
     head = cur.fetchmany(3)
     rest = list(cur.chunks())
@@ -78,7 +75,6 @@ def test_mix_partial_rows_then_chunks_and_arrow(cur):
 
 
 def test_unbounded_stream_refuses_fetchall(cur):
-    _need("mixsql.stream")
     cur.execute("SELECT * FROM samples MIX BY language WITH (JavaScript 0.5, HTML 0.5) "
                 "SETTINGS (on_exhausted = 'repeat', chunk_size = 8)")
     assert cur.unbounded
@@ -90,7 +86,6 @@ def test_unbounded_stream_refuses_fetchall(cur):
 
 
 def test_bounded_repeat_fetchall(cur):
-    _need("mixsql.stream")
     cur.execute("SELECT * FROM samples MIX BY language WITH (JavaScript 0.5, HTML 0.5) "
                 "LIMIT 120 SAMPLES SETTINGS (on_exhausted = 'repeat', chunk_size = 8)")
     assert not cur.unbounded
@@ -98,7 +93,6 @@ def test_bounded_repeat_fetchall(cur):
 
 
 def test_mix_sql_error_has_caret(cur):
-    _need("mixsql.stream")
     with pytest.raises(mixsql.ProgrammingError) as info:
         cur.execute("SELECT * FROM samples MIX BY langauge WITH (Python 1)")
     text = str(info.value)
@@ -111,7 +105,6 @@ def test_executemany_rejects_mix(cur):
 
 
 def test_explain_mix_result_set(cur):
-    _need("mixsql.planner")
     cur.execute("EXPLAIN MIX " + MIX)
     assert cur.description is not None
     rows = cur.fetchall()
@@ -130,8 +123,6 @@ def _write_jsonl(path, rows):
 
 
 def test_create_refresh_drop_show_sources(tmp_path):
-    _need("mixsql.planner")
-    _need("mixsql.registration")
     data = tmp_path / "data"
     _write_jsonl(data / "a.jsonl", [{"text": f"doc {i}", "meta": {"lang": "en" if i % 2 else "de"}}
                                     for i in range(20)])

@@ -208,8 +208,7 @@ def test_explain(cat):
     assert [r["weight"] for r in rows] == [0.5, 0.5]
     assert rows[0]["tokens"] == cat.con.sql("SELECT sum(n_tokens) FROM samples WHERE language='JavaScript'").fetchall()[0][0]
     assert {"samples_needed", "epochs_needed", "dry_at_chunk", "bytes", "tokens_needed"} <= set(t.column_names)
-    if rows[0]["samples_needed"] is not None:  # engine.forecast available
-        assert rows[0]["samples_needed"] == 40 and rows[0]["epochs_needed"] == pytest.approx(0.8)
+    assert rows[0]["samples_needed"] == 40 and rows[0]["epochs_needed"] == pytest.approx(0.8)
 
 
 def test_registration_request():

@@ -134,7 +134,7 @@ def test_declared_types_inline_and_string_and_missing_property(cat, tmp_path):
 
 
 def test_tokenizer_counts_tokens(cat, tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
     tok = tokenizers.Tokenizer(WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))

@@ -147,13 +147,11 @@ def test_dot_commands(langs_catalog):
 
 
 def test_dot_sources(langs_catalog):
-    pytest.importorskip("mixsql.registration")
     out = run_repl(langs_catalog, ".sources\n.quit\n")
     assert "corpus" in out and "1 row" in out
 
 
 def test_explain_mix_rendered_as_table(langs_catalog):
-    pytest.importorskip("mixsql.planner")
     out = run_repl(langs_catalog, "EXPLAIN MIX SELECT * FROM samples\n"
                                   "MIX BY language WITH (JavaScript 0.5, HTML 0.3, Python 0.2);\n.quit\n")
     assert "EXPLAIN MIX" in out and "Python" in out and "rows (" in out
@@ -161,7 +159,6 @@ def test_explain_mix_rendered_as_table(langs_catalog):
 
 
 def test_mix_statement_in_repl(langs_catalog):
-    pytest.importorskip("mixsql.stream")
     out = run_repl(langs_catalog, "SELECT language FROM samples MIX BY language WITH "
                                   "(JavaScript 0.5, HTML 0.3, Python 0.2) SETTINGS (chunk_size = 10);\n.quit\n",
                    max_rows=20)
@@ -169,7 +166,6 @@ def test_mix_statement_in_repl(langs_catalog):
 
 
 def test_mix_error_shows_caret(langs_catalog):
-    pytest.importorskip("mixsql.stream")
     out = run_repl(langs_catalog, "SELECT * FROM samples MIX BY langauge WITH (Python 1);\n.quit\n")
     assert "Error:" in out and "^" in out and "language" in out
 
@@ -215,14 +211,19 @@ def test_completion_of_settings_sources_and_paths(langs_catalog, tmp_path):
         assert "seed = " not in texts(mix + "seed = 1);\nSELECT se")
 
 
-def test_completion_stays_fast_in_a_large_buffer(langs_catalog):
+def test_completion_in_a_large_buffer_looks_only_at_the_cursor_tail(langs_catalog, monkeypatch):
+    """Cursor-anchored contexts see at most TAIL_CHARS characters, however large the buffer."""
+    from mixsql import completion
+    seen = []
+    for name in ("_settings", "_path"):
+        original = getattr(MixCompleter, name)
+        monkeypatch.setattr(MixCompleter, name, staticmethod(
+            lambda text, tail, _f=original: seen.append(len(tail)) or _f(text, tail)))
     with mixsql.connect(langs_catalog) as con:
         comp = MixCompleter(SchemaCache(con), DOT_COMMANDS, DOT_ARGUMENTS)
         big = "SELECT * FROM samples MIX BY language WITH (\n" + "JavaScript 0.5,\n" * 6000 + "Py"
-        comp.get_completions(Document("SELECT 1"), None)   # warm the schema cache
-        t0 = time.perf_counter()
         assert [c.text for c in comp.get_completions(Document(big), None)] == ["Python"]
-        assert time.perf_counter() - t0 < 1.0
+    assert len(big) > 20 * completion.TAIL_CHARS and seen and max(seen) == completion.TAIL_CHARS
 
 
 def test_mode_csv_json_markdown_and_timer(langs_catalog):

@@ -17,7 +17,7 @@ def test_missing_datasets_message(monkeypatch):
 
 
 def test_hf_iterable_dataset(langs_catalog):
-    pytest.importorskip("datasets")
+    import datasets  # noqa: F401 (a test dependency: fail, never skip, when missing)
     from mixsql.hf import hf_dataset
 
     rows = list(hf_dataset(SQL, catalog=langs_catalog))
