@@ -18,6 +18,8 @@
 * ``ordered_first_chunk_s_*`` (+ ``_cpu_s_``, ``ordered_plan_execute_s_*``): the same with
   ``ORDER BY n_tokens DESC, lang`` (1M, 10M).
 
+Every figure is the median of 5 interleaved runs, ``*_range`` its [min, max].
+
 Run: ``python -m bench.engine [--quick | --ordered]``.
 """
 from __future__ import annotations
@@ -144,40 +146,68 @@ def restore(s) -> dict:
     st1 = json.dumps(eng.state_dict())
     ref = eng.next_chunk()
     out = {"state_bytes_chunk100000": len(st1), "reach_chunk100000_by_skipping_s": round(skip_s, 2)}
-    for tag, st in (("chunk0", st0), ("chunk100000", st1)):
-        best, best_load = 1e9, 1e9
-        for _ in range(3):
-            gc.collect()
-            t0 = time.perf_counter()
-            e = MixEngine(s.pointers, s.spec, state=json.loads(st))
-            c = e.next_chunk()
-            t1 = time.perf_counter()
-            e.load_state_dict(json.loads(st))
-            t2 = time.perf_counter()
-            best, best_load = min(best, t1 - t0), min(best_load, t2 - t1)
+    for tag, st in (("chunk0", st0), ("chunk100000", st1)):   # one measurement; run() takes medians
+        gc.collect()
+        t0 = time.perf_counter()
+        e = MixEngine(s.pointers, s.spec, state=json.loads(st))
+        c = e.next_chunk()
+        t1 = time.perf_counter()
+        e.load_state_dict(json.loads(st))
+        t2 = time.perf_counter()
         if tag == "chunk100000":
             assert c.equals(ref)
-        out[f"restore_s_{tag}"] = round(best, 4)
-        out[f"load_state_dict_s_{tag}"] = round(best_load, 6)
+        out[f"restore_s_{tag}"] = round(t1 - t0, 4)
+        out[f"load_state_dict_s_{tag}"] = round(t2 - t1, 6)
     return out
 
 
-def run(quick: bool = False) -> dict:
-    res = {"cores": os.cpu_count(), "statement": SQL,
+REPS = 5
+
+
+def _median_of(runs: list[dict]) -> dict:
+    """Each numeric figure's median over repeated runs, with its spread as ``<figure>_range``."""
+    from .results import spread
+
+    out = {}
+    for key, first in runs[0].items():
+        sp = spread(r[key] for r in runs)
+        if isinstance(first, int):
+            out[key] = int(sp["median"])
+            out[f"{key}_range"] = [int(sp["min"]), int(sp["max"])]
+        else:
+            digits = 6 if sp["median"] < 0.01 else 3
+            out[key] = round(sp["median"], digits)
+            out[f"{key}_range"] = [round(sp["min"], digits), round(sp["max"], digits)]
+    return out
+
+
+def run(quick: bool = False, reps: int = REPS) -> dict:
+    """Every figure is the median of ``reps`` runs, interleaved over sizes and measurements so a
+    burst of load on the shared machine hits each alike; ``*_range`` is [min, max]."""
+    res = {"cores": os.cpu_count(), "statement": SQL, "reps": reps,
            "source": "metadata-only catalogs built via DuckDB into mixsql's catalog schema; real planner"}
     sizes = [1_000_000, 10_000_000] + ([] if quick else [100_000_000])
-    keep = None
     for n in sizes:
-        r, s = first_chunk(n)
-        res.update(r)
-        if n == 1_000_000:
-            keep = s
-        else:
+        build_catalog(n)
+    runs: list[dict] = []
+    for _ in range(reps):
+        figures: dict = {}
+        keep = None
+        for n in sizes:
+            r, s = first_chunk(n)
+            figures.update(r)
+            if n == 1_000_000:
+                keep = s
             del s
+            gc.collect()
+            if n <= 10_000_000:
+                figures.update(ordered_first_chunk(n))
+        figures.update(steady(keep, 2000 if quick else 10000))
+        figures.update(restore(keep))
+        runs.append(figures)
+        del keep
         gc.collect()
-        res.update(ordered_first_chunk(n)) if n <= 10_000_000 else None
-    res.update(steady(keep, 2000 if quick else 10000))
-    res.update(restore(keep))
+    res.update(_median_of(runs))
     return res
 
 

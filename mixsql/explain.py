@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from .engine import forecast
 from .planner import execute_plan, plan
 
 SCHEMA = pa.schema([
@@ -40,11 +41,7 @@ def explain_table(catalog, sql: str, params=None) -> pa.Table:
                           minlength=n)
     unknown = np.bincount(gid[np.asarray(ntok.is_null())], minlength=n) > 0 if ntok.null_count else np.zeros(n, bool)
     tokens = pa.array(tok_sum.astype(np.int64), pa.int64(), mask=unknown)
-    try:
-        from .engine import forecast
-        fc = forecast(spec, rows.tolist(), tokens.to_pylist(), table)
-    except ImportError:  # engine not available: counts and weights only
-        fc = [{}] * n
+    fc = forecast(spec, rows.tolist(), tokens.to_pylist(), table)
     epochs = [f.get("epochs_needed") for f in fc]
     return pa.table({
         "group_id": pa.array(np.arange(n, dtype=np.int32)),

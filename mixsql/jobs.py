@@ -50,21 +50,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from .algorithms import make_algorithm
 from .engine import schedule_chunk
 from .errors import InterfaceError, OperationalError, ProgrammingError
 from .sandbox import Sandbox, SandboxLimits, parse_client_statement
+from .topology import owner
 
-try:
-    import orjson
 
-    def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-except ImportError:  # pragma: no cover
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj).encode()
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 JOB_FORMAT = 2
 
@@ -180,14 +178,6 @@ class Journal:
                 f.write(payload)
         self.committed = {k: len(state.get(k) or ()) for k in keys}
         return dict(self.committed)
-
-
-def _owner(chunk: int, dp_world: int, num_workers: int) -> tuple[int, int]:
-    try:
-        from .topology import owner
-    except ImportError:  # pragma: no cover - topology.py is the engine engineer's
-        return chunk % dp_world, (chunk // dp_world) % num_workers
-    return tuple(owner(chunk, dp_world, num_workers))
 
 
 def _check_topology(top: Any, limits: ServerLimits) -> dict:
@@ -340,7 +330,7 @@ class Job:
         top = self.doc["topology"]
         if rank is not None and worker is not None:  # ownership is checked when both are given
             r, w = rank, worker
-            own = _owner(k, top["dp_world"], top["num_workers"])
+            own = owner(k, top["dp_world"], top["num_workers"])
             if (r, w) != own:
                 raise JobError(
                     f"chunk {k} belongs to dp_rank {own[0]} worker {own[1]} under topology "

@@ -1,7 +1,9 @@
 """Plain DuckDB SQL through mixsql returns exactly what DuckDB returns (issue 3's parity check).
 
 Every statement runs twice, in lock-step: through a mixsql cursor on a catalog, and through a
-raw DuckDB connection on an identical database. Rows, column names and errors must agree.
+raw DuckDB connection on an identical database. Rows, column names and errors must agree; where
+DuckDB answers DDL/DML with a status row (``Count`` / ``Success``), mixsql follows PEP 249: no
+``description`` and ``rowcount`` = the rows changed.
 """
 import duckdb
 import pytest
@@ -52,10 +54,17 @@ STATEMENTS = [
 def _run(cursor, sql, params):
     try:
         cursor.execute(sql, params) if params is not None else cursor.execute(sql)
-        if cursor.description is None:
-            return ("ok", None, None)
+        if cursor.description is None:   # PEP 249: no rows; rowcount = rows changed (-1: not counted)
+            return ("no rows", cursor.rowcount, None)
         names = [d[0] for d in cursor.description]
-        return ("rows", names, cursor.fetchall())
+        rows = cursor.fetchall()
+        if isinstance(cursor, duckdb.DuckDBPyConnection) and not sql.startswith(("SELECT", "WITH", "PIVOT", "DESCRIBE")):
+            # raw DuckDB answers DDL/DML with a status row, which PEP 249 reports as no rows
+            if names == ["Count"]:
+                return ("no rows", rows[0][0], None)
+            if names == ["Success"]:
+                return ("no rows", -1, None)
+        return ("rows", names, rows)
     except (duckdb.Error, mixsql.Error) as exc:
         return ("error", None, str(exc).splitlines()[0])
 
