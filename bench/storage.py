@@ -1,24 +1,42 @@
 """Storage: streaming from local .jsonl.zst and from an S3 bucket, the node cache cold and warm.
 
 ``python -m bench storage [--quick]`` generates a SlimPajama-shaped corpus (16 single-frame
-``.jsonl.zst`` shards; 60 MB of text with --quick, else 500 MB), starts moto's S3 server on
-127.0.0.1 (:mod:`bench.s3server`), uploads the shards and reports, as medians of interleaved
-rounds (min-max in brackets; the machine is shared, so absolute figures are noisy):
+``.jsonl.zst`` shards, every shard holding every domain; 60 MB of text with --quick, else 500 MB),
+starts moto's S3 server on 127.0.0.1 (:mod:`bench.s3server`), uploads the shards and reports, as
+medians of 5 interleaved rounds (min-max; the machine is shared, so absolute figures are noisy; the
+1-minute load average at the start of each round is recorded):
 
 * ``sequential_mb_s``      a plain sequential decompress + JSON parse of the shards (text MB/s)
-* ``local_warm_mb_s`` / ``local_cold_mb_s``   a shuffled mixture (``MIX BY`` domain ``WITH NATURAL``)
+* ``local_cold_mb_s`` / ``local_warm_mb_s``   a shuffled mixture (``MIX BY`` domain ``WITH NATURAL``)
   streamed as sample text by one process (``ChunkReader`` with prefetch over ``MixStream``) from
-  the local shards, with the node cache warm / empty, after the first chunk (steady state);
-  ``*_vs_sequential`` = ratio (target >= 0.7); ``end_to_end_mb_s`` includes the first chunk
+  the local shards, with the node cache empty (every shard decompressed once, as in a first epoch)
+  / filled, from the end of planning to the last sample; ``*_vs_sequential`` = ratio (target
+  >= 0.7); ``steady_mb_s`` excludes the first chunk
+* ``local_cold_unbounded_mb_s``  the cold stream with ``shuffle_shards = 0`` (a chunk's blocks from
+  anywhere in the group: the permutation before shard windows), for comparison
 * ``first_sample_s``       seconds from the end of planning to the first chunk's text
-* ``max_rss_mb``           peak RSS of the streaming process, local / from the bucket (target < 512)
+* ``files_per_chunk``      distinct files a 512-sample chunk reads (mean, max), default shard window
+  vs ``shuffle_shards = 0``
+* ``torch``                the same stream through ``MixDataset`` and a ``DataLoader`` with 2 workers
+  (warm cache; batches of 64 samples as lists): text MB/s, first sample after iteration starts (workers start and plan), and each
+  worker's peak RSS (``VmHWM``, which counts the pages shared with the parent) and its private
+  memory at the end (``Private_*`` of ``smaps_rollup``); target < 512 MB
+* ``max_rss_mb``           peak RSS of the single-process streams, local / from the bucket
 * ``s3_cold_mb_s`` / ``s3_warm_mb_s``  the same stream from the bucket (objects through the node
   cache); ``s3_warm_vs_local`` (target >= 0.9)
 * ``register_local_mb_s`` / ``register_s3_mb_s``  registration throughput (decompressed MB/s)
-* ``random_row_cold_s`` / ``random_row_cached_s``  one random row of a large single-frame shard in
-  the bucket (1 GB, or 100 MB with --quick): fetched and decompressed into the cache vs. cached,
-  timed after the process' first request to the store (client start-up)
-* Mosaic Streaming and LitData over the same bucket: reported as not run when not installed.
+* ``random_row_*_cold_s`` / ``random_row_*_cached_s``  one random row of a large single-frame
+  shard in the bucket (1 GB, or 100 MB with --quick): fetched and decompressed into the cache vs.
+  cached, timed after the process' first request to the store (client start-up)
+* ``shuffle_quality``      the permutation itself (no I/O), on a group of 64 files x 2,000 rows for
+  shard windows of 1, 2, 4, 8 and all files, against a uniform permutation: median distance in the
+  stream between samples that were neighbours in their file (as a fraction of the group; uniform:
+  0.293; the blocks of 16 keep most neighbours within one sub-window, whatever the shard window),
+  the share of such neighbours less than one chunk (512) apart (uniform: ~0.008), the median span
+  of a file's samples in the stream (fraction of the group; uniform: ~1; a shard window bounds it
+  near shards / files) and files per 512-sample chunk (the batch's diversity; uniform: all 64)
+* ``peers``                Mosaic Streaming and LitData reading the same documents from the same
+  bucket, cold and warm (:mod:`bench.storage_peers`), with ``mixsql_s3_*`` end to end beside them
 
 Text MB/s are millions of characters per second (the corpus is ASCII: byte-level tokens/s / 1e6). Each streaming
 measurement runs in its own process (``python -m bench.storage stream ...``).
@@ -38,32 +56,86 @@ from . import corpus as corpus_mod
 
 ROOT = Path(os.environ.get("MIXSQL_BENCH_DIR", "/tmp/mixsql_bench")) / "storage"
 BUCKET = "bench"
-MIX = ("SELECT * FROM samples MIX BY domain WITH NATURAL SETTINGS (seed = 1, on_exhausted = 'stop')")
+ROUNDS = 5
+MIX = ("SELECT * FROM samples MIX BY domain WITH NATURAL "
+       "SETTINGS (seed = {seed}, on_exhausted = 'stop', shuffle_shards = {shards})")
+DEFAULT_SHARDS = 4
+
+
+def mix_sql(seed: int = 1, shards: int = DEFAULT_SHARDS) -> str:
+    return MIX.format(seed=seed, shards=shards)
 
 
 # ----------------------------------------------------------------------------- measured in a child
 
-def stream(catalog: str, cache_dir: str) -> dict:
-    """Stream the mixture's sample text once; text MB/s after planning, first-sample latency."""
+def stream(catalog: str, cache_dir: str, sql: str) -> dict:
+    """Stream the mixture's sample text once; text MB/s after planning, first-sample latency,
+    files per chunk."""
     os.environ["MIXSQL_CACHE_DIR"] = cache_dir
+    import numpy as np
     import pyarrow.compute as pc
 
     from mixsql.readers import ChunkReader
     from mixsql.stream import MixStream
 
     t0 = time.perf_counter()
-    st = MixStream.open(catalog, MIX, user_columns=False)
+    st = MixStream.open(catalog, sql, user_columns=False)
     t1 = time.perf_counter()
     reader = ChunkReader(st.files)
-    n, first, n_first = 0, None, 0
-    for _, data in reader.prefetch(st.chunks(), depth=4):
+    n, first, n_first, files = 0, None, 0, []
+    for chunk, data in reader.prefetch(st.chunks(), depth=4):
         n += int(pc.sum(pc.utf8_length(data.column("text"))).as_py() or 0)
+        files.append(len(np.unique(chunk.column("file_id").to_numpy(zero_copy_only=False))))
         if first is None:
             first, n_first = time.perf_counter() - t1, n
     reader.close()
     dt = time.perf_counter() - t1
     return {"mb_s": n / dt / 1e6, "steady_mb_s": (n - n_first) / max(dt - first, 1e-9) / 1e6,
-            "first_sample_s": first, "plan_s": t1 - t0, "bytes": n}
+            "first_sample_s": first, "plan_s": t1 - t0, "bytes": n,
+            "files_per_chunk_mean": float(np.mean(files)), "files_per_chunk_max": int(max(files))}
+
+
+def _memory_report() -> dict:
+    """This process' peak RSS and private memory now (MB)."""
+    out = {"peak_rss_mb": _peak_rss_mb()}
+    with open("/proc/self/smaps_rollup") as f:
+        out["private_mb"] = sum(int(line.split()[1]) for line in f if line.startswith("Private_")) / 1024
+    return out
+
+
+def stream_torch(catalog: str, cache_dir: str, sql: str, workers: str) -> dict:
+    """The stream through ``MixDataset`` + ``DataLoader(num_workers=workers)``: text MB/s from the
+    start of iteration, first sample, and each worker's memory at its end."""
+    os.environ["MIXSQL_CACHE_DIR"] = cache_dir
+    import torch.utils.data as tud
+
+    from mixsql.torch import MixDataset
+
+    class Reporting(tud.IterableDataset):
+        """The dataset's samples, then one memory report of the worker that read them."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __iter__(self):
+            yield from self.inner
+            yield {"worker_memory": _memory_report()}
+
+    ds = Reporting(MixDataset(sql, catalog=catalog))
+    t0 = time.perf_counter()
+    n, first, workers_mem = 0, None, []
+    for batch in tud.DataLoader(ds, batch_size=64, num_workers=int(workers), collate_fn=list):
+        for item in batch:
+            if "worker_memory" in item:
+                workers_mem.append(item["worker_memory"])
+                continue
+            n += len(item["text"])
+        if first is None:
+            first = time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    return {"mb_s": n / dt / 1e6, "first_sample_s": first, "bytes": n,
+            "worker_peak_rss_mb": max(w["peak_rss_mb"] for w in workers_mem),
+            "worker_private_mb": max(w["private_mb"] for w in workers_mem)}
 
 
 def random_row(catalog: str, cache_dir: str, fraction: float) -> dict:
@@ -99,10 +171,15 @@ def _peak_rss_mb() -> float:
 
 def _child(kind: str, *args, env: dict | None = None) -> dict:
     """Run ``kind`` in a fresh process; its figures, with ``max_rss_mb`` of that process."""
-    proc = subprocess.run([sys.executable, "-m", "bench.storage", kind, *map(str, args)], stdout=subprocess.PIPE,
+    return _child_module("bench.storage", kind, *args, env=env)
+
+
+def _child_module(module: str, *args, env: dict | None = None) -> dict:
+    """``python -m module args...`` in a fresh process; the JSON of its last stdout line."""
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE,
                           env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parent.parent)
     if proc.returncode:
-        raise RuntimeError(f"bench.storage {kind} failed with exit code {proc.returncode}")
+        raise RuntimeError(f"{module} {' '.join(map(str, args[:1]))} failed with exit code {proc.returncode}")
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])
 
 
@@ -166,18 +243,60 @@ def _big_shard(path: Path, mb: float) -> None:
             left -= max(len(part), 1)
 
 
+def shuffle_quality(n_files: int = 64, rows: int = 2000, chunk: int = 512) -> dict:
+    """The permutation alone: neighbour distances and files per chunk, per shard window, vs uniform."""
+    import numpy as np
+
+    from mixsql.shuffle import GroupSequence
+    from mixsql.spec import Shuffle
+
+    n = n_files * rows
+    files = np.repeat(np.arange(n_files, dtype=np.int64), rows)
+    same_file = files[1:] == files[:-1]
+
+    def stats(pos_of: np.ndarray, order: np.ndarray) -> dict:
+        d = np.abs(pos_of[1:] - pos_of[:-1])[same_file]
+        per_chunk = [len(np.unique(files[order[a:a + chunk]])) for a in range(0, n, chunk)]
+        by_file = pos_of.reshape(n_files, rows)
+        span = (by_file.max(axis=1) - by_file.min(axis=1)) / n
+        return {"neighbour_distance_median": round(float(np.median(d)) / n, 4),
+                "neighbours_within_chunk": round(float(np.mean(d < chunk)), 4),
+                "file_span_median": round(float(np.median(span)), 4),
+                "files_per_chunk": float(np.median(per_chunk))}
+
+    out = {}
+    for label, shards in (("shards_1", 1), ("shards_2", 2), ("shards_4", 4), ("shards_8", 8), ("shards_all", 0)):
+        seq = GroupSequence(np.arange(n, dtype=np.int64), 1, 0, Shuffle(shards=shards), files=files)
+        order = seq.positions(0, 0, n)
+        pos_of = np.empty(n, np.int64)
+        pos_of[order] = np.arange(n)
+        out[label] = stats(pos_of, order)
+    order = np.random.Generator(np.random.PCG64(1)).permutation(n)
+    pos_of = np.empty(n, np.int64)
+    pos_of[order] = np.arange(n)
+    out["uniform"] = stats(pos_of, order)
+    out["group"] = f"{n_files} files x {rows} rows, block 16, window 64"
+    return out
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
 def run(quick: bool = False) -> dict:
     import boto3
 
+    from . import storage_peers
     from .s3server import CREDENTIALS, MotoServer
 
-    mb, big_mb, rounds = (60, 100, 3) if quick else (500, 1000, 3)
+    mb, big_mb, reg_rounds, peer_rounds = (60, 100, 3, 2) if quick else (500, 1000, 3, 1)
     data = ROOT / f"corpus-{mb}mb"
     if not (data / "manifest.json").exists():
         corpus_mod.generate(data, mb=mb, seed=0, parquet=False, shard_mb=mb / 16)
     shards = sorted((data / "jsonl").glob("*.jsonl.zst"))
     server = MotoServer()
-    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": server.url}
+    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": server.url, "S3_ENDPOINT_URL": server.url}
+    os.environ.update(env)
     try:
         client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
                               aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -190,66 +309,110 @@ def run(quick: bool = False) -> dict:
 
         cats = {"local": ROOT / "cat-local", "s3": ROOT / "cat-s3", "big": ROOT / "cat-big"}
         reg = {"local": [], "s3": []}
-        for _ in range(rounds):
+        for _ in range(reg_rounds):
             reg["local"].append(_register(cats["local"], str(data / "jsonl" / "*.jsonl.zst"), env))
             reg["s3"].append(_register(cats["s3"], f"s3://{BUCKET}/web/*.jsonl.zst", env))
         _register(cats["big"], f"s3://{BUCKET}/big/*.jsonl.zst", env)
 
-        runs: dict = {k: [] for k in ("seq", "local_cold", "local_warm", "s3_cold", "s3_warm")}
-        for r in range(rounds):
-            runs["seq"].append({"mb_s": sequential(shards)})
-            for where in ("local", "s3"):
-                cache = ROOT / f"cache-{where}"
-                shutil.rmtree(cache, ignore_errors=True)
-                runs[f"{where}_cold"].append(_child("stream", cats[where], cache, env=env))
-                runs[f"{where}_warm"].append(_child("stream", cats[where], cache, env=env))
+        def cold_warm(where: str, seed: int) -> None:
+            cache = ROOT / f"cache-{where}"
+            shutil.rmtree(cache, ignore_errors=True)
+            runs[f"{where}_cold"].append(_child("stream", cats[where], cache, mix_sql(seed), env=env))
+            runs[f"{where}_warm"].append(_child("stream", cats[where], cache, mix_sql(seed), env=env))
+
+        def unbounded(seed: int) -> None:
+            cache = ROOT / "cache-unbounded"
+            shutil.rmtree(cache, ignore_errors=True)
+            runs["local_cold_unbounded"].append(_child("stream", cats["local"], cache, mix_sql(seed, 0), env=env))
+
+        def torch_workers(seed: int) -> None:
+            runs["torch"].append(_child("stream_torch", cats["local"], ROOT / "cache-local", mix_sql(seed), 2,
+                                        env=env))
+
+        steps = [lambda seed: runs["seq"].append({"mb_s": sequential(shards)}),
+                 lambda seed: cold_warm("local", seed), lambda seed: cold_warm("s3", seed), unbounded]
+        runs: dict = {k: [] for k in ("seq", "local_cold", "local_warm", "s3_cold", "s3_warm",
+                                      "local_cold_unbounded", "torch")}
+        loads = []
+        for r in range(ROUNDS):   # every measurement once per round, in an order rotated every round
+            loads.append(_load())
+            for step in steps[r % len(steps):] + steps[:r % len(steps)]:
+                step(r + 1)
+            torch_workers(r + 1)   # after the local warm pass of the round: its cache is filled
         cache = ROOT / "cache-big"
         cold, cached = [], []
-        for r in range(rounds):
+        for r in range(3):
             shutil.rmtree(cache, ignore_errors=True)
-            where = (0.37, 0.71, 0.93, 0.5, 0.2)[r % 5]
+            where = (0.37, 0.71, 0.93)[r]
             cold.append(_child("random_row", cats["big"], cache, where, env=env)["seconds"])
             cached.append(_child("random_row", cats["big"], cache, where / 2, env=env)["seconds"])
+        peers = _peers(storage_peers, shards, server.url, peer_rounds, env)
     finally:
         server.stop()
 
-    def med(key, field="steady_mb_s"):
+    def med(key, field="mb_s"):
         return _median([x[field] for x in runs[key]])
 
     seq = _median([x["mb_s"] for x in runs["seq"]])["median"]
     out = {
-        "corpus_mb": mb, "shards": len(shards), "rounds": rounds,
-        "sequential_mb_s": med("seq", "mb_s"),
-        "local_warm_mb_s": med("local_warm"), "local_cold_mb_s": med("local_cold"),
-        "local_warm_vs_sequential": round(med("local_warm")["median"] / seq, 3),
+        "corpus_mb": mb, "shards": len(shards), "rounds": ROUNDS, "load_average_1min_per_round": loads,
+        "sequential_mb_s": med("seq"),
+        "local_cold_mb_s": med("local_cold"), "local_warm_mb_s": med("local_warm"),
         "local_cold_vs_sequential": round(med("local_cold")["median"] / seq, 3),
-        "first_sample_s": {"local_warm": med("local_warm", "first_sample_s"),
-                           "local_cold": med("local_cold", "first_sample_s")},
-        "end_to_end_mb_s": {k: med(k, "mb_s") for k in ("local_warm", "local_cold", "s3_warm", "s3_cold")},
+        "local_warm_vs_sequential": round(med("local_warm")["median"] / seq, 3),
+        "local_cold_unbounded_mb_s": med("local_cold_unbounded"),
+        "steady_mb_s": {k: med(k, "steady_mb_s") for k in ("local_cold", "local_warm", "s3_cold", "s3_warm")},
+        "first_sample_s": {k: med(k, "first_sample_s") for k in ("local_warm", "local_cold", "s3_warm", "s3_cold")},
         "plan_s": med("local_warm", "plan_s"),
-        "max_rss_mb": {w: round(max(x["max_rss_mb"] for k in runs if k.startswith(w) for x in runs[k]), 1)
+        "files_per_chunk": {"shards_4": {"mean": med("local_cold", "files_per_chunk_mean")["median"],
+                                         "max": max(x["files_per_chunk_max"] for x in runs["local_cold"])},
+                            "shards_all": {"mean": med("local_cold_unbounded", "files_per_chunk_mean")["median"],
+                                           "max": max(x["files_per_chunk_max"] for x in runs["local_cold_unbounded"])}},
+        "torch": {"workers": 2, "mb_s": med("torch"), "first_sample_s": med("torch", "first_sample_s"),
+                  "worker_peak_rss_mb": round(max(x["worker_peak_rss_mb"] for x in runs["torch"]), 1),
+                  "worker_private_mb": round(max(x["worker_private_mb"] for x in runs["torch"]), 1),
+                  "main_peak_rss_mb": round(max(x["max_rss_mb"] for x in runs["torch"]), 1)},
+        "max_rss_mb": {w: round(max(x["max_rss_mb"] for k in ("cold", "warm") for x in runs[f"{w}_{k}"]), 1)
                        for w in ("local", "s3")},
         "s3_cold_mb_s": med("s3_cold"), "s3_warm_mb_s": med("s3_warm"),
         "s3_warm_vs_local": round(med("s3_warm")["median"] / med("local_warm")["median"], 3),
         "register_local_mb_s": _median(reg["local"]), "register_s3_mb_s": _median(reg["s3"]),
         f"random_row_{big_mb}mb_cold_s": _median(cold), f"random_row_{big_mb}mb_cached_s": _median(cached),
-        "peers": _peers(),
+        "shuffle_quality": shuffle_quality(),
+        "peers": {**peers, "mixsql_s3_cold_mb_s": med("s3_cold"), "mixsql_s3_warm_mb_s": med("s3_warm")},
     }
-    out["_notes"] = ("Shared 2-core machine under other helpers' load: absolute figures are noisy; medians "
-                     "[min, max] of interleaved rounds. Text MB/s = millions of characters/s (ASCII corpus).")
+    out["_notes"] = ("Shared 2-core machine under other helpers' load (1-minute load averages per round above): "
+                     "absolute figures are noisy; medians [min, max] of 5 interleaved rounds (registration and the "
+                     "random row: 3; peers: %d). Text MB/s = millions of characters/s (ASCII corpus), from the end "
+                     "of planning (mixsql) or the dataset's construction (peers) to the last sample. "
+                     "Peers read in one process with shuffle on; mixsql_s3_* are the matching mixsql figures."
+                     % peer_rounds)
     return out
 
 
-def _peers() -> dict:
-    """Mosaic Streaming / LitData over the same bucket, when installed."""
-    out = {}
-    for name, module in (("mosaic_streaming", "streaming"), ("litdata", "litdata")):
-        try:
-            __import__(module)
-        except Exception as exc:  # noqa: BLE001 - a peer that does not import is reported, not fatal
-            out[name] = f"not run: {module} does not import ({type(exc).__name__})"
-        else:
-            out[name] = "not run: the side-by-side bucket read is not implemented yet"
+def _peers(storage_peers, shards: list[Path], endpoint: str, rounds: int, env: dict) -> dict:
+    """Mosaic Streaming / LitData over the same bucket: cold and warm text MB/s, first sample, RSS."""
+    conv = storage_peers.convert_all(shards, ROOT / "peers", BUCKET, endpoint)
+    out: dict = {}
+    runs: dict = {}
+    for r in range(rounds):
+        for peer, c in (list(conv.items()) if r % 2 == 0 else list(conv.items())[::-1]):
+            if c["status"] != "ok":
+                continue
+            cache = ROOT / f"peer-cache-{peer}"
+            shutil.rmtree(cache, ignore_errors=True)
+            for kind in ("cold", "warm"):
+                runs.setdefault(peer, {}).setdefault(kind, []).append(
+                    _child_module("bench.storage_peers", "read", peer, c["remote"], cache, env=env))
+    for peer, c in conv.items():
+        if c["status"] != "ok":
+            out[peer] = c["status"]
+            continue
+        got = runs[peer]
+        out[peer] = {"version": storage_peers.version(peer), "convert_s": c["convert_s"],
+                     **{f"{k}_mb_s": _median([x["mb_s"] for x in got[k]]) for k in ("cold", "warm")},
+                     **{f"{k}_first_sample_s": _median([x["first_sample_s"] for x in got[k]]) for k in ("cold", "warm")},
+                     "max_rss_mb": round(max(x["max_rss_mb"] for k in got for x in got[k]), 1)}
     return out
 
 
@@ -257,6 +420,8 @@ def main(argv: list[str]) -> None:
     kind, args = argv[0], argv[1:]
     if kind == "stream":
         out = stream(*args)
+    elif kind == "stream_torch":
+        out = stream_torch(*args)
     elif kind == "random_row":
         out = random_row(args[0], args[1], float(args[2]))
     else:

@@ -419,12 +419,14 @@ class MixEngine:
         counts = np.bincount(gid, minlength=G) if N else np.zeros(G, np.int64)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         shuffle = None if spec.ordered else spec.shuffle
+        fids = _to_numpy(pointers.column("__mix_file_id"), np.int32) if N and shuffle is not None else None
         self._seq = []
         for g in range(G):
             lo, hi = int(bounds[g]), int(bounds[g + 1])
             members = range(lo, hi) if order is None else order[lo:hi]
             tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members])
-            self._seq.append(GroupSequence(members, spec.seed, g, shuffle, tok))
+            files = None if fids is None else (fids[lo:hi] if order is None else fids[members])
+            self._seq.append(GroupSequence(members, spec.seed, g, shuffle, tok, files))
         self._n = counts.astype(np.int64)
         self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
         # output projection: numpy pointer columns + per-file dictionaries; user columns via take

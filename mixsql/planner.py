@@ -54,7 +54,7 @@ DEFAULT_CHUNK_SIZE = {"samples": 512, "tokens": 65536}
 SETTINGS = {
     "seed": "int>=0", "chunk_size": "int>0", "unit": ("samples", "tokens"),
     "on_exhausted": ("stop", "redistribute", "repeat"), "max_epochs": "int>0",
-    "shuffle_block": "int>0", "shuffle_window": "int>0", "batch_size": "int>0",
+    "shuffle_block": "int>0", "shuffle_window": "int>0", "shuffle_shards": "int>=0", "batch_size": "int>0",
     "max_discovered_groups": "int>0",
 }
 # Most groups one MIX BY level may discover (WITH NATURAL / no WITH list): a guard against
@@ -607,7 +607,8 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
         on_exhausted=settings.get("on_exhausted", "stop"), max_epochs=settings.get("max_epochs"),
         budget=budget, ordered=tree.args.get("order") is not None,
         shuffle=Shuffle(block=settings.get("shuffle_block", Shuffle.block),
-                        window=settings.get("shuffle_window", Shuffle.window)),
+                        window=settings.get("shuffle_window", Shuffle.window),
+                        shards=settings.get("shuffle_shards", Shuffle.shards)),
         schedule=schedule, algorithm=algorithm, batch_size=settings.get("batch_size"),
     )
 

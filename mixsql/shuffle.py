@@ -1,32 +1,39 @@
-"""Per-group consumption order: a locality-aware seeded permutation, or the ORDER BY order.
+"""Per-group consumption order: a seeded permutation with a bounded working set, or ORDER BY.
 
 A group's samples, in base order (``(file_id, row)`` for the shuffle, the ORDER BY key for
-ordered groups), are consumed epoch by epoch as a sequence of *windows*:
+ordered groups), are consumed epoch by epoch:
 
-* **Shuffle(block=B, window=W)** (no ORDER BY). The base order is cut into blocks of ``B``
-  consecutive samples (same file, neighbouring rows: one read covers a block). Per epoch the
-  blocks are permuted uniformly (seed: ``(spec.seed, group id, epoch)``); consecutive runs of
-  ``W`` permuted blocks form a window, and the ``<= B*W`` samples of a window are permuted
-  uniformly again (seed: ``(spec.seed, group id, epoch, window index)``).
+* **Shuffle(block=B, window=W, shards=S)** (no ORDER BY). A *shard* is one file's run of the
+  group's samples. Per epoch the shards are put in a seeded order (a hash of
+  ``(spec.seed, epoch, file_id)``: the same file order for every group, so groups that share
+  files read the same files at the same time) and cut into *shard windows* of ``S`` consecutive
+  shards; the group consumes one shard window after the other. Inside a shard window each shard
+  is cut into blocks of ``B`` consecutive samples (same file, neighbouring rows: one read covers
+  a block), the window's blocks are permuted uniformly (seed: ``(spec.seed, group id, epoch,
+  shard window)``), runs of ``W`` permuted blocks form *sub-windows*, and the ``<= B*W`` samples of
+  a sub-window are permuted uniformly again (seed: ``(..., sub-window)``). ``S = 0`` makes one
+  shard window of every shard (the whole group: blocks come from anywhere).
 
-  Quality vs locality trade-off: within a window the order is uniform, and windows come from
-  anywhere in the group, so any two samples end up close together with probability close to a
-  uniform shuffle as soon as ``B*W`` is well above the chunk's share of the group; what is
-  *not* uniform is correlation at the block scale: the ``B`` neighbours of a sample (same file,
-  adjacent rows) always land in the same window, i.e. within ``B*W`` positions of it. A chunk
-  that draws ``k`` samples from a group touches at most ``min(k, W + 1)`` blocks of that group,
-  hence at most ``W + 1`` distinct (file, region) reads instead of ``k`` random seeks.
-  ``block=1`` is a full uniform permutation (best quality, one random read per sample); large
-  ``block`` and small ``window`` read almost sequentially (weakest mixing). Defaults 16 x 64:
-  windows of 1024 samples, a 512-sample chunk touches <= 65 blocks. The setting is exposed as
-  ``SETTINGS (shuffle_block = B, shuffle_window = W)``.
+  Working set: while a group is inside a shard window it reads from at most ``S`` files, so a
+  chunk drawing from that group touches at most ``S`` files of it (``2 S`` when it crosses into
+  the next shard window) however many files the collection has, and the window's files are
+  rotated out as they are consumed. Decompressed shards are reused by every chunk of the window.
+
+  Quality vs locality: within a shard window the order is uniform at the block scale and
+  uniform within sub-windows; samples of different shard windows never mix within an epoch
+  (the window boundaries move every epoch). Measured by ``python -m bench storage`` (distance in
+  the stream between samples that were neighbours in their file, files touched per chunk, both
+  against a uniform permutation). ``block=1, shards=0`` is a full uniform permutation within
+  sub-windows of ``W`` samples over the whole group. Defaults 16 x 64 x 4:
+  ``SETTINGS (shuffle_block = B, shuffle_window = W, shuffle_shards = S)``.
 
 * **Ordered** (ORDER BY): the base order itself, identical in every epoch (a curriculum that
   repeats under ``on_exhausted = 'repeat'``).
 
-Everything is computed lazily per (epoch, window) with numpy ``Generator(PCG64)`` streams seeded
-from ``SeedSequence``; nothing touches global RNG state, and any position of any epoch is
-reached in O(window) time without generating the positions before it (random access).
+Everything is computed lazily per (epoch, shard window, sub-window) with numpy
+``Generator(PCG64)`` streams seeded from ``SeedSequence``; nothing touches global RNG state, and any
+position of any epoch is reached in O(shards + shard window / B + B*W) time without generating
+the positions before it (random access).
 """
 from __future__ import annotations
 
@@ -37,7 +44,8 @@ import numpy as np
 from .spec import Shuffle
 
 ORDERED_WINDOW = 4096  # window size used to walk ordered groups (no shuffling)
-_BLOCK_PERM, _WINDOW_PERM = 0, 1
+_BLOCK_PERM, _WINDOW_PERM, _SHARD_ORDER = 0, 1, 2
+_RUN_STEP = 1 << 24    # file-run detection works on pieces of this many samples (bounded temporaries)
 
 
 def pointer_order(group: np.ndarray, key: np.ndarray) -> np.ndarray | None:
@@ -66,104 +74,168 @@ def _rng(*words: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([w % (1 << 64) for w in words])))
 
 
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 (a bijection; wraps modulo 2**64)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def shard_order(seed: int, epoch: int, files: np.ndarray) -> np.ndarray:
+    """Seeded order of shards (indices into ``files``, their file ids) for ``epoch``: sorted by a
+    hash of ``(seed, epoch, file_id)``, so every group ranks a given file the same way."""
+    salt = np.random.SeedSequence([seed % (1 << 64), _SHARD_ORDER, epoch]).generate_state(1, np.uint64)[0]
+    return np.argsort(_mix64(files.astype(np.uint64) ^ salt), kind="stable")
+
+
+def _run_starts(values: np.ndarray) -> np.ndarray:
+    """Positions where a run of equal values starts (0 included), in bounded pieces."""
+    n = len(values)
+    parts = [np.zeros(1 if n else 0, np.int64)]
+    for lo in range(1, n, _RUN_STEP):
+        hi = min(n, lo + _RUN_STEP)
+        parts.append(np.flatnonzero(values[lo:hi] != values[lo - 1:hi - 1]).astype(np.int64) + lo)
+    return np.concatenate(parts)
+
+
+class _Cache(dict):
+    """A dict that keeps its ``size`` newest entries."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def put(self, key, value):
+        if len(self) >= self.size:
+            self.pop(next(iter(self)))
+        self[key] = value
+        return value
+
+
 class GroupSequence:
     """Consumption order of one group.
 
     ``members``: pointer-table row indices of the group's samples in base order, or a
     ``range`` when they are contiguous (a selection stored in base order: no index array).
     ``tokens``: per-member token counts (same order) or ``None`` when not needed.
+    ``files``: per-member file ids (same order; shards are their runs) or ``None`` (one shard).
     ``shuffle=None`` means ordered (base order in every epoch).
     """
 
     def __init__(self, members: np.ndarray, seed: int, group_id: int, shuffle: Shuffle | None,
-                 tokens: np.ndarray | None = None):
+                 tokens: np.ndarray | None = None, files: np.ndarray | None = None):
         self.members = members
         self._start = members.start if isinstance(members, range) else None
-        self.n = int(len(members))
+        self.n = n = int(len(members))
         self.seed = int(seed)
         self.group_id = int(group_id)
         self.shuffled = shuffle is not None
         if shuffle is not None:
-            if shuffle.block < 1 or shuffle.window < 1:
-                raise ValueError(f"shuffle block and window must be >= 1, got {shuffle}")
-            self.block, self.window = int(shuffle.block), int(shuffle.window)
+            if shuffle.block < 1 or shuffle.window < 1 or shuffle.shards < 0:
+                raise ValueError(f"shuffle block and window must be >= 1 and shards >= 0, got {shuffle}")
+            self.block, self.window, self.shards = int(shuffle.block), int(shuffle.window), int(shuffle.shards)
         else:
-            self.block, self.window = ORDERED_WINDOW, 1
-        self.nblocks = -(-self.n // self.block) if self.n else 0
+            self.block, self.window, self.shards = ORDERED_WINDOW, 1, 0
+        if files is not None and self.shuffled and n:
+            lo = _run_starts(np.asarray(files))
+            self._shard_file = np.asarray(files)[lo].astype(np.int64)
+        else:
+            lo = np.zeros(1 if n else 0, np.int64)
+            self._shard_file = np.zeros(len(lo), np.int64)
+        self._shard_lo = lo
+        self._shard_len = np.diff(np.append(lo, n))
+        self.n_shards = len(lo)
+        self._per_window = self.shards if 0 < self.shards < self.n_shards else max(1, self.n_shards)
         self.tokens = tokens
         self.total_tokens = int(tokens.sum()) if tokens is not None else None
-        self._block_tokens = (
-            np.add.reduceat(tokens, np.arange(0, self.n, self.block)) if tokens is not None and self.n else None
-        )
-        self._epochs: dict[int, tuple] = {}
-        self._windows: dict[tuple[int, int], np.ndarray] = {}
+        self._cumtok = np.concatenate([[0], np.cumsum(tokens)]) if tokens is not None else None
+        self._shard_tok = (self._cumtok[np.append(lo, n)[1:]] - self._cumtok[lo]) if tokens is not None else None
+        self._epochs, self._inner, self._windows = _Cache(2), _Cache(4), _Cache(8)
 
-    # --- per-epoch layout -------------------------------------------------------------
+    # --- per-epoch layout: shard windows ------------------------------------------------------
     def _layout(self, epoch: int):
+        """``(shard order, window starts, window token starts)`` of ``epoch``."""
         lay = self._epochs.get(epoch)
         if lay is None:
-            nb, B, W = self.nblocks, self.block, self.window
-            if self.shuffled:
-                perm = _rng(self.seed, _BLOCK_PERM, self.group_id, epoch).permutation(nb)
+            S = self._per_window
+            if self.shuffled and self.n_shards > S:
+                order = shard_order(self.seed, epoch, self._shard_file)
             else:
-                perm = np.arange(nb)
-            lens = np.full(nb, B, dtype=np.int64)
-            if nb:
-                lens[-1] = self.n - (nb - 1) * B
-            wstarts_blocks = np.arange(0, nb, W)
-            wsize = np.add.reduceat(lens[perm], wstarts_blocks) if nb else np.zeros(0, np.int64)
+                order = np.arange(self.n_shards)
+            cuts = np.arange(0, self.n_shards, S)
+            wsize = np.add.reduceat(self._shard_len[order], cuts) if self.n_shards else np.zeros(0, np.int64)
             wstart = np.concatenate([[0], np.cumsum(wsize)])
             wtok = None
-            if self._block_tokens is not None:
-                wt = np.add.reduceat(self._block_tokens[perm], wstarts_blocks) if nb else np.zeros(0, np.int64)
+            if self._shard_tok is not None:
+                wt = np.add.reduceat(self._shard_tok[order], cuts) if self.n_shards else np.zeros(0, np.int64)
                 wtok = np.concatenate([[0], np.cumsum(wt)])
-            lay = (perm, wstart, wtok)
-            if len(self._epochs) >= 2:
-                self._epochs.pop(next(iter(self._epochs)))
-            self._epochs[epoch] = lay
+            lay = self._epochs.put(epoch, (order, wstart, wtok))
         return lay
 
-    def _window(self, epoch: int, w: int) -> np.ndarray:
-        """Base-order positions of window ``w`` of ``epoch``, in consumption order."""
-        key = (epoch, w)
+    def _blocks(self, epoch: int, j: int):
+        """Shard window ``j`` of ``epoch``: its blocks in consumption order (base-order starts,
+        lengths) and sub-window starts (samples, tokens) relative to the window."""
+        key = (epoch, j)
+        got = self._inner.get(key)
+        if got is not None:
+            return got
+        order, _, _ = self._layout(epoch)
+        B, W, S = self.block, self.window, self._per_window
+        shards = order[j * S:(j + 1) * S]
+        lo, ln = self._shard_lo[shards], self._shard_len[shards]
+        nb = -(-ln // B)
+        first = np.repeat(np.cumsum(nb) - nb, nb)
+        k = np.arange(int(nb.sum()), dtype=np.int64) - first          # block index within its shard
+        which = np.repeat(np.arange(len(shards)), nb)
+        bstart = lo[which] + k * B
+        blen = np.minimum(B, ln[which] - k * B)
+        if self.shuffled and len(bstart) > 1:
+            p = _rng(self.seed, _BLOCK_PERM, self.group_id, epoch, j).permutation(len(bstart))
+            bstart, blen = bstart[p], blen[p]
+        cuts = np.arange(0, len(bstart), W)
+        sstart = np.concatenate([[0], np.cumsum(np.add.reduceat(blen, cuts))]) if len(cuts) else np.zeros(1, np.int64)
+        stok = None
+        if self._cumtok is not None and len(cuts):
+            btok = self._cumtok[bstart + blen] - self._cumtok[bstart]
+            stok = np.concatenate([[0], np.cumsum(np.add.reduceat(btok, cuts))])
+        return self._inner.put(key, (bstart, blen, sstart, stok))
+
+    def _window(self, epoch: int, j: int, w: int) -> np.ndarray:
+        """Base-order positions of sub-window ``w`` of shard window ``j``, in consumption order."""
+        key = (epoch, j, w)
         got = self._windows.get(key)
         if got is not None:
             return got
-        perm, _, _ = self._layout(epoch)
-        B, W = self.block, self.window
-        blocks = perm[w * W:(w + 1) * W]
-        if W == 1:
-            b = int(blocks[0])
-            pos = np.arange(b * B, min((b + 1) * B, self.n), dtype=np.int64)
-        else:
-            starts = blocks * B
-            lens = np.minimum(B, self.n - starts)
-            offs = np.cumsum(lens) - lens
-            pos = np.repeat(starts - offs, lens) + np.arange(int(lens.sum()), dtype=np.int64)
+        bstart, blen, _, _ = self._blocks(epoch, j)
+        W = self.window
+        starts, lens = bstart[w * W:(w + 1) * W], blen[w * W:(w + 1) * W]
+        offs = np.cumsum(lens) - lens
+        pos = np.repeat(starts - offs, lens) + np.arange(int(lens.sum()), dtype=np.int64)
         if self.shuffled and len(pos) > 1:
-            pos = pos[_rng(self.seed, _WINDOW_PERM, self.group_id, epoch, w).permutation(len(pos))]
-        if len(self._windows) >= 8:
-            self._windows.pop(next(iter(self._windows)))
-        self._windows[key] = pos
-        return pos
+            pos = pos[_rng(self.seed, _WINDOW_PERM, self.group_id, epoch, j, w).permutation(len(pos))]
+        return self._windows.put(key, pos)
+
+    def _locate(self, epoch: int, pos: int) -> tuple[int, int, int]:
+        """``(shard window, sub-window, sequence position where the sub-window starts)`` of ``pos``."""
+        _, wstart, _ = self._layout(epoch)
+        j = int(wstart.searchsorted(pos, side="right")) - 1
+        sstart = self._blocks(epoch, j)[2]
+        w = int(sstart.searchsorted(pos - int(wstart[j]), side="right")) - 1
+        return j, w, int(wstart[j]) + int(sstart[w])
 
     # --- public ----------------------------------------------------------------------------
     def positions(self, epoch: int, start: int, stop: int) -> np.ndarray:
         """Base-order positions of sequence positions ``[start, stop)`` of ``epoch``."""
-        if stop <= start:
+        parts, pos = [], start
+        while pos < stop:
+            j, w, lo = self._locate(epoch, pos)
+            win = self._window(epoch, j, w)
+            parts.append(win[pos - lo:stop - lo])
+            if not len(parts[-1]):
+                raise IndexError(f"positions [{start}, {stop}) run past the group's {self.n} samples")
+            pos += len(parts[-1])
+        if not parts:
             return np.zeros(0, dtype=np.int64)
-        _, wstart, _ = self._layout(epoch)
-        w0 = int(wstart.searchsorted(start, side="right")) - 1
-        lo0 = int(wstart[w0])
-        if stop <= int(wstart[w0 + 1]):   # the common case: one window
-            return self._window(epoch, w0)[start - lo0:stop - lo0]
-        w1 = int(wstart.searchsorted(stop - 1, side="right")) - 1
-        parts = []
-        for w in range(w0, w1 + 1):
-            win = self._window(epoch, w)
-            lo = max(start, int(wstart[w])) - int(wstart[w])
-            hi = min(stop, int(wstart[w + 1])) - int(wstart[w])
-            parts.append(win[lo:hi])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def indices(self, epoch: int, start: int, stop: int) -> np.ndarray:
@@ -177,10 +249,10 @@ class GroupSequence:
             return 0
         if pos >= self.n:
             return self.total_tokens
-        _, wstart, wtok = self._layout(epoch)
-        w = int(np.searchsorted(wstart, pos, side="right")) - 1
-        within = pos - int(wstart[w])
-        return int(wtok[w]) + int(self.tokens[self._window(epoch, w)[:within]].sum())
+        j, w, lo = self._locate(epoch, pos)
+        _, _, wtok = self._layout(epoch)
+        stok = self._blocks(epoch, j)[3]
+        return int(wtok[j]) + int(stok[w]) + int(self.tokens[self._window(epoch, j, w)[:pos - lo]].sum())
 
     def find_tokens(self, epoch: int, target: int) -> int | None:
         """Smallest ``pos`` with ``token_prefix(epoch, pos) >= target`` (None if past the epoch)."""
@@ -189,10 +261,13 @@ class GroupSequence:
         if target > self.total_tokens:
             return None
         _, wstart, wtok = self._layout(epoch)
-        w = int(np.searchsorted(wtok, target, side="left")) - 1  # wtok[w] < target <= wtok[w+1]
-        cum = np.cumsum(self.tokens[self._window(epoch, w)])
-        j = int(np.searchsorted(cum, target - int(wtok[w]), side="left"))
-        return int(wstart[w]) + j + 1
+        j = int(np.searchsorted(wtok, target, side="left")) - 1    # wtok[j] < target <= wtok[j+1]
+        _, _, sstart, stok = self._blocks(epoch, j)
+        rest = target - int(wtok[j])
+        w = int(np.searchsorted(stok, rest, side="left")) - 1
+        cum = np.cumsum(self.tokens[self._window(epoch, j, w)])
+        k = int(np.searchsorted(cum, rest - int(stok[w]), side="left"))
+        return int(wstart[j]) + int(sstart[w]) + k + 1
 
 
 # --- ORDER BY ranking ----------------------------------------------------------------------------

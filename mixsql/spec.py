@@ -70,13 +70,15 @@ class Algorithm:
 class Shuffle:
     """Locality-aware seeded permutation inside each group (used when there is no ORDER BY).
 
-    Samples of a group are cut, in (file, row) order, into blocks of ``block`` samples; the
-    blocks are permuted, then samples are shuffled inside windows of ``window`` consecutive
-    blocks. ``block=1`` is a full uniform shuffle; larger blocks read fewer files per chunk.
+    A group reads ``shards`` files at a time (a shard window; 0: all of them); inside a shard
+    window its samples are cut, in (file, row) order, into blocks of ``block`` samples, the
+    blocks are permuted, then samples are shuffled inside sub-windows of ``window`` consecutive
+    blocks (:mod:`mixsql.shuffle`). Larger blocks and fewer shards read fewer files per chunk.
     """
 
     block: int = 16
     window: int = 64
+    shards: int = 4
 
 
 @dataclass(frozen=True)

@@ -176,11 +176,13 @@ def test_settings_budget_schedule_algorithm(cat):
     sql = ("SELECT * FROM samples MIX BY language WITH SCHEDULE (AT STEP 0 (JavaScript 0.9, OTHER 0.1),\n"
            " AT STEP 100 (OTHER 1, JavaScript 1)) LIMIT 2e3 TOKENS\n"
            "SETTINGS (seed = 7, chunk_size = 32, unit = tokens, on_exhausted = 'repeat', max_epochs = 4,\n"
-           " shuffle_block = 4, shuffle_window = 8, batch_size = 64)")
+           " shuffle_block = 4, shuffle_window = 8, shuffle_shards = 2, batch_size = 64)")
     _, _, spec = run(cat, sql)
     assert spec.seed == 7 and spec.chunk_size == 32 and spec.unit == "tokens"
     assert spec.on_exhausted == "repeat" and spec.max_epochs == 4
-    assert spec.shuffle.block == 4 and spec.shuffle.window == 8
+    assert spec.shuffle.block == 4 and spec.shuffle.window == 8 and spec.shuffle.shards == 2
+    assert run(cat, "SELECT * FROM samples MIX BY language WITH NATURAL")[2].shuffle.shards == 4   # the default
+    assert run(cat, "SELECT * FROM samples MIX BY language WITH NATURAL SETTINGS (shuffle_shards = 0)")[2].shuffle.shards == 0
     assert spec.budget.amount == 2000 and spec.budget.kind == "tokens"
     assert spec.weighting == "schedule"
     assert [(s.step, s.weights) for s in spec.schedule] == [(0, (0.9, 0.1)), (100, (0.5, 0.5))]
@@ -236,6 +238,7 @@ ERRORS = [
     ("SELECT * FROM samples MIX BY language WITH (HTML 1) SETTINGS (unit = 'tokns')", "bad value for unit", 1, 70, "'tokens'"),
     ("SELECT * FROM samples MIX BY language WITH (HTML 1) SETTINGS (chunk_size = 0)", "positive integer", 1, 76, None),
     ("SELECT * FROM samples MIX BY language WITH (HTML 1) SETTINGS (seed = 1, seed = 2)", "given twice", 1, 73, None),
+    ("SELECT * FROM samples MIX BY language WITH (HTML 1) SETTINGS (shuffle_shards = -1)", "non-negative integer", 1, 80, None),
     ("SELECT * FROM samples MIX BY language WITH SCHEDULE (AT STEP 0 (HTML 1, OTHER 1),\n"
      "  AT STEP 10 (HTML 1, OTHER 1), AT STEP 10 (HTML 2, OTHER 1))", "steps must increase", 2, 41, None),
     ("SELECT * FROM samples MIX BY language WITH SCHEDULE (AT STEP 5 (HTML 1, OTHER 1))", "AT STEP 0", 1, 62, None),

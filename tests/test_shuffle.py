@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 from hypothesis import given, settings, strategies as st
 
 from mixsql.shuffle import GroupSequence
@@ -72,7 +73,6 @@ import datetime as _dt  # noqa: E402
 import decimal as _dec  # noqa: E402
 
 import duckdb  # noqa: E402
-import pyarrow as pa  # noqa: E402
 
 from mixsql.shuffle import ordered_permutation  # noqa: E402
 
@@ -121,3 +121,117 @@ def test_ordered_permutation_matches_duckdb_order_by(case):
                               table.column("rw").to_numpy(),
                               [(table.column(n), d, bool(nf)) for n, d, nf in keys])
     assert got.tolist() == ref
+
+
+# --- shard windows: a bounded working set ------------------------------------------------------
+def _files(sizes) -> np.ndarray:
+    """Per-sample file ids in base order: file i holds sizes[i] consecutive samples."""
+    return np.repeat(np.arange(len(sizes), dtype=np.int64) * 5 + 11, sizes)
+
+
+@settings(max_examples=80, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=25), block=st.integers(1, 9),
+       window=st.integers(1, 6), shards=st.integers(0, 6), seed=st.integers(0, 2**40), epoch=st.integers(0, 3),
+       cuts=st.lists(st.integers(0, 1000), max_size=6), with_tokens=st.booleans())
+def test_shard_windows_permutation_random_access_and_tokens(sizes, block, window, shards, seed, epoch, cuts,
+                                                            with_tokens):
+    files = _files(sizes)
+    n = len(files)
+    members = np.arange(n, dtype=np.int64) * 2 + 1
+    tok = (np.arange(n, dtype=np.int64) * 7) % 13 if with_tokens else None
+    shuffle = Shuffle(block, window, shards)
+    seq = GroupSequence(members, seed, 4, shuffle, tokens=tok, files=files)
+    full = seq.indices(epoch, 0, n)
+    assert sorted(full.tolist()) == members.tolist()   # every sample exactly once per epoch
+    fresh = GroupSequence(members, seed, 4, shuffle, tokens=tok, files=files)
+    bounds = sorted({0, n, *[min(c, n) for c in cuts]})
+    parts = [fresh.indices(epoch, a, b) for a, b in reversed(list(zip(bounds, bounds[1:])))][::-1]
+    assert np.concatenate(parts).tolist() == full.tolist()   # random access == sequential
+    pos = seq.positions(epoch, 0, n)
+    if shards:   # a file is open from its first sample to its last: never more than `shards` at once
+        f = files[pos]
+        uniq, first = np.unique(f, return_index=True)
+        last = n - 1 - np.unique(f[::-1], return_index=True)[1]
+        opened = np.zeros(n + 1, np.int64)
+        np.add.at(opened, first, 1)
+        np.add.at(opened, last + 1, -1)
+        assert np.cumsum(opened).max() <= shards
+    if with_tokens:
+        cum = np.concatenate([[0], np.cumsum(tok[pos])])
+        for p in sorted({0, n // 3, n // 2, n}):
+            assert seq.token_prefix(epoch, p) == cum[p]
+        for target in (1, int(cum[-1]) // 2, int(cum[-1]), int(cum[-1]) + 1):
+            q = seq.find_tokens(epoch, target)
+            if target > cum[-1]:
+                assert q is None
+            else:
+                assert cum[q] >= target and (q == 0 or cum[q - 1] < target)
+
+
+def _files_per_chunk(n_files, per_file, shards, chunk=512, seed=3):
+    files = _files([per_file] * n_files)
+    seq = GroupSequence(np.arange(len(files), dtype=np.int64), seed, 0, Shuffle(16, 64, shards), files=files)
+    order = files[seq.positions(0, 0, len(files))]
+    return [len(np.unique(order[a:a + chunk])) for a in range(0, len(files), chunk)]
+
+
+def test_files_touched_per_chunk_is_bounded_whatever_the_collection_size():
+    for n_files in (16, 200, 2000):
+        touched = _files_per_chunk(n_files, 300, shards=4)
+        assert max(touched) <= 8          # one shard window, or two where a chunk crosses into the next
+    uniform = _files_per_chunk(200, 300, shards=0)
+    assert np.median(uniform) > 40        # unbounded: blocks from anywhere in the group
+
+
+def test_shard_windows_rotate_through_every_file_in_a_seeded_order():
+    files = _files([100] * 12)
+    seq = GroupSequence(np.arange(1200, dtype=np.int64), 9, 0, Shuffle(4, 8, 3), files=files)
+    order = files[seq.positions(0, 0, 1200)]
+    windows = [set(order[a:a + 300].tolist()) for a in range(0, 1200, 300)]   # equal shards: 300 per window
+    assert all(len(w) == 3 for w in windows) and set().union(*windows) == set(files.tolist())
+    other = files[seq.positions(1, 0, 1200)]
+    assert [set(other[a:a + 300].tolist()) for a in range(0, 1200, 300)] != windows   # a new order per epoch
+
+
+def test_groups_sharing_files_read_the_same_shard_window():
+    """The shard order is a function of (seed, epoch, file id): groups spread over the same files
+    are in the same shard window at the same relative progress."""
+    a_files = _files([50] * 20)
+    b_files = _files([20] * 20)
+    a = GroupSequence(np.arange(1000, dtype=np.int64), 5, 0, Shuffle(8, 8, 4), files=a_files)
+    b = GroupSequence(np.arange(400, dtype=np.int64), 5, 1, Shuffle(8, 8, 4), files=b_files)
+    for w in range(5):
+        assert set(a_files[a.positions(0, w * 200, (w + 1) * 200)]) == set(b_files[b.positions(0, w * 80, (w + 1) * 80)])
+
+
+def _engine_files_per_chunk(n_files: int, shards: int) -> list[int]:
+    """Distinct files of every chunk of a 3-group mixture whose files each hold every group."""
+    from mixsql.engine import MixEngine
+    from mixsql.spec import Group, MixSpec
+
+    per_file = 60
+    fid = np.repeat(np.arange(n_files, dtype=np.int64), per_file)
+    row = np.tile(np.arange(per_file, dtype=np.int64), n_files)
+    g = row % 3
+    n = len(fid)
+    t = pa.table({"__mix_group": pa.array(g, pa.int32()), "__mix_source": pa.array(["s"] * n),
+                  "__mix_file_id": pa.array(fid, pa.int32()), "__mix_file": pa.array([f"/d/{f}.jsonl" for f in fid]),
+                  "__mix_row": pa.array(row), "__mix_offset": pa.array(row * 10), "__mix_length": pa.array(np.full(n, 9), pa.int32()),
+                  "__mix_n_bytes": pa.array(np.full(n, 9)), "__mix_n_tokens": pa.array(np.full(n, 3))})
+    spec = MixSpec(groups=tuple(Group(i, f"g{i}", 1 / 3, (f"g{i}",)) for i in range(3)), chunk_size=128, seed=5,
+                   shuffle=Shuffle(4, 8, shards))
+    eng = MixEngine(t, spec)
+    out, rows = [], 0
+    while (c := eng.next_chunk()) is not None:
+        out.append(len(np.unique(c.column("file_id").to_numpy())))
+        rows += c.num_rows
+    assert rows == n   # every sample delivered
+    return out
+
+
+def test_engine_chunks_read_a_bounded_number_of_files():
+    for n_files in (40, 400):
+        touched = _engine_files_per_chunk(n_files, shards=4)
+        assert max(touched) <= 3 * 2 * 4        # per group: one shard window, two at a crossing
+        assert np.median(touched) <= 2 * 4      # groups over the same files read the same window
+    assert np.median(_engine_files_per_chunk(400, shards=0)) > 40
