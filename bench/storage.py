@@ -8,7 +8,8 @@ medians of 5 interleaved rounds (min-max; the machine is shared, so absolute fig
 
 * ``sequential_mb_s``      a plain sequential decompress + JSON parse of the shards (text MB/s)
 * ``local_cold_mb_s`` / ``local_warm_mb_s``   a shuffled mixture (``MIX BY`` domain ``WITH NATURAL``)
-  streamed as sample text by one process (``ChunkReader`` with prefetch over ``MixStream``) from
+  streamed as sample text by one process (``ChunkReader.prefetch`` over ``MixStream.chunks()``,
+  node-cache fills started 64 chunks ahead with ``ahead=``) from
   the local shards, with the node cache empty (every shard decompressed once, as in a first epoch)
   / filled, from the end of planning to the last sample; ``*_vs_sequential`` = ratio (target
   >= 0.7); ``steady_mb_s`` excludes the first chunk
@@ -83,7 +84,7 @@ def stream(catalog: str, cache_dir: str, sql: str) -> dict:
     t1 = time.perf_counter()
     reader = ChunkReader(st.files)
     n, first, n_first, files = 0, None, 0, []
-    for chunk, data in reader.prefetch(st.chunks(), depth=4):
+    for chunk, data in reader.prefetch(st.chunks(), depth=4, ahead=st.chunks()):
         n += int(pc.sum(pc.utf8_length(data.column("text"))).as_py() or 0)
         files.append(len(np.unique(chunk.column("file_id").to_numpy(zero_copy_only=False))))
         if first is None:

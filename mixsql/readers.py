@@ -21,7 +21,8 @@ Every file is checked against the catalog (size, mtime_ns; objects also their ET
 opened; a changed or missing file raises :class:`mixsql.errors.StaleFileError`.
 :meth:`ChunkReader.prefetch` reads the next chunks on a background thread while the caller works
 on the current one, and starts node-cache fills for the files of chunks further ahead
-(:meth:`ChunkReader.warm`).
+(:meth:`ChunkReader.warm`; with ``ahead=``, a second iterator over the stream, fills start
+``ahead_by`` chunks early, so the next shard window is decompressed while this one is read).
 """
 from __future__ import annotations
 
@@ -196,16 +197,24 @@ class ChunkReader:
                                                          thread_name_prefix="mixsql-fill")
                 self._fills[fid] = self._fill_pool.submit(self._open_entry, fid)
 
-    def prefetch(self, chunks: Iterable, depth: int = 2, table=None, read=None, tables=None) -> Iterator[tuple]:
+    def prefetch(self, chunks: Iterable, depth: int = 2, table=None, read=None, tables=None,
+                 ahead: Iterable | None = None, ahead_by: int = 64) -> Iterator[tuple]:
         """Yield ``(item, read(table(item)))`` while up to ``depth`` next items are read on a
         background thread (memory stays bounded by ``depth`` chunks). ``table`` maps an item to
         its chunk table (default: the item is the table); a None table reads as None. ``read``
         (item -> result) replaces the whole step, e.g. to read several chunks at once;
         ``tables`` (item -> chunk tables) then names the tables the item reads, so that their
-        node-cache fills start as soon as the item is queued (:meth:`warm`)."""
+        node-cache fills start as soon as the item is queued (:meth:`warm`).
+
+        ``ahead``: a second iterator over the same items (the stream's future is computable),
+        kept ``ahead_by`` items in front of the queue; only its files' node-cache fills start,
+        so the next shard window is decompressed while the current one is read."""
         get = table or (lambda x: x)
         if tables is None:
             tables = (lambda x: [get(x)]) if read is None else (lambda x: ())
+        warm_ahead = self._warm_ahead(ahead, tables, ahead_by) if ahead is not None else None
+        if warm_ahead is not None:
+            next(warm_ahead)   # prime: the lead starts at zero
 
         def work(item):
             if read is not None:
@@ -228,10 +237,30 @@ class ChunkReader:
                 for t in tables(ch):
                     self.warm(t)
                 pending.append((ch, self._pool.submit(work, ch)))
+                if warm_ahead is not None:
+                    next(warm_ahead, None)
             if not pending:
                 return
             ch, fut = pending.popleft()
             yield ch, fut.result()
+
+    def _warm_ahead(self, ahead: Iterable, tables, by: int) -> Iterator[None]:
+        """Each step (one per queued item) warms the files of the next items of ``ahead``: two
+        until the lead reaches ``by`` items, then one (the lead builds up without delaying the
+        first items)."""
+        yield None
+        it = iter(ahead)
+        lead = 0
+        while True:
+            for _ in range(2 if lead < by else 1):
+                item = next(it, None)
+                if item is None:
+                    return
+                for t in tables(item):
+                    self.warm(t)
+                lead += 1
+            lead -= 1
+            yield None
 
     def close(self) -> None:
         for attr in ("_pool", "_fill_pool"):

@@ -148,8 +148,7 @@ class GroupSequence:
         self._per_window = self.shards if 0 < self.shards < self.n_shards else max(1, self.n_shards)
         self.tokens = tokens
         self.total_tokens = int(tokens.sum()) if tokens is not None else None
-        self._cumtok = np.concatenate([[0], np.cumsum(tokens)]) if tokens is not None else None
-        self._shard_tok = (self._cumtok[np.append(lo, n)[1:]] - self._cumtok[lo]) if tokens is not None else None
+        self._shard_tok = np.add.reduceat(tokens, lo) if tokens is not None and n else None
         self._epochs, self._inner, self._windows = _Cache(2), _Cache(4), _Cache(8)
 
     # --- per-epoch layout: shard windows ------------------------------------------------------
@@ -189,15 +188,17 @@ class GroupSequence:
         which = np.repeat(np.arange(len(shards)), nb)
         bstart = lo[which] + k * B
         blen = np.minimum(B, ln[which] - k * B)
+        btok = None
+        if self.tokens is not None and len(bstart):   # the window's tokens, its blocks in order: O(window)
+            local = np.concatenate([self.tokens[a:a + m] for a, m in zip(lo.tolist(), ln.tolist())])
+            btok = np.add.reduceat(local, np.cumsum(blen) - blen)
         if self.shuffled and len(bstart) > 1:
             p = _rng(self.seed, _BLOCK_PERM, self.group_id, epoch, j).permutation(len(bstart))
             bstart, blen = bstart[p], blen[p]
+            btok = btok[p] if btok is not None else None
         cuts = np.arange(0, len(bstart), W)
         sstart = np.concatenate([[0], np.cumsum(np.add.reduceat(blen, cuts))]) if len(cuts) else np.zeros(1, np.int64)
-        stok = None
-        if self._cumtok is not None and len(cuts):
-            btok = self._cumtok[bstart + blen] - self._cumtok[bstart]
-            stok = np.concatenate([[0], np.cumsum(np.add.reduceat(btok, cuts))])
+        stok = np.concatenate([[0], np.cumsum(np.add.reduceat(btok, cuts))]) if btok is not None else None
         return self._inner.put(key, (bstart, blen, sstart, stok))
 
     def _window(self, epoch: int, j: int, w: int) -> np.ndarray:

@@ -190,3 +190,31 @@ def test_single_frame_zstd_reads_through_the_node_cache(tmp_path):
     again.warm_files([1])
     out2 = again.read(_chunk([1], [locs[7][0]], [locs[7][1]], [7]))
     assert out2.column("text").to_pylist() == [docs[7]]
+
+
+def test_prefetch_ahead_fills_the_node_cache_for_chunks_further_ahead(tmp_path):
+    """``prefetch(ahead=...)`` starts node-cache fills for files ``ahead_by`` chunks in front of
+    the queue, while the yielded chunks stay exactly those of the stream."""
+    from mixsql.cache import NodeCache
+
+    node = NodeCache(tmp_path / "node", limit=1 << 30)
+    rows, chunks = [], []
+    for fid in range(1, 7):   # six single-frame shards, one chunk each
+        docs = [f"shard {fid} doc {i}" for i in range(40)]
+        blob, locs = _jsonl(docs)
+        path = tmp_path / f"s{fid}.jsonl.zst"
+        path.write_bytes(zstandard.ZstdCompressor().compress(blob))
+        rows.append(_files_row(fid, path, "jsonl", "zstd"))
+        chunks.append((docs[:5], _chunk([fid] * 5, [o for o, _ in locs[:5]], [n for _, n in locs[:5]])))
+    reader = ChunkReader(pa.Table.from_pylist(rows), node_cache=node)
+    keys = {fid: reader.files[fid].entry_key() for fid in range(1, 7)}
+    stream = reader.prefetch((t for _, t in chunks), depth=1, ahead=(t for _, t in chunks), ahead_by=4)
+    _, first = next(stream)
+    assert first.column("text").to_pylist() == chunks[0][0]
+    for fut in list(reader._fills.values()):   # the fills started so far
+        fut.result()
+    # one chunk queued (depth 1): the ahead iterator, two steps per queued chunk, has reached chunk 1
+    assert node.contains(keys[2]) and not node.contains(keys[6])
+    got = [t.column("text").to_pylist() for _, t in stream]
+    assert got == [d for d, _ in chunks[1:]]
+    reader.close()
