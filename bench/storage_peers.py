@@ -142,7 +142,10 @@ if __name__ == "__main__":
     kind, peer, remote, cache = sys.argv[1:5]
     if kind != "read":
         raise SystemExit(f"unknown measurement {kind!r}")
-    got = read(peer, remote, cache)
+    try:
+        got = read(peer, remote, cache)
+    except Exception as exc:  # noqa: BLE001 - a failed peer read is a reported figure, not the bench's end
+        got = {"mb_s": float("nan"), "first_sample_s": float("nan"), "error": f"{type(exc).__name__}: {exc}"}
     with open("/proc/self/status") as f:
         rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
     print(json.dumps({**got, "max_rss_mb": rss}))
