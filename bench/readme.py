@@ -62,6 +62,12 @@ def latest_run(path: Path = RESULTS) -> str:
     return runs[-1]
 
 
+def latest_scale_run(path: Path = RESULTS) -> str | None:
+    """Run id of the newest ``bench scale`` section (it runs on its own: GBs of disk, not in ``all``)."""
+    runs = re.findall(r"^## scale — .*?\n(?:.*\n)*?- run: (\S+)", Path(path).read_text(), flags=re.M)
+    return runs[-1] if runs else None
+
+
 def _first_line(section: str, key: str) -> str:
     m = re.search(rf"^- {key}: (.*)$", section, flags=re.M)
     return m.group(1) if m else "?"
@@ -80,6 +86,7 @@ def render(run: str, path: Path = RESULTS) -> str:
            ""]
     out += _compare(figs.get("compare"))
     out += _targets(figs)
+    out += _scale(latest_scale_run(path), path)
     out += ["", END]
     return "\n".join(out)
 
@@ -186,8 +193,46 @@ def _targets(figs: dict) -> list[str]:
         lines += ["", "**Not measured in this run:** " + "; ".join(unmeasured) + "."]
     if "storage" not in figs:
         lines += ["", "Reading from object storage and node-local caches (`bench storage`) is not in this run."]
-    lines += ["", "Not measured by any bench here: RAM per selected sample at query time (target < 4 bytes per "
-              "node; the index figure above is the file on disk)."]
+    return lines
+
+
+SCALE_ROWS = (   # (figure, label, goal, met figure or None: judged by the bench's own rule)
+    ("chunk_1e7_fresh_engine_ms", "chunk 10,000,000 computed directly, fresh engine (ms)", "< 10",
+     "chunk_1e7_target_met"),
+    ("restart_to_first_chunk_warm_s", "restart to first chunk, warm node cache (s, Python imports included)",
+     "< 2 at 1B", None),
+    ("ram_bytes_per_sample_after_an_epoch_upper_bound", "RAM per selected sample on the node after an epoch "
+     "(bytes, anonymous + selection file)", "< 4", "ram_target_met"),
+    ("node_pss_1rank_8workers_mb", "node PSS, 1 rank x 8 workers (MB)", "< 8000 at 1B", None),
+    ("pss_per_worker_mb_median", "PSS per worker (MB)", "< 200", None),
+)
+
+
+def _scale(run: str | None, path: Path = RESULTS) -> list[str]:
+    """The scale targets (BRIEF.md, issue 12) from the newest ``bench scale`` run."""
+    f = parse_figures(sections(run, path).get("scale", "")) if run else {}
+    if "catalog_samples" not in f:
+        return ["", "Scale targets (`bench scale`: 1B-sample statement, chunk k directly, RAM per selected sample) "
+                "are not measured in any recorded run."]
+    lines = ["", f"**Scale** (`python -m bench scale`, Run `{run}`): a metadata-only catalog of "
+             f"{f['catalog_samples']} samples, a statement with WHERE selecting {f.get('selected_samples', '?')}; "
+             f"statement to first chunk with an empty node cache {f.get('statement_to_first_chunk_cold_s', '?')} s, "
+             f"chunk k directly (ms) {f.get('chunk_k_direct_ms.k=0', '?')} at k = 0 and "
+             f"{f.get('chunk_k_direct_ms.k=10,000,000', '?')} at k = 10,000,000 (flat in k: "
+             f"{f.get('flat_in_k', '?')}).", "",
+             "| target | measured | goal | met |", "|---|---|---|---|"]
+    not_met = []
+    for key, label, goal, met_key in SCALE_ROWS:
+        if key not in f:
+            continue
+        met = f.get(met_key) if met_key else None
+        verdict = "yes" if met == "True" else "**no**" if met == "False" else "not judged at this size"
+        if met == "False":
+            not_met.append(label)
+        lines.append(f"| {label} | {f[key]} | {goal} | {verdict} |")
+    lines += ["", "**Scale targets not met:** " + ("; ".join(not_met) if not_met else "none judged") +
+              f". The run's load average was {f.get('load_average_at_start', '?')} on 2 cores (timings noisy); "
+              "the 1B size was not run (see the run's notes)."]
     return lines
 
 
@@ -195,17 +240,20 @@ NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
 def stray_numbers(readme_text: str, path: Path = RESULTS) -> tuple[str, list[str]]:
-    """(cited run id, numbers of README's Performance section that its run's sections lack);
-    thousands separators are ignored on both sides."""
+    """(cited run id, numbers of README's Performance section that the sections of the runs it
+    cites lack); thousands separators are ignored on both sides."""
     perf = readme_text.split("\n## Performance", 1)[1].split("\n## ", 1)[0]
-    m = re.search(r"Run `([^`]+)`", perf)
-    if not m:
+    cited = re.findall(r"Run `([^`]+)`", perf)
+    if not cited:
         raise ValueError("README's Performance section cites no run (expected: Run `RUN_ID`)")
-    secs = sections(m.group(1), path)
-    if not secs:
-        raise ValueError(f"run {m.group(1)} is not in {path}")
-    source = re.sub(r"(?<=\d),(?=\d)", "", "\n".join(secs.values()))
-    return m.group(1), [n for n in NUMBER.findall(perf) if n.replace(",", "") not in source]
+    texts = []
+    for run in cited:   # the run the section is generated from, and the scale run it quotes
+        secs = sections(run, path)
+        if not secs:
+            raise ValueError(f"run {run} is not in {path}")
+        texts += secs.values()
+    source = re.sub(r"(?<=\d),(?=\d)", "", "\n".join(texts))
+    return cited[0], [n for n in NUMBER.findall(perf) if n.replace(",", "") not in source]
 
 
 def update_readme(run: str, readme: Path = README, path: Path = RESULTS) -> None:

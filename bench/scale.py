@@ -1,140 +1,220 @@
 """``python -m bench scale [--quick]``: one selection per node at pretraining scale.
 
-A synthetic selection (pointer rows only, no data files: 7 groups of skewed sizes over files of
-100,000 rows, token counts) is published once through the node's selection cache
-(:mod:`mixsql.selection`), then measured:
+A metadata-only catalog (index rows only, no data files: ``bench.planner.metadata_catalog``,
+cached under ``bench/.data/scale-<rows>/``) with realistic properties (source, language,
+quality, license, token counts) is queried with a WHERE clause and a nested mixture, through the
+training path (``MixStream.open_cached``: plan once per node, publish the selection to the node's
+cache, memory-map it). Measured, each in a fresh process unless said otherwise:
 
-* publish time (the stand-in for statement -> selection; planning over a real catalog is not
-  part of this bench), restart-to-first-chunk with a warm cache (map + engine + chunk 0);
-* time to compute chunk k directly for k = 0, 1e3, 1e5, 1e7 (median of interleaved rounds:
-  is the cost flat in k?);
-* node memory with 1 rank x 8 DataLoader-like worker processes that each map the selection and
-  compose their own chunks: PSS summed over the node's processes (shared pages counted once),
-  the PSS each worker adds, and bytes of RAM per selected sample.
+* ``statement_to_first_chunk_cold_s``: statement text -> first chunk with an empty node cache
+  (imports + plan + DuckDB query + publish the selection + map + chunk 0);
+* ``restart_to_first_chunk_warm_s``: a restarted process with a warm cache resumes from a
+  checkpoint at chunk 1,000,000 and builds its first chunk (imports + map + engine + chunk;
+  ``restart_after_imports_s`` without the Python imports), median of several restarts;
+* ``chunk_k_direct_ms``: time of ``engine.chunk(k)`` for k = 0, 1e3, 1e5, 1e7 (interleaved rounds,
+  median with range), and chunk 1e7 on engines that computed nothing before (``fresh``);
+  ``flat_in_k``: whether chunk 1e7 costs under 3x chunk 0;
+* node memory with 1 rank x 8 DataLoader-like worker processes (forked from the rank, as
+  DataLoader forks its workers), each composing and materialising 64 of its own chunks: PSS
+  summed over the node's processes (shared pages counted once), against the same 9 processes
+  running the same statement restricted to 1/500 of the rows (``"row" < 20``: same imports,
+  catalog handles and code paths) as baseline; ``selection_ram_bytes_per_sample`` = (node PSS -
+  baseline PSS) / (selected samples - baseline's selected samples): what each selected sample
+  adds. The selection is a file mapping: pages are resident once read, so over a whole epoch it
+  grows towards the file's size, which ``selection_file_bytes_per_sample`` reports (page cache,
+  shared by every process of the node).
 
-Kept out of CI (minutes of CPU, GBs of disk at full size); ``--quick`` uses 2M samples.
+Kept out of CI (minutes of CPU, GBs of disk at full size); ``--quick`` uses 2M samples. The
+full size is ``MIXSQL_BENCH_SCALE_N`` (default 100M); the machine's load average is recorded.
 """
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
+from bench.planner import DATA, metadata_catalog
 
-from mixsql.engine import MixEngine
-from mixsql.selection import cached
-from mixsql.spec import Group, MixSpec
+SOURCES = ["web", "c4", "code", "books", "arxiv", "wiki", "forums"]
+LANGS = ["en", "de", "fr", "es", "zh", "python", "javascript", "go"]
+LICENSES = ["cc-by", "cc-by-sa", "mit", "apache-2.0", "unknown"]
+SQL = """SELECT * FROM samples
+WHERE quality > 0.2 AND license <> 'unknown'
+MIX BY source WITH (
+    (web, c4) 0.55,
+    code 0.2 MIX BY language WITH (python 0.5, javascript 0.3, OTHER 0.2),
+    books 0.1,
+    OTHER 0.15
+)
+SETTINGS (seed = 7, chunk_size = 512, on_exhausted = 'repeat')"""
+SQL_TINY = SQL.replace("WHERE ", 'WHERE "row" < 20 AND ')   # same statement, 1/500 of the selection
+KS = (0, 1_000, 100_000, 10_000_000)
+WORKERS = 8
 
-WEIGHTS = (0.30, 0.25, 0.15, 0.12, 0.08, 0.06, 0.04)
-ROWS_PER_FILE = 100_000
 
-
-def _spec() -> MixSpec:
-    groups = tuple(Group(i, f"g{i}", w, (f"g{i}",)) for i, w in enumerate(WEIGHTS))
-    return MixSpec(groups=groups, chunk_size=512, seed=1, on_exhausted="repeat")
-
-
-def _build(n: int):
-    """Pointer table in base order: group g holds a share of n proportional to its weight
-    skewed by a WHERE-like filter (every third row dropped), files of ROWS_PER_FILE rows."""
-    sizes = np.floor(np.asarray(WEIGHTS) ** 1.3 / np.sum(np.asarray(WEIGHTS) ** 1.3) * n).astype(np.int64)
-    sizes[0] += n - sizes.sum()
-    gid = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
-    pos = np.arange(n, dtype=np.int64)
-    kept = pos + pos // 2            # the rows a WHERE clause kept (every third one dropped)
-    fid = (kept // ROWS_PER_FILE).astype(np.int32)
-    row = kept % ROWS_PER_FILE
-    nfiles = int(fid.max()) + 1
-    paths = pa.array([f"s3://bucket/crawl/shard-{i:06d}.jsonl.zst" for i in range(nfiles)])
-    table = pa.table({
-        "__mix_group": gid,
-        "__mix_source": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array(["web"])),
-        "__mix_file_id": fid,
-        "__mix_file": pa.DictionaryArray.from_arrays(fid, paths),
-        "__mix_row": row,
-        "__mix_offset": row * 2048,
-        "__mix_length": np.full(n, 2047, np.int32),
-        "__mix_n_bytes": np.full(n, 2047, np.int64),
-        "__mix_n_tokens": (row % 997 + 24).astype(np.int64),
+def build(rows: int) -> Path:
+    langs = "[" + ", ".join(f"'{x}'" for x in LANGS) + "]"
+    lics = "[" + ", ".join(f"'{x}'" for x in LICENSES) + "]"
+    return metadata_catalog(DATA / f"scale-{rows}", rows, SOURCES, {
+        "language": ("VARCHAR", f"{langs}[((hash(i) % {len(LANGS)}) + 1)::BIGINT]"),
+        "quality": ("DOUBLE", "(hash(i * 7) % 1000) / 1000.0"),
+        "license": ("VARCHAR", f"{lics}[((hash(i * 13) % {len(LICENSES)}) + 1)::BIGINT]"),
     })
-    files = pa.table({"file_id": pa.array(np.arange(nfiles, dtype=np.int32)), "path": paths})
-    return table, _spec(), files
 
 
-def _pss_kb(pid: int) -> int:
+# --- measurements, each run in a fresh interpreter (python -c) --------------------------------
+_PRELUDE = """
+import json, os, sys, time
+t0 = time.perf_counter()
+from mixsql.stream import MixStream
+imported = time.perf_counter() - t0
+cat, sql = sys.argv[1], sys.argv[2]
+"""
+
+_FIRST_CHUNK = _PRELUDE + """
+stream = MixStream.open_cached(cat, sql)
+eng = stream.engine(json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)
+chunk = eng.next_chunk()
+print(json.dumps({"s": time.perf_counter() - t0, "imports_s": imported, "rows": chunk.num_rows, "built": stream.built,
+                  "selected": stream.pointers.num_rows}))
+"""
+
+_CHUNK_K = _PRELUDE + """
+stream = MixStream.open_cached(cat, sql)
+ks = json.loads(sys.argv[3])
+eng = stream.engine()
+times = {k: [] for k in ks}
+for _ in range(7):                       # interleaved rounds
+    for k in ks:
+        t = time.perf_counter()
+        eng.chunk(k)
+        times[k].append((time.perf_counter() - t) * 1e3)
+fresh = []
+for _ in range(5):
+    e = stream.engine()
+    t = time.perf_counter()
+    e.chunk(ks[-1])
+    fresh.append((time.perf_counter() - t) * 1e3)
+print(json.dumps({"times": times, "fresh": fresh}))
+"""
+
+_NODE = _PRELUDE + """
+import multiprocessing
+W = int(sys.argv[3])
+
+def pss_kb(pid):
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return 0
+        kb = {l.split()[0]: int(l.split()[1]) for l in f if l.startswith("Pss")}
+    return [kb["Pss:"], kb["Pss_Anon:"]]
 
+eng = MixStream.open_cached(cat, sql).engine()
 
-def _worker(key_n, w, W, ready, go):
-    pointers, spec, _, _ = cached("synthetic://scale", key_n, "bench scale", None, None)
-    eng = MixEngine(pointers, spec)
+def worker(w, ready, go):
     for i in range(64):
-        eng.chunk(w + i * W)
+        eng.chunk(w + i * W)            # this worker's own chunks, materialised
     ready.put(os.getpid())
     go.wait()
+
+ctx = multiprocessing.get_context("fork")
+ready, go = ctx.Queue(), ctx.Event()
+procs = [ctx.Process(target=worker, args=(w, ready, go)) for w in range(W)]
+for p in procs:
+    p.start()
+pids = [ready.get(timeout=3600) for _ in procs]
+kb = [pss_kb(os.getpid())] + [pss_kb(p) for p in pids]
+go.set()
+for p in procs:
+    p.join()
+print(json.dumps({"pss_kb": kb}))
+"""
+
+
+def _py(code: str, *args: str, env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=False)
+    if out.returncode:
+        raise RuntimeError(f"bench scale step failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _spread(values) -> str:
+    vals = sorted(values)
+    return f"{statistics.median(vals):.3f} ({vals[0]:.3f}..{vals[-1]:.3f})"
 
 
 def run(quick: bool = False) -> dict:
     n = 2_000_000 if quick else int(os.environ.get("MIXSQL_BENCH_SCALE_N", "100000000"))
+    restarts = 5
+    load_start = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    cat = str(build(n))
+    build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["MIXSQL_CACHE_DIR"] = tmp
-        t0 = time.perf_counter()
-        _, _, _, built = cached("synthetic://scale", n, "bench scale", None, lambda: _build(n))
-        publish_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pointers, spec, _, _ = cached("synthetic://scale", n, "bench scale", None, None)
-        eng = MixEngine(pointers, spec)
-        first = eng.chunk(0)
-        restart_s = time.perf_counter() - t0
-        times = {k: [] for k in (0, 1_000, 100_000, 10_000_000)}
-        for _ in range(7):                       # interleaved rounds, medians
-            for k in times:
-                t = time.perf_counter()
-                eng.chunk(k)
-                times[k].append(time.perf_counter() - t)
-        fresh_s = []
-        for _ in range(5):                       # chunk 1e7 on an engine that computed nothing yet
-            e = MixEngine(pointers, spec)
-            t = time.perf_counter()
-            e.chunk(10_000_000)
-            fresh_s.append(time.perf_counter() - t)
-        ctx = multiprocessing.get_context("fork")
-        ready, go = ctx.Queue(), ctx.Event()
-        base_kb = _pss_kb(os.getpid())
-        procs = [ctx.Process(target=_worker, args=(n, w, 8, ready, go)) for w in range(8)]
-        for p in procs:
-            p.start()
-        pids = [ready.get(timeout=1800) for _ in procs]
-        worker_kb = [_pss_kb(pid) for pid in pids]
-        node_kb = _pss_kb(os.getpid()) + sum(worker_kb)
-        go.set()
-        for p in procs:
-            p.join()
-        disk = sum(f.stat().st_size for f in os.scandir(os.path.join(tmp, "selections", os.listdir(
-            os.path.join(tmp, "selections"))[0])) if f.is_file()) if built else None
-    ms = {f"k={k:,}": round(statistics.median(v) * 1e3, 3) for k, v in times.items()}
+        env = dict(os.environ, MIXSQL_CACHE_DIR=tmp, PYTHONPATH=os.pathsep.join(sys.path))
+        cold = _py(_FIRST_CHUNK, cat, SQL, env=env)
+        assert cold["built"] and cold["rows"] == 512
+        # a checkpoint at chunk 1,000,000 (engine state; the stream's own state is O(groups))
+        state = _py(_PRELUDE + """
+eng = MixStream.open_cached(cat, sql).engine()
+eng.seek(1_000_000)
+print(json.dumps(eng.state_dict()))""", cat, SQL, env=env)
+        warm = [_py(_FIRST_CHUNK, cat, SQL, json.dumps(state), env=env) for _ in range(restarts)]
+        assert not any(w["built"] for w in warm)
+        ck = _py(_CHUNK_K, cat, SQL, json.dumps(list(KS)), env=env)
+        tiny = _py(_FIRST_CHUNK, cat, SQL_TINY, env=env)["selected"]
+        nodes = {SQL: [], SQL_TINY: []}
+        for _ in range(3):                     # interleaved: the same load hits both
+            for sql in nodes:
+                nodes[sql].append(_py(_NODE, cat, sql, str(WORKERS), env=env)["pss_kb"])
+        file_bytes = max(sum(f.stat().st_size for f in d.iterdir())   # the full statement's selection
+                         for d in Path(tmp, "selections").iterdir() if d.is_dir())
+    selected = cold["selected"]
+    ms = {f"k={int(k):,}": _spread(v) for k, v in ck["times"].items()}
+    med = {k: statistics.median(v) for k, v in ck["times"].items()}
+    node_mb, anon_mb = (statistics.median(sum(kb[i] for kb in run) for run in nodes[SQL]) / 1024 for i in (0, 1))
+    base_mb, base_anon_mb = (statistics.median(sum(kb[i] for kb in run) for run in nodes[SQL_TINY]) / 1024
+                             for i in (0, 1))
+    per_worker = [kb[0] for run in nodes[SQL] for kb in run[1:]]
+    sel_bytes = (node_mb - base_mb) * 2**20 / (selected - tiny)
+    anon_bytes = (anon_mb - base_anon_mb) * 2**20 / (selected - tiny)
+    epoch_bytes = max(anon_bytes, 0) + file_bytes / selected   # every page of the selection resident
+    warm_s = [w["s"] for w in warm]
     return {
-        "samples": n,
-        "publish_selection_s": round(publish_s, 2),
-        "restart_to_first_chunk_warm_cache_s": round(restart_s, 3),
-        "first_chunk_rows": first.num_rows,
-        "chunk_k_direct_ms_median": ms,
-        "chunk_1e7_on_fresh_engine_ms_median": round(statistics.median(fresh_s) * 1e3, 3),
-        "flat_in_k": ms["k=10,000,000"] < 3 * max(ms["k=0"], 1e-3),
-        "node_pss_1rank_8workers_mb": round(node_kb / 1024, 1),
-        "pss_added_per_worker_mb_median": round(statistics.median(worker_kb) / 1024, 1),
-        "main_process_pss_before_workers_mb": round(base_kb / 1024, 1),
-        "ram_bytes_per_selected_sample": round(node_kb * 1024 / n, 2),
-        "selection_bytes_on_disk_per_sample": round(disk / n, 1) if disk else None,
-        "_notes": ("synthetic selection published directly (no DuckDB planning, no data files); PSS counts "
-                   "the memory-mapped selection's pages once per node; shared 2-core machine under load from "
-                   "other jobs: timings noisy"),
+        "catalog_samples": n,
+        "selected_samples": selected,
+        "catalog_build_s": round(build_s, 1),
+        "statement_to_first_chunk_cold_s": round(cold["s"], 2),
+        "restart_to_first_chunk_warm_s": _spread(warm_s),
+        "restart_python_imports_s": _spread([w["imports_s"] for w in warm]),
+        "restart_after_imports_s": _spread([w["s"] - w["imports_s"] for w in warm]),
+        "target_restart_warm_s_at_1B": 2,
+        "chunk_k_direct_ms": ms,
+        "chunk_1e7_fresh_engine_ms": _spread(ck["fresh"]),
+        "target_chunk_1e7_ms": 10,
+        "chunk_1e7_target_met": statistics.median(ck["fresh"]) < 10,
+        "flat_in_k": med[str(KS[-1])] < 3 * max(med[str(KS[0])], 1e-3),
+        "node_pss_1rank_8workers_mb": round(node_mb, 1),
+        "node_pss_same_statement_1_500th_of_the_rows_mb": round(base_mb, 1),
+        "target_node_pss_mb_at_1B": 8000,
+        "pss_per_worker_mb_median": round(statistics.median(per_worker) / 1024, 1),
+        "target_pss_per_worker_mb": 200,
+        "selection_ram_bytes_per_sample": round(sel_bytes, 2),
+        "selection_anonymous_ram_bytes_per_sample": round(anon_bytes, 2),
+        "target_ram_bytes_per_sample": 4,
+        "selection_file_bytes_per_sample": round(file_bytes / selected, 1),
+        "ram_bytes_per_sample_after_an_epoch_upper_bound": round(epoch_bytes, 1),
+        "ram_target_met": epoch_bytes < 4,
+        "load_average_at_start": round(load_start, 1),
+        "load_average_at_end": round(os.getloadavg()[0], 1),
+        "_notes": (f"metadata-only catalog of {n:,} samples (no data files); statement with WHERE and a nested "
+                   f"mixture selecting {selected:,}; fresh processes per measurement; node PSS medians of 3 "
+                   "interleaved runs of the statement and of its 1/500 restriction (the baseline); the RAM "
+                   "target is judged on the epoch upper bound (anonymous bytes + the selection file); timings are medians (min..max) on a "
+                   f"2-core machine shared with other jobs (1-min load average {load_start:.1f} at the start): "
+                   "noisy. The selection file's pages become resident as an epoch reads them (shared page "
+                   "cache, counted once per node)."),
     }

@@ -3,7 +3,10 @@
 Input: the planner's pointer table (``spec.MIX_COLUMNS``, when ordered either ``__mix_order``
 (int64 rank) or the raw ORDER BY key columns ``__mix_order_<i>_<asc|desc>_<nf|nl>`` ranked here
 with :func:`mixsql.shuffle.ordered_permutation`, user columns) and a :class:`~mixsql.spec.MixSpec`. Output: chunks, Arrow tables with the columns of
-``CHUNK_COLUMNS`` (user columns inserted after ``row``).
+``CHUNK_COLUMNS`` (user columns inserted after ``row``). A node's cached selection
+(:func:`mixsql.selection.compact`) comes in base order with per-group and per-file facts in its
+metadata: the engine then reads no column at construction (O(groups + files)) and gathers only
+each chunk's rows from the mapped file, in their stored (narrow) types.
 
 Composition (``unit = 'samples'``), random access. Let ``a_g(T)`` be group g's *target* after
 ``T`` samples: ``weight_g * T`` for static weights (restarting from what was delivered at every
@@ -61,6 +64,7 @@ or after the first sample of step s.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from typing import Iterator, Sequence
 
@@ -69,7 +73,7 @@ import pyarrow as pa
 
 from .composition import Composer
 from .errors import ProgrammingError
-from .selection import SORTED_KEY
+from .selection import COMPACT_DERIVED, COMPACT_KEY, SORTED_KEY
 from .shuffle import ORDER_KEY_PREFIX, GroupSequence, order_key_columns, ordered_permutation, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, MixSpec
 
@@ -328,9 +332,11 @@ def _normalise(weights: Sequence[float], n: int) -> np.ndarray:
 
 
 def _to_numpy(col: pa.ChunkedArray | pa.Array, dtype) -> np.ndarray:
+    """Zero-copy numpy view of a null-free column (``dtype=None``: as stored; else cast if needed)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    x = col.to_numpy(zero_copy_only=False)
+    return x if dtype is None else x.astype(dtype, copy=False)
 
 
 def _arr(x: np.ndarray, typ: pa.DataType) -> pa.Array:
@@ -345,11 +351,16 @@ def _combine(col):
     return col
 
 
-def _file_dictionaries(pointers: pa.Table, N: int):
+def _file_dictionaries(pointers: pa.Table, N: int, compact: dict | None = None):
     """(per-row file code, file paths by code, source code by file code, source names).
 
-    Uses the planner's dictionary-encoded ``__mix_file`` / ``__mix_source`` directly; plain
-    string columns are coded by file_id (O(N), no sort)."""
+    A compact stored selection (:func:`mixsql.selection.compact`) has them in its metadata (no
+    column is read). Otherwise uses the planner's dictionary-encoded ``__mix_file`` /
+    ``__mix_source`` directly; plain string columns are coded by file_id (O(N), no sort)."""
+    if compact is not None:
+        fcol = _combine(pointers.column("__mix_file"))
+        return (fcol.indices.to_numpy(zero_copy_only=False), fcol.dictionary.cast(pa.string()),
+                np.asarray(compact["file_source"], np.int32), pa.array(compact["sources"], pa.string()))
     fcol, scol = _combine(pointers.column("__mix_file")), _combine(pointers.column("__mix_source"))
     if N and pa.types.is_dictionary(fcol.type) and pa.types.is_dictionary(scol.type) \
             and fcol.null_count == 0 and scol.null_count == 0:
@@ -386,8 +397,12 @@ class MixEngine:
 
     def __init__(self, pointers: pa.Table, spec: MixSpec, state: dict | None = None, *,
                  batch_size: int | None = None):
-        missing = [c for c in MIX_COLUMNS if c not in pointers.column_names]
-        if spec.ordered and ORDER_COLUMN not in pointers.column_names and \
+        meta = pointers.schema.metadata or {}
+        stored = meta.get(SORTED_KEY) == b"1"   # a cached selection: rows already in base order
+        compact = json.loads(meta[COMPACT_KEY]) if stored and COMPACT_KEY in meta else None
+        missing = [c for c in MIX_COLUMNS if c not in pointers.column_names
+                   and not (compact is not None and c in COMPACT_DERIVED)]
+        if spec.ordered and not stored and ORDER_COLUMN not in pointers.column_names and \
                 not order_key_columns(pointers.column_names):
             missing.append(f"{ORDER_COLUMN} (or {ORDER_KEY_PREFIX}<i>_<asc|desc>_<nf|nl> key columns)")
         if missing:
@@ -400,9 +415,15 @@ class MixEngine:
         self.n_groups = G = len(spec.groups)
         self.n_rows = N = pointers.num_rows
         self._paths = pa.array([g.path for g in spec.groups], pa.string())
-        gid = _to_numpy(pointers.column("__mix_group"), np.int32) if N else np.zeros(0, np.int32)
-        if N and (gid.min() < 0 or gid.max() >= G):
-            raise ProgrammingError(f"__mix_group values must lie in 0..{G - 1}")
+        if compact is not None:   # group sizes from the metadata: no column is read
+            gid, counts = None, np.asarray(compact["group_sizes"], np.int64)
+            if len(counts) != G or int(counts.sum()) != N:
+                raise ProgrammingError(f"the stored selection's group sizes do not match its {N} rows and {G} groups")
+        else:
+            gid = _to_numpy(pointers.column("__mix_group"), np.int32) if N else np.zeros(0, np.int32)
+            if N and (gid.min() < 0 or gid.max() >= G):
+                raise ProgrammingError(f"__mix_group values must lie in 0..{G - 1}")
+            counts = np.bincount(gid, minlength=G) if N else np.zeros(G, np.int64)
         self._tokens_needed = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
         tokens = None
         if self._tokens_needed:
@@ -414,9 +435,7 @@ class MixEngine:
                     "tokenizer (WITH (tokenizer = ...)) or use unit = 'samples'"
                 )
             tokens = _to_numpy(col, np.int64)
-        stored = (pointers.schema.metadata or {}).get(SORTED_KEY) == b"1"   # a cached selection
         order = None if stored else self._base_order(pointers, gid)
-        counts = np.bincount(gid, minlength=G) if N else np.zeros(G, np.int64)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         shuffle = None if spec.ordered else spec.shuffle
         fids = _to_numpy(pointers.column("__mix_file_id"), np.int32) if N and shuffle is not None else None
@@ -434,16 +453,18 @@ class MixEngine:
                 if not c.startswith("__mix_") and c not in CHUNK_COLUMNS]
         self.user_columns = user
         self._user = pointers.select(user).combine_chunks() if user else None
-        self._np = {c: _to_numpy(pointers.column(c), dt) if N else np.zeros(0, dt)
+        # pointer columns as stored (a mapped selection keeps its narrow types: gathers cast per chunk)
+        self._np = {c: _to_numpy(pointers.column(c), None if compact is not None else dt) if N else np.zeros(0, dt)
                     for c, dt in (("__mix_row", np.int64), ("__mix_file_id", np.int32),
                                   ("__mix_offset", np.int64), ("__mix_length", np.int32),
-                                  ("__mix_n_bytes", np.int64))}
+                                  ("__mix_n_bytes", np.int64)) if c in pointers.column_names}
         ntok = pointers.column("__mix_n_tokens")
         self._ntok_nulls = ntok.null_count > 0
-        self._ntok_col = ntok.combine_chunks() if self._ntok_nulls else None
+        self._ntok_col = _combine(ntok) if self._ntok_nulls else None
         self._np["__mix_n_tokens"] = (tokens if tokens is not None else
                                       (_to_numpy(ntok, np.int64) if not self._ntok_nulls and N else np.zeros(N, np.int64)))
-        self._file_code, self._file_paths, self._file_source, self._sources = _file_dictionaries(pointers, N)
+        self._file_code, self._file_paths, self._file_source, self._sources = _file_dictionaries(pointers, N, compact)
+        self._file_id_by_code = None if compact is None else np.asarray(compact["file_ids"], np.int32)
         self._names = [*CHUNK_HEAD, *user, *CHUNK_TAIL]
         self._chunk_schema = None
         self._file_paths_py = self._file_paths.to_pylist()
@@ -712,13 +733,14 @@ class MixEngine:
             pa.DictionaryArray.from_arrays(gid32, self._paths),
             source,
             files,
-            _arr(P["__mix_row"][idx], pa.int64()),
+            _arr(P["__mix_row"][idx].astype(np.int64, copy=False), pa.int64()),
             *user,
             _arr(gid32, pa.int32()),
-            _arr(P["__mix_file_id"][idx], pa.int32()),
-            _arr(P["__mix_offset"][idx], pa.int64()),
-            _arr(P["__mix_length"][idx], pa.int32()),
-            _arr(P["__mix_n_bytes"][idx], pa.int64()),
+            _arr(self._file_id_by_code[code] if self._file_id_by_code is not None else P["__mix_file_id"][idx],
+                 pa.int32()),
+            _arr(P["__mix_offset"][idx].astype(np.int64, copy=False), pa.int64()),
+            _arr(P["__mix_length"][idx].astype(np.int32, copy=False), pa.int32()),
+            _arr(P["__mix_n_bytes"][idx].astype(np.int64, copy=False), pa.int64()),
             ntok,
             _arr(epochs.astype(np.int32, copy=False), pa.int32()),
         ]

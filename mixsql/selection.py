@@ -4,10 +4,15 @@
 for a MIX statement. The selection lives in ``$MIXSQL_CACHE_DIR/selections/<key>`` (default
 ``~/.cache/mixsql``), ``key = sha256(catalog path, catalog snapshot, statement, parameters)``:
 
-* ``pointers.arrow``: the pointer columns (``spec.MIX_COLUMNS``) in the engine's base order (by
-  group, then ORDER BY rank or (file, row)), one uncompressed Arrow IPC record batch, so opening
-  it is a memory map: every process on the node shares the same page-cache pages and no process
-  copies the selection. ORDER BY selections carry their stored order as the row order itself.
+* ``pointers.arrow``: the selection in the engine's base order (by group, then ORDER BY rank or
+  (file, row)), one uncompressed Arrow IPC record batch, so opening it is a memory map: every
+  process on the node shares the same page-cache pages and no process copies the selection.
+  ORDER BY selections carry their stored order as the row order itself. Compact form
+  (:func:`compact`): only what a chunk reads per sample (file code, row, offset, length, bytes,
+  tokens; narrow integer types where the values fit, 32 bytes a sample at most); what is
+  per group or per file (group sizes, each file's id and source) is in the schema metadata, so
+  opening a selection touches O(groups + files) bytes, never a column, and a chunk touches only
+  its own rows' pages.
 * ``files.arrow``: the files the selection points into; ``meta.json``: spec and provenance.
 
 Concurrency: the first opener takes an exclusive ``flock`` on ``<key>.lock``, builds into
@@ -25,12 +30,15 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from .spec import MixSpec
 
-SELECTION_VERSION = 1
+SELECTION_VERSION = 2
 SORTED_KEY = b"mixsql.base_order"
+COMPACT_KEY = b"mixsql.compact"     # JSON: group_sizes, file_ids and file_source per file code, sources
+COMPACT_DERIVED = ("__mix_group", "__mix_source", "__mix_file_id")   # recovered from COMPACT_KEY
 
 
 def cache_root() -> Path:
@@ -49,6 +57,46 @@ def _read_arrow(path: Path) -> pa.Table:
 def _write_arrow(path: Path, table: pa.Table) -> None:
     with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table, max_chunksize=max(1, table.num_rows))
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    col = table.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _narrow(arr: pa.Array) -> pa.Array:
+    """``arr`` as uint32 when its values fit (no nulls), else unchanged."""
+    if arr.null_count or not len(arr):
+        return arr
+    x = arr.to_numpy(zero_copy_only=False)
+    return pa.array(x.astype(np.uint32), pa.uint32()) if 0 <= x.min() and x.max() < 2**32 else arr
+
+
+def compact(pointers: pa.Table, n_groups: int) -> pa.Table:
+    """The stored form of a selection in base order (see the module docstring)."""
+    gid = _column(pointers, "__mix_group").to_numpy(zero_copy_only=False)
+    if len(gid) and (np.diff(gid) < 0).any():
+        raise ValueError("a selection is stored in base order: rows sorted by group")
+    fcol, scol = _column(pointers, "__mix_file"), _column(pointers, "__mix_source")
+    if not pa.types.is_dictionary(fcol.type):
+        fcol = fcol.dictionary_encode()
+    if not pa.types.is_dictionary(scol.type):
+        scol = scol.dictionary_encode()
+    codes = fcol.indices.to_numpy(zero_copy_only=False)
+    file_ids = np.zeros(len(fcol.dictionary), np.int64)
+    file_source = np.zeros(len(fcol.dictionary), np.int64)
+    file_ids[codes] = _column(pointers, "__mix_file_id").to_numpy(zero_copy_only=False)
+    file_source[codes] = scol.indices.to_numpy(zero_copy_only=False)
+    meta = {"group_sizes": np.bincount(gid, minlength=n_groups).tolist(), "file_ids": file_ids.tolist(),
+            "file_source": file_source.tolist(), "sources": scol.dictionary.cast(pa.string()).to_pylist()}
+    cols = {"__mix_file": pa.DictionaryArray.from_arrays(fcol.indices.cast(pa.int32()), fcol.dictionary),
+            "__mix_row": _narrow(_column(pointers, "__mix_row")),
+            "__mix_offset": _column(pointers, "__mix_offset"),
+            "__mix_length": _column(pointers, "__mix_length"),
+            "__mix_n_bytes": _narrow(_column(pointers, "__mix_n_bytes")),
+            "__mix_n_tokens": _column(pointers, "__mix_n_tokens")}
+    cols.update({c: _column(pointers, c) for c in pointers.column_names if not c.startswith("__mix_")})
+    return pa.table(cols).replace_schema_metadata({SORTED_KEY: b"1", COMPACT_KEY: json.dumps(meta).encode()})
 
 
 def _load(d: Path):
@@ -77,7 +125,7 @@ def cached(catalog_path: str, snapshot: int, sql: str, params, build):
             pointers, spec, files = build()
             tmp = root / f"{key}.tmp-{os.getpid()}"
             tmp.mkdir()
-            _write_arrow(tmp / "pointers.arrow", pointers.replace_schema_metadata({SORTED_KEY: b"1"}))
+            _write_arrow(tmp / "pointers.arrow", compact(pointers, len(spec.groups)))
             _write_arrow(tmp / "files.arrow", files)
             (tmp / "meta.json").write_text(json.dumps({"version": SELECTION_VERSION, "spec": spec.to_json(),
                                                        "snapshot": int(snapshot), "statement": sql,

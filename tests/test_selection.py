@@ -65,3 +65,28 @@ def test_a_killed_builder_leaves_nothing_a_later_open_trusts(tmp_path, monkeypat
     got = [(f, r) for c in s.chunks() for f, r in zip(c.column("file_id").to_pylist(), c.column("row").to_pylist())]
     exp = [(f, r) for c in ref.chunks() for f, r in zip(c.column("file_id").to_pylist(), c.column("row").to_pylist())]
     assert got == exp   # the cached selection streams exactly what planning in-process streams
+
+
+def test_the_stored_selection_is_compact_and_streams_what_planning_streams(tmp_path, monkeypatch):
+    """The published form keeps per sample only what a chunk reads (narrow types), per group and
+    per file the rest; every chunk column equals what in-process planning streams."""
+    import pyarrow as pa
+
+    from mixsql.selection import COMPACT_DERIVED
+
+    cat = tmp_path / "cat"
+    for src, n in (("web", 700), ("code", 500)):
+        recs = [{"text": f"{src} {'x' * (i % 9)} {i}", "lang": ["en", "de", "py"][i % 3]} for i in range(n)]
+        write_jsonl_catalog(cat, recs, source=src, properties={"lang": "VARCHAR"}, rows_per_file=160)
+    monkeypatch.setenv("MIXSQL_CACHE_DIR", str(tmp_path / "cache"))
+    for sql in ("SELECT * FROM samples WHERE lang <> 'de' MIX BY source WITH (web 0.7, code 0.3) "
+                "SETTINGS (chunk_size = 50, on_exhausted = 'repeat', max_epochs = 2, seed = 4)",
+                "SELECT * FROM samples MIX BY lang WITH (en 0.5, py 0.5) ORDER BY n_bytes DESC "
+                "SETTINGS (chunk_size = 300, unit = 'tokens', on_exhausted = 'redistribute')"):
+        s = MixStream.open_cached(str(cat), sql)
+        assert s.built and not set(COMPACT_DERIVED) & set(s.pointers.column_names)
+        assert s.pointers.schema.field("__mix_row").type == pa.uint32()
+        ref = MixStream.open(str(cat), sql, user_columns=False)
+        got, exp = list(s.chunks()), list(ref.chunks())
+        assert len(got) == len(exp) > 3 and all(a.equals(b) for a, b in zip(got, exp))
+        assert {x for c in got for x in c.column("source").to_pylist()} == {"web", "code"}
