@@ -54,3 +54,21 @@ def test_generated_section_parses_back_the_figures(tmp_path):
     assert "| registration rate over Mixtera's | 1.47 (1.4..1.5)" in body and "| **no** |" in body
     assert "| 3 (2..4) | — | 6 (5..7) (LitData) | 0.50x **behind** |" in body
     assert "Targets not met in this run:** registration rate over Mixtera's" in body
+
+
+def test_the_scale_run_is_rendered_and_its_numbers_are_checked_against_it(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    results.append("compare", "python -m bench all --quick  [compare]", path=path, run="R1",
+                   figures={"systems": {"mixsql": {"cpu_tok_s_w1": "3 (2..4)"}}})
+    results.append("scale", "python -m bench scale", path=path, run="S1",
+                   figures={"catalog_samples": 1000, "selected_samples": 640, "chunk_1e7_fresh_engine_ms": "12.5 (11..14)",
+                            "chunk_1e7_target_met": False, "pss_per_worker_mb_median": 150.5,
+                            "ram_bytes_per_sample_after_an_epoch_upper_bound": 3.5, "ram_target_met": True,
+                            "target_pss_per_worker_mb": 200, "chunk_k_direct_ms": {"k=10,000,000": "1.5 (1..2)"}})
+    body = readme.render("R1", path)
+    assert "Run `S1`" in body and "| chunk 10,000,000 computed directly, fresh engine (ms) | 12.5 (11..14) | < 10 | **no** |" in body
+    assert "| PSS per worker (MB) | 150.5 | < 200 | yes |" in body and "| 3.5 | < 4 | yes |" in body
+    assert "**Scale targets not met:** chunk 10,000,000 computed directly" in body
+    text = f"# x\n\n## Performance\n\n{body}\n\n## Layout\n"
+    assert readme.stray_numbers(text, path) == ("R1", [])
+    assert readme.stray_numbers(text.replace("150.5", "151.5"), path)[1] == ["151.5"]
