@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -18,19 +17,23 @@ SQL = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
        "SETTINGS (chunk_size = 6, on_exhausted = 'redistribute', seed = 5)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _init_gloo(rank: int, world: int, store: str) -> None:
+    """Rendezvous through a file (no TCP port to pick: a port chosen free can be taken by another
+    process on a busy machine before rank 0 binds it); gloo then connects the ranks itself."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(minutes=10))
 
 
-def _rank_main(rank, world, port, cat, replicas, out_dir, stop):
+def _rank_main(rank, world, store, cat, replicas, out_dir, stop):
     import torch.distributed as dist
 
     from mixsql.torch import MixDataLoader, MixDataset
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _init_gloo(rank, world, store)
     try:
         def run(stop=None, state=None):
             ds = MixDataset(SQL, catalog=cat, replicas=replicas, columns=("file", "row"))
@@ -72,7 +75,7 @@ def test_gloo_ranks(cat, tmp_path, world, replicas):
     # fast (unlike spawn) and inherit no threads from this test process (gRPC, DuckDB, thread
     # pools), which can leave forked children deadlocked on a lock held at fork time.
     mp.set_forkserver_preload(["torch", "mixsql.torch", "mixsql.stream"])
-    mp.start_processes(_rank_main, args=(world, _free_port(), cat, replicas, str(tmp_path), stop), nprocs=world,
+    mp.start_processes(_rank_main, args=(world, str(tmp_path / "store"), cat, replicas, str(tmp_path), stop), nprocs=world,
                        join=True, start_method="forkserver")
     res = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(world)]
     for r in res:
@@ -93,17 +96,14 @@ def test_gloo_ranks(cat, tmp_path, world, replicas):
 
 
 
-def _elastic_rank(rank, world, port, cat, states, stop, out_dir):
+def _elastic_rank(rank, world, store, cat, states, stop, out_dir):
     """One data-parallel rank of one phase: resume from every old rank's state (if any), read
     ``stop`` batches through 2 DataLoader workers (None: to the end), save what it saw and its state."""
-    import datetime
-
     import torch.distributed as dist
 
     from mixsql.torch import MixDataLoader, MixDataset
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(minutes=10))
+    _init_gloo(rank, world, store)
     try:
         dl = MixDataLoader(MixDataset(SQL, catalog=cat), batch_size=2, num_workers=2, multiprocessing_context="fork")
         if states is not None:
@@ -128,7 +128,7 @@ def _elastic_phases(cat, tmp_path, phases):
     for i, (world, stop) in enumerate(phases):
         out = tmp_path / f"phase{i}"
         out.mkdir()
-        mp.start_processes(_elastic_rank, args=(world, _free_port(), cat, states, stop, str(out)), nprocs=world,
+        mp.start_processes(_elastic_rank, args=(world, str(out / "store"), cat, states, stop, str(out)), nprocs=world,
                            join=True, start_method="forkserver")
         res = [json.load(open(out / f"rank{r}.json")) for r in range(world)]
         assert [r["dp"] for r in res] == [[r, world] for r in range(world)]   # rank from torch.distributed
