@@ -8,8 +8,9 @@ for a MIX statement. The selection lives in ``$MIXSQL_CACHE_DIR/selections/<key>
   (file, row)), one uncompressed Arrow IPC record batch, so opening it is a memory map: every
   process on the node shares the same page-cache pages and no process copies the selection.
   ORDER BY selections carry their stored order as the row order itself. Compact form
-  (:func:`compact`): only what a chunk reads per sample (file code, row, offset, length, bytes,
-  tokens; narrow integer types where the values fit, 32 bytes a sample at most); what is
+  (:func:`compact`): only what a chunk or the shuffle reads per sample (file code, file id, row,
+  offset, length, bytes, tokens; narrow integer types where the values fit, 36 bytes a sample at
+  most); what is
   per group or per file (group sizes, each file's id and source) is in the schema metadata, so
   opening a selection touches O(groups + files) bytes, never a column, and a chunk touches only
   its own rows' pages.
@@ -38,7 +39,7 @@ from .spec import MixSpec
 SELECTION_VERSION = 2
 SORTED_KEY = b"mixsql.base_order"
 COMPACT_KEY = b"mixsql.compact"     # JSON: group_sizes, file_ids and file_source per file code, sources
-COMPACT_DERIVED = ("__mix_group", "__mix_source", "__mix_file_id")   # recovered from COMPACT_KEY
+COMPACT_DERIVED = ("__mix_group", "__mix_source")   # recovered from COMPACT_KEY
 
 
 def cache_root() -> Path:
@@ -90,6 +91,7 @@ def compact(pointers: pa.Table, n_groups: int) -> pa.Table:
     meta = {"group_sizes": np.bincount(gid, minlength=n_groups).tolist(), "file_ids": file_ids.tolist(),
             "file_source": file_source.tolist(), "sources": scol.dictionary.cast(pa.string()).to_pylist()}
     cols = {"__mix_file": pa.DictionaryArray.from_arrays(fcol.indices.cast(pa.int32()), fcol.dictionary),
+            "__mix_file_id": _column(pointers, "__mix_file_id").cast(pa.int32()),   # the shuffle's shards
             "__mix_row": _narrow(_column(pointers, "__mix_row")),
             "__mix_offset": _column(pointers, "__mix_offset"),
             "__mix_length": _column(pointers, "__mix_length"),
