@@ -45,42 +45,79 @@ class SplitTree:
         self.share_bound = 0.0
         if len(self.groups) == 0:
             return
-        trees = [_greedy_tree(list(self.groups), w)]
-        if len(self.groups) <= 64:
-            trees.append(_heavy_first_tree(list(self.groups), w))
-        scored = [(_bound(t, w), i, t) for i, t in enumerate(trees)]
-        self.share_bound, _, tree = min(scored)
-        self._flatten(tree, w)
+        wl = w.tolist()
+        order = sorted(self.groups.tolist(), key=lambda i: (-wl[i], i))   # largest first, once
+        tree = _greedy_tree(order, wl)
+        if len(self.groups) <= 64:   # a second candidate; the tree with the smaller bound wins
+            trees = [tree, _heavy_first_tree(order, wl, self.groups.tolist())]
+            self.share_bound, _, tree = min((_bound(t, wl), i, t) for i, t in enumerate(trees))
+            self._flatten(tree, wl)
+        else:
+            W = self._flatten(tree, wl)
+            self.share_bound = self._leaf_bound(w, W)
 
-    def _flatten(self, tree, w: np.ndarray) -> None:
-        """Level-order arrays ``(node, left, right, p)`` per tree level; ``leaf_node[g]``."""
-        leaf_node = np.zeros(self.G, np.int64)
-        level, next_id = [(tree, 0)], 1
+    def _flatten(self, tree, w: list) -> np.ndarray:
+        """Level-order arrays ``(node, left, right, p)`` per tree level; ``leaf_node[g]``.
+        Returns the weight of every internal node (by node id; internal nodes come first in
+        each level's id range, so the array is indexed through ``levels``' node ids)."""
+        leaves, leaf_ids, weights = [], [], []
+        level, ids, next_id = [tree], [0], 1
         while level:
-            par, left, right, p, nxt = [], [], [], [], []
-            for t, nid in level:
-                if isinstance(t, int):
-                    leaf_node[t] = nid
+            par, p, nxt = [], [], []
+            for t, nid in zip(level, ids):
+                if t.__class__ is int:
+                    leaves.append(t)
+                    leaf_ids.append(nid)
                     continue
-                kids = []
-                for ch in t:
-                    kids.append(next_id)
-                    nxt.append((ch, next_id))
-                    next_id += 1
-                wa, wb = _weight(t[0], w), _weight(t[1], w)
+                node_w, a, b = t
+                weights.append(node_w)
+                nxt.append(a)
+                nxt.append(b)
                 par.append(nid)
-                left.append(kids[0])
-                right.append(kids[1])
+                wa = a[0] if a.__class__ is tuple else w[a]
+                wb = b[0] if b.__class__ is tuple else w[b]
                 p.append(wa / (wa + wb))
             if par:
-                self.levels.append((np.asarray(par), np.asarray(left), np.asarray(right), np.asarray(p)))
+                par_a = np.asarray(par, np.int64)
+                left = np.arange(next_id, next_id + 2 * len(par), 2, dtype=np.int64)
+                self.levels.append((par_a, left, left + 1, np.asarray(p)))
+            ids = range(next_id, next_id + len(nxt))
+            next_id += len(nxt)
             level = nxt
         self.n_nodes = next_id
-        self.leaf_node = leaf_node
+        self.leaf_node = np.zeros(self.G, np.int64)
+        self.leaf_node[leaves] = leaf_ids
+        node_w = np.zeros(next_id)
+        node_w[np.concatenate([lv[0] for lv in self.levels]) if self.levels else []] = weights
+        return node_w
+
+    def _leaf_bound(self, w: np.ndarray, node_w: np.ndarray) -> float:
+        """:func:`_bound` over the flattened tree, one numpy step per level: each leaf's
+        ``w * sum(1 / W_a)`` over its non-root ancestors (equal up to rounding)."""
+        inv = np.zeros(self.n_nodes)
+        for par, left, right, _ in self.levels:
+            below = inv[par] + np.where(par == 0, 0.0, 1.0 / node_w[par])
+            inv[left] = below
+            inv[right] = below
+        g = self.groups
+        return float(np.max(0.5 * (1 + w[g] * inv[self.leaf_node[g]])))
 
     def apportion(self, n) -> np.ndarray:
         """Counts per group (int64, shape (G,) or (G, len(n))) for ``n`` seats (an int or array)."""
         scalar = np.ndim(n) == 0
+        if scalar:   # one seat count (a chunk boundary): 1-d arrays, children written as slices
+            out = np.zeros(self.G, np.int64)
+            if len(self.groups):
+                tot = np.empty(self.n_nodes, np.int64)
+                tot[0] = n
+                for par, left, _, p in self.levels:   # children of a level: left[0], left[0] + 1, ...
+                    t = tot[par]
+                    cl = np.floor(p * t + 0.5).astype(np.int64)
+                    first, stop = int(left[0]), int(left[0]) + 2 * len(par)
+                    tot[first:stop:2] = cl
+                    tot[first + 1:stop:2] = t - cl
+                out[self.groups] = tot[self.leaf_node[self.groups]]
+            return out
         n = np.atleast_1d(np.asarray(n, np.int64))
         out = np.zeros((self.G, len(n)), np.int64)
         if len(self.groups):
@@ -92,61 +129,69 @@ class SplitTree:
                 tot[left] = cl
                 tot[right] = t - cl
             out[self.groups] = tot[self.leaf_node[self.groups]]
-        return out[:, 0] if scalar else out
+        return out
 
 
-def _weight(t, w) -> float:
-    if isinstance(t, int):
-        return float(w[t])
-    return _weight(t[0], w) + _weight(t[1], w)
+# A tree is a leaf (the group's index, an int) or ``(weight, left, right)``: the weight of every
+# internal node is summed once, when the node is built.
+def _weight(t, w=None) -> float:
+    return t[0] if not isinstance(t, int) else float(w[t])
 
 
-def _halves(order: list[int], w: np.ndarray) -> tuple[list[int], list[int]]:
-    """Largest first into the lighter of two halves."""
+def _node(a, b, w):
+    return (_weight(a, w) + _weight(b, w), a, b)
+
+
+def _halves(order: list[int], w: list) -> tuple[list[int], list[int]]:
+    """Largest first into the lighter of two halves (both halves keep ``order``'s order)."""
     L, R, wl, wr = [], [], 0.0, 0.0
+    to_left, to_right = L.append, R.append
     for i in order:
         if wl <= wr:
-            L.append(i)
+            to_left(i)
             wl += w[i]
         else:
-            R.append(i)
+            to_right(i)
             wr += w[i]
     return L, R
 
 
-def _greedy_tree(ids: list[int], w: np.ndarray):
-    """Halves of near-equal weight, largest first (depth ~ log2 groups)."""
-    if len(ids) == 1:
-        return int(ids[0])
-    L, R = _halves(sorted(ids, key=lambda i: (-w[i], i)), w)
-    return (_greedy_tree(L, w), _greedy_tree(R, w))
-
-
-def _heavy_first_tree(ids: list[int], w: np.ndarray):
-    """The heaviest leaf alone whenever it holds at least a third of the node, else halves."""
-    if len(ids) == 1:
-        return int(ids[0])
-    order = sorted(ids, key=lambda i: (-w[i], i))
-    if 3 * w[order[0]] >= sum(w[i] for i in ids):
-        return (int(order[0]), _heavy_first_tree(order[1:], w))
+def _greedy_tree(order: list[int], w: list):
+    """Halves of near-equal weight, largest first (depth ~ log2 groups); ``order``: the ids
+    sorted by (-weight, id)."""
+    if len(order) == 1:
+        return int(order[0])
     L, R = _halves(order, w)
-    return (_heavy_first_tree(L, w), _heavy_first_tree(R, w))
+    return _node(_greedy_tree(L, w), _greedy_tree(R, w), w)
 
 
-def _bound(tree, w: np.ndarray) -> float:
+def _heavy_first_tree(order: list[int], w: list, ids: list[int] | None = None):
+    """The heaviest leaf alone whenever it holds at least a third of the node, else halves;
+    ``order``: the ids sorted by (-weight, id); ``ids``: the same ids in the order their
+    weights are summed (default ``order``)."""
+    if len(order) == 1:
+        return int(order[0])
+    if 3 * w[order[0]] >= sum(w[i] for i in (order if ids is None else ids)):
+        return _node(int(order[0]), _heavy_first_tree(order[1:], w), w)
+    L, R = _halves(order, w)
+    return _node(_heavy_first_tree(L, w), _heavy_first_tree(R, w), w)
+
+
+def _bound(tree, w: list) -> float:
     """Worst-case |count - weight * n| of any leaf: (1 + sum over non-root ancestors of w/W) / 2."""
+    if isinstance(tree, int):
+        return 0.0
     worst = 0.0
-    stack = [(tree, ())]
+    stack = [(tree[1], ()), (tree[2], ())]   # (node, weights of its ancestors below the root)
     while stack:
         t, anc = stack.pop()
         if isinstance(t, int):
             worst = max(worst, 0.5 * (1 + sum(w[t] / a for a in anc)))
             continue
-        W = _weight(t, w)
-        below = anc if t is tree else anc + (W,)
-        for ch in t:
-            stack.append((ch, below))
-    return worst if not isinstance(tree, int) else 0.0
+        below = anc + (t[0],)
+        stack.append((t[1], below))
+        stack.append((t[2], below))
+    return worst
 
 
 def first_true(pred, lo: int, hi: int | None) -> int | None:
@@ -243,7 +288,12 @@ class Composer:
             elif (b.kind == "tokens") == self.tokens_unit:
                 self.same_unit_cap = int(b.amount)
                 self.hard_end = -(-int(b.amount) // self.C)
-        self.other_budget = b if b is not None and b.kind != "chunks" and (b.kind == "tokens") != self.tokens_unit else None
+        # the budget whose last chunk is cut at the interleaved row that reaches it: one in the
+        # other unit, and LIMIT ... TOKENS under unit = 'tokens' too (each group overshoots its
+        # own target by up to one sample, so the groups together would overshoot the budget by
+        # up to one sample each: more than a chunk when there are more groups than that)
+        cut = b is not None and b.kind != "chunks" and ((b.kind == "tokens") != self.tokens_unit or self.tokens_unit)
+        self.other_budget = b if cut else None
         self.w0 = np.asarray(initial_weights, np.float64)
         self.log: list[list] = []
         self.dry_at: dict[int, int] = {}
@@ -260,7 +310,7 @@ class Composer:
         self.scanned = segs[-1].k      # chunks below this are resolved (events known)
         self.end: int | None = None    # first chunk index that is not part of the stream
         self.trunc: dict[int, int] = {}   # chunk -> nominal end of a truncated last chunk
-        self.cut_chunk: int | None = None  # chunk cut by a budget in the other unit
+        self.cut_chunk: int | None = None  # chunk whose interleaved rows a budget cuts
 
     # --- weights ----------------------------------------------------------------------------
     def effective(self, w: np.ndarray, dry: np.ndarray) -> np.ndarray:
@@ -463,7 +513,7 @@ class Composer:
             self.scanned = j + 1
             self._maybe_budget_cut(s, j)
             return
-        # the budget in the other unit is reached in chunk j
+        # the budget that cuts rows is reached in chunk j
         self.end = j + 1
         self.scanned = j + 1
         self.cut_chunk = j

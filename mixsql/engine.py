@@ -46,8 +46,10 @@ Exhaustion (a group *runs dry* when it cannot supply its next sample):
   has used them all behaves as under ``stop``. Within one epoch no sample appears twice.
 
 Budgets ``LIMIT n SAMPLES|TOKENS|CHUNKS`` cap the stream; the last chunk is truncated (a
-budget in the stream's own unit shrinks the house size, keeping the bound; a budget in the
-other unit cuts the interleaved rows, including the sample that reaches a token budget).
+budget in samples or chunks under ``unit = 'samples'`` shrinks the house size, keeping the bound;
+a budget in samples under ``unit = 'tokens'`` and any ``LIMIT n TOKENS`` cut the interleaved
+rows, including the sample that reaches a token budget, so a token budget is overshot by less
+than one sample's tokens however many groups draw from the last chunk).
 
 Determinism: chunk k is a pure function of (pointer table, spec, weight changes recorded for
 chunks <= k): ``MixEngine.chunk(k)`` computes it directly, ``seek(k)`` positions the stream there.
@@ -72,6 +74,7 @@ import numpy as np
 import pyarrow as pa
 
 from .composition import Composer
+from .gather import LazySequences, RunCache
 from .errors import ProgrammingError
 from .selection import COMPACT_DERIVED, COMPACT_KEY, SORTED_KEY
 from .shuffle import ORDER_KEY_PREFIX, GroupSequence, order_key_columns, ordered_permutation, pointer_order
@@ -119,7 +122,7 @@ def forecast(spec: MixSpec, group_samples: list[int], group_tokens: list[int | N
         return fluid_forecast(spec, group_samples, group_tokens)
     end = comp.end
     counts, toks = comp.after(end - 1)
-    if end > 0 and comp.cut_chunk == end - 1:   # a budget in the other unit cuts the last chunk
+    if end > 0 and comp.cut_chunk == end - 1:   # a budget cuts the interleaved rows of the last chunk
         last = eng.chunk(end - 1)
         before, tok_before = comp.after(end - 2)
         gids = last.column("group_id").to_numpy()
@@ -439,14 +442,20 @@ class MixEngine:
         bounds = np.concatenate([[0], np.cumsum(counts)])
         shuffle = None if spec.ordered else spec.shuffle
         fids = _to_numpy(pointers.column("__mix_file_id"), np.int32) if N and shuffle is not None else None
-        self._seq = []
-        for g in range(G):
+
+        def sequence(g: int) -> GroupSequence:
             lo, hi = int(bounds[g]), int(bounds[g + 1])
             members = range(lo, hi) if order is None else order[lo:hi]
             tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members])
             files = None if fids is None else (fids[lo:hi] if order is None else fids[members])
-            self._seq.append(GroupSequence(members, spec.seed, g, shuffle, tok, files))
+            return GroupSequence(members, spec.seed, g, shuffle, tok, files)
+
+        self._seq = LazySequences(G, sequence)
         self._n = counts.astype(np.int64)
+        self._bounds = bounds.astype(np.int64)
+        # base-order row of every position (ordered groups consume it as is, every epoch)
+        self._order = order
+        self._runs = RunCache(self._n)
         self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
         # output projection: numpy pointer columns + per-file dictionaries; user columns via take
         user = [c for c in pointers.column_names
@@ -470,7 +479,8 @@ class MixEngine:
         self._file_paths_py = self._file_paths.to_pylist()
         self._inter_cache: dict = {}
         self._positions = np.arange(max(1, spec.chunk_size if spec.unit == "samples" else 1024), dtype=np.int32)
-        self._fingerprint = hashlib.sha1(f"{spec.to_json()}|{N}|{counts.tolist()}".encode()).hexdigest()[:16]
+        self._fingerprint_of = (N, counts)
+        self._fingerprint_memo = None
         self._reset(batch_size or spec.batch_size)
         if state is not None:
             self.load_state_dict(state)
@@ -508,7 +518,8 @@ class MixEngine:
         self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs
         self._tokens_needed = False
         self._seq = None
-        self._fingerprint = None
+        self._fingerprint_of = None
+        self._fingerprint_memo = None
         self._reset(batch_size or spec.batch_size)
         return self
 
@@ -518,9 +529,31 @@ class MixEngine:
             return _normalise(sch[0].weights, self.n_groups)
         return _normalise(self.spec.weights(), self.n_groups)
 
+    @property
+    def _fingerprint(self) -> str | None:
+        """Hash of (spec, rows, group sizes) that a state must match (computed on first use:
+        with many groups the spec's JSON is the slow part of building an engine)."""
+        if self._fingerprint_memo is None and self._fingerprint_of is not None:
+            N, counts = self._fingerprint_of
+            text = f"{self.spec.to_json()}|{N}|{counts.tolist()}"
+            self._fingerprint_memo = hashlib.sha1(text.encode()).hexdigest()[:16]
+        return self._fingerprint_memo
+
+    def _after(self, j: int):
+        """``Composer.after(j)`` remembered for the last few ``j`` (a chunk needs the counts
+        after it and after the chunk before; consecutive chunks share one)."""
+        hit = self._after_memo.get(j)
+        if hit is None:
+            hit = self._comp.after(j)
+            if len(self._after_memo) >= 4:
+                self._after_memo.pop(next(iter(self._after_memo)))
+            self._after_memo[j] = hit
+        return hit
+
     def _reset(self, batch_size: int | None) -> None:
         self._k = 0
         self._ended = False
+        self._after_memo: dict = {}
         self._comp = Composer(self.spec, self._n, self._seq, self._initial_weights())
         if self.spec.schedule and batch_size:
             for st in self.spec.schedule:
@@ -535,6 +568,7 @@ class MixEngine:
         if at < self._k:
             raise ValueError(f"cannot change weights at chunk {at}: the stream is at chunk {self._k}")
         self._comp.set_weights(_normalise(weights, self.n_groups), at)
+        self._after_memo.clear()
         return at
 
     def apply_schedule_for_step(self, step: int) -> int | None:
@@ -575,29 +609,14 @@ class MixEngine:
     # --- rows -----------------------------------------------------------------------------------
     def _rows(self, count: np.ndarray, draws: np.ndarray):
         """(pointer row indices, group ids, epochs) of a chunk, interleaved across groups."""
-        idx_parts, epoch_parts = [], []
-        gs = np.flatnonzero(draws > 0)
-        for g in gs:
-            n = int(self._n[g])
-            start, stop = int(count[g]), int(count[g] + draws[g])
-            seq = self._seq[g]
-            while start < stop:
-                e, p = divmod(start, n)
-                q = min(n, p + (stop - start))
-                idx_parts.append(seq.indices(e, p, q))
-                epoch_parts.append(np.full(q - p, e, np.int32))
-                start += q - p
-        d = draws[gs]
-        total = int(d.sum())
-        if total == 0:
+        gs, d, idx, epochs = self._runs.rows(self._seq, count, draws)
+        if len(idx) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32)
-        idx = np.concatenate(idx_parts) if len(idx_parts) > 1 else idx_parts[0]
-        epochs = np.concatenate(epoch_parts) if len(epoch_parts) > 1 else epoch_parts[0]
         if len(gs) > 1:
             perm, gids = self._interleave(gs, d)
             idx, epochs = idx[perm], epochs[perm]
         else:
-            gids = np.full(total, gs[0], np.int32)
+            gids = np.full(len(idx), gs[0], np.int32)
         return idx, gids, epochs
 
     def _interleave(self, gs: np.ndarray, d: np.ndarray):
@@ -617,9 +636,10 @@ class MixEngine:
         return hit
 
     def _cut_to_budget(self, k: int, idx: np.ndarray, gids: np.ndarray, epochs: np.ndarray):
-        """Budget in the other unit: keep the interleaved prefix of chunk k that reaches it."""
+        """A budget cutting rows (see the module docstring): keep the interleaved prefix of
+        chunk k that reaches it."""
         b = self.spec.budget
-        c, tok = self._comp.after(k - 1)
+        c, tok = self._after(k - 1)
         if b.kind == "samples":
             keep = max(0, b.amount - int(c.sum()))
         else:
@@ -678,7 +698,7 @@ class MixEngine:
         """Samples each group gives to chunk k (None when chunk k is not part of the stream)."""
         if not self._comp.exists(k):
             return None
-        return self._comp.after(k)[0] - self._comp.after(k - 1)[0]
+        return self._after(k)[0] - self._after(k - 1)[0]
 
     def chunk(self, k: int) -> pa.Table | None:
         """Chunk ``k`` computed directly (a pure function of k, the spec and recorded weight
@@ -686,8 +706,8 @@ class MixEngine:
         comp = self._comp
         if not comp.exists(k):
             return None
-        start = comp.after(k - 1)[0]
-        end = comp.after(k)[0]
+        start = self._after(k - 1)[0]
+        end = self._after(k)[0]
         idx, gids, epochs = self._rows(start, end - start)
         if comp.cut_chunk == k:
             idx, gids, epochs = self._cut_to_budget(k, idx, gids, epochs)
@@ -768,6 +788,7 @@ class MixEngine:
                 "changed); restore it with the same MIX statement over the same catalog"
             )
         self._comp.load(d)
+        self._after_memo.clear()
         self._k = int(d["next_index"])
         self._ended = False
 
@@ -778,12 +799,13 @@ class MixEngine:
 
     def delivered(self) -> np.ndarray:
         """Cumulative delivered amount per group in the stream's unit after the last chunk read."""
-        c, tok = self._comp.after(self._k - 1)
-        return tok if self.spec.unit == "tokens" else c
+        c, tok = self._after(self._k - 1)
+        return (tok if self.spec.unit == "tokens" else c).copy()
 
     def totals(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(samples, tokens or None) per group delivered by chunks [0, k), computed directly."""
-        return self._comp.after(k - 1)
+        c, tok = self._after(k - 1)
+        return c.copy(), None if tok is None else tok.copy()
 
     @property
     def share_bound(self) -> float:

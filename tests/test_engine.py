@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mixsql.engine import CHUNK_COLUMNS, MixEngine, forecast, quota_counts, schedule_chunk
+from mixsql.gather import RunCache
 from mixsql.spec import Budget, Group, MixSpec, ScheduleStep, Shuffle
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -179,6 +180,44 @@ def test_budgets():
     assert tok.sum() >= 500 and tok[:-1].sum() < 500
     chunks = stream(MixEngine(t, make_spec([1, 1], chunk_size=64, unit="tokens", budget=Budget(21, "samples"))))
     assert sum(c.num_rows for c in chunks) == 21
+
+
+@pytest.mark.parametrize("unit", ["tokens", "samples"])
+@pytest.mark.parametrize("budget", [300, 2_000, 9_000])
+def test_token_budget_overshoots_by_less_than_one_sample_with_more_groups_than_a_chunk_holds(unit, budget):
+    # 400 groups, chunks of 256 tokens (unit tokens) or 16 samples: every group's first sample
+    # alone is far more than a chunk, and than the smaller budgets
+    t = pointer_table([12] * 400)
+    spec = make_spec(np.ones(400), chunk_size=256 if unit == "tokens" else 16, unit=unit,
+                     budget=Budget(budget, "tokens"), on_exhausted="repeat")
+    chunks = stream(MixEngine(t, spec))
+    tok = np.concatenate([c.column("n_tokens").to_numpy() for c in chunks])
+    assert tok.sum() >= budget and tok[:-1].sum() < budget   # the last sample reaches the budget
+    fc = forecast(spec, [12] * 400, [int(x) for x in np.bincount(t.column("__mix_group").to_numpy(),
+                                                                 t.column("__mix_n_tokens").to_numpy())], t)
+    assert sum(f["tokens_needed"] for f in fc) == tok.sum()   # EXPLAIN MIX forecasts the cut too
+
+
+@pytest.mark.parametrize("run, limit", [(256, 1 << 22), (3, 20)])
+def test_rows_are_each_groups_sequence_across_runs_epochs_and_pool_resets(run, limit):
+    # groups of 1..300 samples drawn a few at a time over three epochs; small runs and a small
+    # pool make draws cross runs and epochs, and the pool empty itself
+    sizes = [1, 2, 5, 40, 300] * 6
+    t = pointer_table(sizes)
+    eng = MixEngine(t, make_spec(np.arange(1, 31), chunk_size=37, on_exhausted="repeat"))
+    eng._runs = RunCache(eng._n, run=run, limit=limit)
+    index = {(int(f), int(r)): i for i, (f, r) in enumerate(zip(t.column("__mix_file_id").to_numpy(),
+                                                                t.column("__mix_row").to_numpy()))}
+    got: dict = {g: [] for g in range(len(sizes))}
+    for _ in range(200):
+        c = eng.next_chunk()
+        for f, r, g, e in zip(*(c.column(x).to_pylist() for x in ("file_id", "row", "group_id", "epoch"))):
+            got[g].append((e, index[(f, r)]))
+    for g, rows in got.items():   # each group's rows: its sequence, epoch after epoch
+        seq, n = eng._seq[g], sizes[g]
+        epochs = -(-len(rows) // n)
+        assert rows == [(e, int(i)) for e in range(epochs) for i in seq.indices(e, 0, n)][:len(rows)]
+    assert max(e for rows in got.values() for e, _ in rows) >= 10 and len(got[29]) > 300
 
 
 def test_repeat_epochs_fresh_permutation_and_max_epochs():

@@ -205,7 +205,7 @@ def test_schedule_with_thousands_of_weights_and_tokens_unit(cat):
     step0 = ", ".join(f"{s} 1" for s in listed)
     step1 = ", ".join(f"{s} {1 + i % 3}" for i, s in enumerate(reversed(listed)))
     sql = (f"SELECT * FROM samples MIX BY site WITH SCHEDULE (AT STEP 0 ({step0}), AT STEP 1 ({step1}))\n"
-           "LIMIT 1.5e5 TOKENS SETTINGS (unit = 'tokens', batch_size = 65536)")
+           "LIMIT 1.5e5 TOKENS SETTINGS (unit = 'tokens', batch_size = 65536, on_exhausted = 'repeat')")
     spec = plan(cat, sql).spec
     assert len(spec.schedule) == 2 and len(spec.schedule[1].weights) == 2_000
     raw = {s: 1 + i % 3 for i, s in enumerate(reversed(listed))}
@@ -216,12 +216,15 @@ def test_schedule_with_thousands_of_weights_and_tokens_unit(cat):
     longest = np.zeros(len(spec.groups))
     np.maximum.at(longest, gid, stream.pointers.column("__mix_n_tokens").to_numpy())
     eng = stream.engine()
-    chunks = 0
-    while eng.next_chunk() is not None:   # each group within one sample's tokens of its target
+    chunks, tokens = 0, []
+    while (chunk := eng.next_chunk()) is not None:   # each group within one sample's tokens of its target
         over = eng.delivered() - eng.targets()
         assert (over > -1e-6).all() and (over < longest).all()
+        tokens.append(chunk.column("n_tokens").to_numpy())
         chunks += 1
     assert chunks >= 2   # the second step's weights were in force
+    tokens = np.concatenate(tokens)   # the budget: reached by the last sample, not overshot by more
+    assert tokens.sum() >= 150_000 > tokens[:-1].sum()
 
 
 def test_explain_over_thousands_of_groups(cat):
