@@ -22,9 +22,11 @@ them), then times, for a nested MIX statement with OTHER, multi-value groups and
 * ``first_chunk_cpu_s.*``: the process CPU time of the same span (median; all threads): less
   sensitive to other jobs on the machine than wall time;
 * ``split_s.*``: plan / execute_plan / engine + first chunk of the median run;
-* ``compose_pointers_per_s_10000`` (``skip_chunk``: composition only) and
-  ``pointers_per_s_10000`` (``next_chunk``: chunk tables) at 10,000 groups (target > 1M/s);
-* ``explain_s_10000``: ``EXPLAIN MIX`` of the 10,000-group statement with ``LIMIT 500000``.
+* ``compose_pointers_per_s_10000`` (``draws``: composition only, the samples each group gives
+  to each chunk) and ``pointers_per_s_10000`` (``next_chunk``: chunk tables) at 10,000 groups
+  from chunk 0 (target > 1M/s), per wall second and per CPU second (``*_per_cpu_s_*``);
+* ``explain_s_10000``: ``EXPLAIN MIX`` of the 10,000-group statement with ``LIMIT 500000``;
+* ``met``: each target judged on the wall-time median.
 
 Run: ``python -m bench.planner`` (10M rows) or ``python -m bench.planner --quick`` (1M rows).
 """
@@ -160,26 +162,40 @@ def _first_chunk(cat: Catalog, sql: str) -> dict:
             "engine": t3 - t2, "groups": len(spec.groups)}
 
 
-def _compose_rate(cat: Catalog, sql: str, seconds: float = 3.0) -> tuple[float, float]:
-    """(pointers/s by skip_chunk, pointers/s by next_chunk) over ~``seconds`` each."""
+def _rates(cat: Catalog, sql: str, seconds: float = 2.0) -> dict:
+    """Pointers per second (wall and process CPU) of ``draws`` (composition only: the samples
+    each group gives to chunk k, for k = 0, 1, ...) and of ``next_chunk`` (chunk tables), each
+    from a fresh engine at chunk 0 for ~``seconds`` or until the stream ends."""
     from mixsql.stream import MixStream
 
     stream = MixStream.open(cat, sql, user_columns=False)
-    rates = []
-    for step in ("skip_chunk", "next_chunk"):
+    out = {}
+    for name in ("compose", "tables"):
         eng = stream.engine()
-        n, t0 = 0, time.perf_counter()
+        n, k, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
-            before = eng.delivered().sum() if step == "skip_chunk" else 0
-            out = getattr(eng, step)()
-            if out is None or out is False:
-                break
-            n += out.num_rows if step == "next_chunk" else int(eng.delivered().sum() - before)
-        rates.append(n / (time.perf_counter() - t0))
-    return rates[0], rates[1]
+            if name == "compose":
+                d = eng.draws(k)
+                if d is None:
+                    break
+                n += int(d.sum())
+                k += 1
+            else:
+                t = eng.next_chunk()
+                if t is None:
+                    break
+                n += t.num_rows
+        out[name] = (n / (time.perf_counter() - t0), n / max(time.process_time() - c0, 1e-9))
+    return out
 
 
-def groups(repeat: int = 3) -> dict:
+def _summary(values: list[float], digits: int = 3) -> tuple:
+    """(median, [min, max]) rounded to ``digits`` (0: integers)."""
+    r = (lambda x: int(round(x))) if digits == 0 else (lambda x: round(x, digits))
+    return r(statistics.median(values)), [r(min(values)), r(max(values))]
+
+
+def groups(repeat: int = 5) -> dict:
     """Mixtures over thousands of groups (see the module docstring)."""
     from mixsql.planner import explain
 
@@ -189,30 +205,36 @@ def groups(repeat: int = 3) -> dict:
         _first_chunk(cat, explicit_sql(10))   # warm: catalog pages, DuckDB's JSON reader
         cases = {f"explicit_{n}": explicit_sql(n) for n in (100, 1_000, 10_000)}
         cases["discovered_100000"] = DISCOVERED_SQL
+        explain_sql = "EXPLAIN MIX " + explicit_sql(10_000, " LIMIT 500000")
         runs: dict = {k: [] for k in cases}
+        rates: dict = {"compose": [], "tables": []}
+        explains: list = []
         for _ in range(repeat):   # interleaved: a burst of load hits every case alike
             for k, sql in cases.items():
                 runs[k].append(_first_chunk(cat, sql))
-        out: dict = {"rows": GROUP_ROWS, "load_average_at_start": round(load, 1), "first_chunk_s": {},
+            for name, rate in _rates(cat, cases["explicit_10000"]).items():
+                rates[name].append(rate)
+            t0, c0 = time.perf_counter(), time.process_time()
+            explain(cat, explain_sql)
+            explains.append((time.perf_counter() - t0, time.process_time() - c0))
+        out: dict = {"rows": GROUP_ROWS, "repeat": repeat, "load_average_at_start": round(load, 1),
+                     "load_average_at_end": round(os.getloadavg()[0], 1), "first_chunk_s": {},
                      "first_chunk_s_range": {}, "first_chunk_cpu_s": {}, "split_s": {}, "groups": {}}
         for k, rs in runs.items():
-            totals = [r["total"] for r in rs]
             med = sorted(rs, key=lambda r: r["total"])[len(rs) // 2]
-            out["first_chunk_s"][k] = round(statistics.median(totals), 3)
-            out["first_chunk_s_range"][k] = [round(min(totals), 3), round(max(totals), 3)]
+            out["first_chunk_s"][k], out["first_chunk_s_range"][k] = _summary([r["total"] for r in rs])
             out["first_chunk_cpu_s"][k] = round(statistics.median(r["cpu"] for r in rs), 3)
             out["split_s"][k] = {x: round(med[x], 3) for x in ("plan", "execute", "engine")}
             out["groups"][k] = med["groups"]
-        compose, tables = _compose_rate(cat, cases["explicit_10000"])
-        out["compose_pointers_per_s_10000"] = round(compose)
-        out["pointers_per_s_10000"] = round(tables)
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            explain(cat, "EXPLAIN MIX " + explicit_sql(10_000, " LIMIT 500000"))
-            times.append(time.perf_counter() - t0)
-        out["explain_s_10000"] = round(statistics.median(times), 3)
-        out["explain_s_10000_range"] = [round(min(times), 3), round(max(times), 3)]
+        for name, key in (("compose", "compose_pointers_per_s_10000"), ("tables", "pointers_per_s_10000")):
+            out[key], out[key + "_range"] = _summary([w for w, _ in rates[name]], 0)
+            out[key.replace("_per_s", "_per_cpu_s")] = round(statistics.median(c for _, c in rates[name]))
+        out["explain_s_10000"], out["explain_s_10000_range"] = _summary([w for w, _ in explains])
+        out["explain_cpu_s_10000"] = round(statistics.median(c for _, c in explains), 3)
+        out["targets"] = {"explicit_10000_s": 2, "discovered_100000_s": 10, "compose_pointers_per_s_10000": 1_000_000}
+        out["met"] = {"explicit_10000": out["first_chunk_s"]["explicit_10000"] < 2,
+                      "discovered_100000": out["first_chunk_s"]["discovered_100000"] < 10,
+                      "compose_10000": out["compose_pointers_per_s_10000"] > 1_000_000}
         return out
     finally:
         cat.close()
@@ -233,10 +255,11 @@ def run(quick: bool) -> dict:
         }
     finally:
         cat.close()
-    out["groups"] = groups()
-    out["_notes"] = ("groups: medians of 3 interleaved runs ([min, max] in *_range) on a machine shared with "
-                     f"other jobs (1-min load average {out['groups']['load_average_at_start']} on 2 cores at the "
-                     "start): absolute times are noisy, compare ratios.")
+    out["groups"] = g = groups()
+    out["_notes"] = (f"groups: medians of {g['repeat']} interleaved runs ([min, max] in *_range) on a machine shared "
+                     f"with other jobs (1-min load average {g['load_average_at_start']} at the start, "
+                     f"{g['load_average_at_end']} at the end, on 2 cores): wall times are noisy, the *_cpu_* figures "
+                     "(process CPU time) less so; compare ratios.")
     return out
 
 
@@ -244,5 +267,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--groups", action="store_true", help="only the thousands-of-groups figures")
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved runs of the groups figures")
     a = ap.parse_args()
-    print(json.dumps(groups() if a.groups else run(a.quick), indent=2))
+    print(json.dumps(groups(a.repeat) if a.groups else run(a.quick), indent=2))

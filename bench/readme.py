@@ -165,7 +165,7 @@ def _targets(figs: dict) -> list[str]:
                                    if "first_chunk_cpu_s_10M" in figs.get("engine", {}) else "")),
     ]
     unmeasured = [f"{name} ({sec})" for (name, sec), r in zip(named, rows) if r is None]
-    rows = [r for r in rows if r is not None]
+    rows = [r for r in rows if r is not None] + _group_rows(figs.get("planner", {}))
     lines = ["**mixsql's own targets** (BRIEF.md), same run:", "", "| target | measured | goal | met |",
              "|---|---|---|---|", *rows]
     srv = figs.get("server", {})
@@ -187,6 +187,17 @@ def _targets(figs: dict) -> list[str]:
         lines += ["", f"Resume: the engine restores chunk 0 in {eng.get('restore_s_chunk0')} s and chunk 100,000 in "
                   f"{eng['restore_s_chunk100000']} s (medians of 5; engine state only, re-planning the statement "
                   "excluded); through `MixDataset`, re-planning included, see the resume rows above."]
+    pl = figs.get("planner", {})
+    if "groups.explain_s_10000" in pl:
+        lines += ["", f"Thousands of groups (`bench planner`, 1M samples, {pl.get('groups.repeat', '?')} interleaved runs, "
+                  f"load average {pl.get('groups.load_average_at_start', '?')} at the start on 2 cores): statement to "
+                  f"first chunk {pl.get('groups.first_chunk_s.explicit_100', '?')} s at 100 listed groups, "
+                  f"{pl.get('groups.first_chunk_s.explicit_1000', '?')} s at 1,000; CPU time "
+                  f"{pl.get('groups.first_chunk_cpu_s.explicit_10000', '?')} s at 10,000 and "
+                  f"{pl.get('groups.first_chunk_cpu_s.discovered_100000', '?')} s at 100,000 discovered; chunk tables "
+                  f"at 10,000 groups {pl.get('groups.pointers_per_s_10000', '?')} pointers/s "
+                  f"({pl.get('groups.pointers_per_cpu_s_10000', '?')} per CPU-second); `EXPLAIN MIX` at 10,000 groups "
+                  f"{pl['groups.explain_s_10000']} s {_spread(pl.get('groups.explain_s_10000_range'))}."]
     not_met = [r.split("|")[1].strip() for r in rows if r.endswith("| **no** |")]
     lines += ["", "**Targets not met in this run:** " + ("; ".join(not_met) if not_met else "none") + "."]
     if unmeasured:
@@ -234,6 +245,34 @@ def _scale(run: str | None, path: Path = RESULTS) -> list[str]:
               f". The run's load average was {f.get('load_average_at_start', '?')} on 2 cores (timings noisy); "
               "the 1B size was not run on this 24 GiB machine (README, section Scale, says why)."]
     return lines
+
+
+def _spread(cell: str | None) -> str:
+    """``[lo,hi]`` (a recorded range) as ``(lo..hi)``."""
+    m = re.match(r"\[([^,\]]+),([^\]]+)\]", cell or "")
+    return f"({m.group(1)}..{m.group(2)})" if m else ""
+
+
+# (figure, label, goal, met figure) of the thousands-of-groups targets (bench planner)
+GROUP_TARGETS = (
+    ("first_chunk_s.explicit_10000", "statement to first chunk, 10,000 listed groups over 1M samples (s)", "< 2",
+     "met.explicit_10000"),
+    ("first_chunk_s.discovered_100000", "statement to first chunk, 100,000 discovered groups over 1M samples (s)",
+     "< 10", "met.discovered_100000"),
+    ("compose_pointers_per_s_10000", "pointers composed per second at 10,000 groups", "> 1,000,000",
+     "met.compose_10000"),
+)
+
+
+def _group_rows(f: dict) -> list[str]:
+    rows = []
+    for key, label, goal, met in GROUP_TARGETS:
+        if f"groups.{key}" not in f:
+            continue
+        spread = _spread(f.get(f"groups.{key.replace('.', '_range.', 1) if '.' in key else key + '_range'}"))
+        verdict = {"True": "yes", "False": "**no**"}.get(f.get(f"groups.{met}"), "not judged")
+        rows.append(f"| {label} | {f[f'groups.{key}']} {spread} | {goal} | {verdict} |")
+    return rows
 
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")

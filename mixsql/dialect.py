@@ -115,6 +115,15 @@ class _Located(Exception):
     """Internal: carries an SQLError message + token from inside the parser."""
 
 
+# token type of a plain group value -> the node the group list parser makes of its text
+_PLAIN_VALUES = {
+    TokenType.VAR: lambda text: exp.Identifier(this=text, quoted=False),
+    TokenType.IDENTIFIER: lambda text: exp.Identifier(this=text, quoted=True),
+    TokenType.STRING: lambda text: exp.Literal(this=text, is_string=True),
+    TokenType.NUMBER: lambda text: exp.Literal(this=text, is_string=False),
+}
+
+
 # --------------------------------------------------------------------------- dialect
 class MixSQL(DuckDB):
     """DuckDB's dialect extended with mixsql's MIX clauses and source statements."""
@@ -266,12 +275,52 @@ class MixSQL(DuckDB):
         def _parse_mix_groups(self) -> list[MixGroup]:
             if not self._match(TokenType.L_PAREN):
                 self._mix_fail("expected ( to open a group list")
-            groups = [self._parse_mix_group()]
-            while self._match(TokenType.COMMA):
+            groups: list[MixGroup] = []
+            while True:
+                if self._parse_plain_mix_groups(groups):   # the list ended after plain entries
+                    break
                 groups.append(self._parse_mix_group())
+                if not self._match(TokenType.COMMA):
+                    break
             if not self._match(TokenType.R_PAREN):
                 self._mix_fail("expected , or ) in the group list")
             return groups
+
+        def _parse_plain_mix_groups(self, out: list) -> bool:
+            """Consume a run of plain entries ``value weight,`` (a name, quoted name, string or
+            number, then a number, no comments) in one loop over the tokens: a list of thousands
+            of groups is mostly such entries. Builds what :meth:`_parse_mix_group` builds for
+            them. True when the run ended the list (the next token is ``)``)."""
+            tokens, i = self._tokens, self._index
+            last = len(tokens) - 2
+            start = i
+            ended = False
+            number, plain = TokenType.NUMBER, _PLAIN_VALUES
+            while i < last:
+                v, w, sep = tokens[i], tokens[i + 1], tokens[i + 2]
+                make = plain.get(v.token_type)
+                if make is None or w.token_type != number or v.comments or w.comments or sep.comments \
+                        or (v.token_type == TokenType.VAR and v.text.upper() == "OTHER"):
+                    break
+                if sep.token_type == TokenType.COMMA:
+                    i += 3
+                elif sep.token_type == TokenType.R_PAREN:
+                    i += 2
+                    ended = True
+                else:
+                    break
+                value = make(v.text)
+                value.update_positions(v)
+                weight = exp.Literal(this=w.text, is_string=False)
+                weight.update_positions(w)
+                group = MixGroup(expressions=[value], weight=weight)
+                group.update_positions(v)
+                out.append(group)
+                if ended:
+                    break
+            if i > start:
+                self._advance(i - start)
+            return ended
 
         def _parse_mix_group(self) -> MixGroup:
             tok = self._curr

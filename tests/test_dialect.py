@@ -213,3 +213,36 @@ def test_mutations_raise_only_mixsql_errors(sql, edits):
         parse(sql)
     except SQLError as err:  # the only exception type allowed out of the parser
         assert err.message
+
+
+def test_long_plain_group_lists_parse_like_any_group_list():
+    # plain entries (name, "quoted", 'string' or number, then a number) take the parser's tight
+    # loop; OTHER, keywords, nested MIX BY, comments and value lists around them do not
+    plain = [f"v{i} {i % 7 + 1}" for i in range(3000)]
+    entries = (["'s x' 2", '"q" 1.5', "42 1e2", "(a, b) 3", "NULL 1", "c 2 MIX BY y WITH (d 1, OTHER 2)",
+                "e /* kept */ 1", "-- note\n f 1"] + plain[:1500] + ["true 2"] + plain[1500:] + ["OTHER 0"])
+    sql = "SELECT * FROM samples MIX BY x WITH (\n  " + ",\n  ".join(entries) + "\n)"
+    mix = parse(sql).args["mix"]
+    groups = mix.expressions
+    assert len(groups) == len(entries)
+    assert parse(generate(parse(sql))) == parse(sql)
+    for g, text in zip(groups, entries):   # every value and weight node points at its own text
+        if g.args.get("other") or g.args.get("wrapped") or "--" in text or "MIX" in text:
+            continue
+        start = sql.index("\n  " + text + ",") + 3
+        assert g.meta["start"] == g.expressions[0].meta["start"] == start, text
+        assert g.args["weight"].meta["start"] == start + text.rindex(" ") + 1, text
+    v = groups[9]   # the second plain entry: v1 2
+    assert (v.expressions[0].this, v.expressions[0].args.get("quoted"), v.args["weight"].this) == ("v1", False, "2")
+    assert [type(g.expressions[0]).__name__ for g in groups[:3]] == ["Literal", "Identifier", "Literal"]
+    assert groups[1].expressions[0].args["quoted"] and groups[0].expressions[0].is_string
+
+
+def test_error_inside_a_long_plain_group_list_points_at_the_token():
+    entries = [f"v{i} 1" for i in range(2000)]
+    entries[1234] = "v1234 1 v9"   # a missing comma
+    sql = "SELECT * FROM samples MIX BY x WITH (" + ", ".join(entries) + ")"
+    with pytest.raises(SQLError) as info:
+        parse(sql)
+    assert info.value.col == sql.index("v1234 1 v9") + len("v1234 1 ") + 1
+    assert "expected , or )" in str(info.value)
