@@ -330,8 +330,11 @@ def test_share_bound_samples(w, chunk, seed, data):
         T += c.num_rows
         got = eng.delivered()
         assert got.sum() == T
-        assert np.all(np.abs(got - wn * T) < 1 + 1e-9), (got, wn * T)
-        assert np.all(np.abs(got - eng.targets()) < 1 + 1e-9)
+        # within the apportionment's bound: under one sample for two or three groups, up to
+        # ~1.3 for skewed mixtures of more (w = [2, 8, 9, 11, 14] reaches 1.07; see composition)
+        bound = max(1.0, eng.share_bound) + 1e-9
+        assert np.all(np.abs(got - wn * T) < bound), (got, wn * T)
+        assert np.all(np.abs(got - eng.targets()) < bound)
     if all(s > 0 for s, x in zip(sizes, w) if x > 0):
         assert eng.next_index == spec.budget.amount
 
@@ -349,7 +352,7 @@ def test_share_bound_with_weight_changes(w, chunk, seed, data):
         eng.set_weights(nw, at_chunk=at)
     while (c := eng.next_chunk()) is not None:
         assert abs(eng.targets().sum() - eng.delivered().sum()) < 1e-6
-        assert np.all(np.abs(eng.delivered() - eng.targets()) < 1 + 1e-9)
+        assert np.all(np.abs(eng.delivered() - eng.targets()) < max(1.0, eng.share_bound) + 1e-9)
 
 
 @FAST
