@@ -14,9 +14,7 @@ The grammar is documented in ``grammar/GRAMMAR.md``.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
-import gc
 import re
 
 from sqlglot import exp
@@ -25,6 +23,7 @@ from sqlglot.errors import ParseError, SqlglotError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from .errors import SQLError, position_of
+from .gctools import gc_paused
 
 UNITS = ("SAMPLES", "TOKENS", "CHUNKS")
 MIX_KEYWORDS = (
@@ -671,28 +670,14 @@ def _unterminated(sql: str) -> int:
     return -1
 
 
-@contextlib.contextmanager
-def _gc_paused(size: int):
-    """Pause the cyclic garbage collector while a long statement becomes tokens and nodes: its
-    passes over the growing, all-live object graph cost more than the parse itself."""
-    if size < _LONG_STATEMENT or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-_LONG_STATEMENT = 20_000   # characters
+_LONG_STATEMENT = 20_000   # characters: the collector is paused while longer ones are parsed
 
 
 def parse(sql: str) -> exp.Expr:
     """Parse one mixsql statement. Raises :class:`mixsql.errors.SQLError` (and nothing else)."""
     if not isinstance(sql, str):
         raise SQLError(f"expected a SQL string, got {type(sql).__name__}")
-    with _gc_paused(len(sql)):
+    with gc_paused(len(sql) >= _LONG_STATEMENT):
         return _parse(sql)
 
 

@@ -75,6 +75,7 @@ import pyarrow as pa
 
 from .composition import Composer
 from .gather import LazySequences, RunCache
+from .gctools import without_gc
 from .errors import ProgrammingError
 from .selection import COMPACT_DERIVED, COMPACT_KEY, SORTED_KEY
 from .shuffle import ORDER_KEY_PREFIX, GroupSequence, order_key_columns, ordered_permutation, pointer_order
@@ -550,6 +551,7 @@ class MixEngine:
             self._after_memo[j] = hit
         return hit
 
+    @without_gc   # the composer's split tree: a tuple per node, thousands with many groups
     def _reset(self, batch_size: int | None) -> None:
         self._k = 0
         self._ended = False

@@ -42,6 +42,7 @@ from sqlglot import exp
 from . import dialect as D
 from . import groups as G
 from .errors import ProgrammingError, SQLError
+from .gctools import without_gc
 from .shuffle import order_key_columns, order_key_name, ordered_permutation, pointer_order
 from .spec import MIX_COLUMNS, ORDER_COLUMN, Algorithm, Budget, Group, MixSpec, ScheduleStep, Shuffle
 from .source_statements import RegistrationRequest, registration_request  # noqa: F401  (re-exported)
@@ -236,6 +237,7 @@ def _skeleton(tree, levels):
 
 
 # --------------------------------------------------------------------------- planning
+@without_gc   # thousands of groups: the collector's passes would cost more than planning
 def plan(catalog, sql: str, params=None) -> MixPlan:
     """Parse and validate a MIX (or EXPLAIN MIX) statement and build its DuckDB query."""
     tree = D.parse(sql)
@@ -853,6 +855,7 @@ def _discover(con, sql: str, tree, params, nodes: list, all_groups: list, source
 
 
 # --------------------------------------------------------------------------- execution
+@without_gc
 def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = True):
     """Run the plan's query; validate data-dependent errors; resolve NATURAL weights.
 
