@@ -441,21 +441,14 @@ class MixEngine:
             tokens = _to_numpy(col, np.int64)
         order = None if stored else self._base_order(pointers, gid)
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        shuffle = None if spec.ordered else spec.shuffle
-        fids = _to_numpy(pointers.column("__mix_file_id"), np.int32) if N and shuffle is not None else None
-
-        def sequence(g: int) -> GroupSequence:
-            lo, hi = int(bounds[g]), int(bounds[g + 1])
-            members = range(lo, hi) if order is None else order[lo:hi]
-            tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members])
-            files = None if fids is None else (fids[lo:hi] if order is None else fids[members])
-            return GroupSequence(members, spec.seed, g, shuffle, tok, files)
-
-        self._seq = LazySequences(G, sequence)
         self._n = counts.astype(np.int64)
         self._bounds = bounds.astype(np.int64)
-        # base-order row of every position (ordered groups consume it as is, every epoch)
-        self._order = order
+        self._order = order         # base order of the rows (None: the table is in it already)
+        self._group_tokens = tokens  # token counts by row, when composition needs them
+        # file of every row: the shuffle's shard windows (ORDER BY groups read in their order)
+        self._group_files = (_to_numpy(pointers.column("__mix_file_id"), np.int32)
+                             if N and not spec.ordered else None)
+        self._seq = LazySequences(G, self._sequence)
         self._runs = RunCache(self._n)
         self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
         # output projection: numpy pointer columns + per-file dictionaries; user columns via take
@@ -529,6 +522,16 @@ class MixEngine:
         if sch and sch[0].step == 0:
             return _normalise(sch[0].weights, self.n_groups)
         return _normalise(self.spec.weights(), self.n_groups)
+
+    def _sequence(self, g: int) -> GroupSequence:
+        """Group g's consumption order (built on the group's first draw: :class:`LazySequences`)."""
+        lo, hi = int(self._bounds[g]), int(self._bounds[g + 1])
+        order, tokens, fids = self._order, self._group_tokens, self._group_files
+        members = range(lo, hi) if order is None else order[lo:hi]
+        tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members])
+        files = None if fids is None else (fids[lo:hi] if order is None else fids[members])
+        shuffle = None if self.spec.ordered else self.spec.shuffle
+        return GroupSequence(members, self.spec.seed, g, shuffle, tok, files)
 
     @property
     def _fingerprint(self) -> str | None:
