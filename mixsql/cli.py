@@ -1,5 +1,5 @@
-"""The ``mixsql`` command line: REPL, ``sql``, ``explain``, ``register``, ``sources``, ``serve``,
-``ping``, ``demo``.
+"""The ``mixsql`` command line: REPL, ``sql``, ``explain``, ``register``, ``sources``, ``ledger``,
+``serve``, ``ping``, ``demo``.
 
 Exit codes: 0 success, 1 user error (one paragraph on stderr, no traceback; set
 ``MIXSQL_DEBUG=1`` for the traceback), 2 usage error (argparse).
@@ -30,6 +30,7 @@ examples:
   echo "SELECT * FROM samples LIMIT 5" | mixsql sql --format json
   mixsql sql "SELECT * FROM samples MIX BY language WITH (en 0.8, OTHER 0.2)" --limit 20
   mixsql explain "SELECT * FROM samples MIX BY source WITH NATURAL LIMIT 1e9 TOKENS"
+  mixsql ledger ckpt.pt --step 48213                  the samples a training step consumed
   mixsql serve --catalog ./mixsql_catalog --host 127.0.0.1 --port 8815
   mixsql ping grpc://127.0.0.1:8815
 
@@ -109,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add("sources", "list registered sources")
+
+    lg = add("ledger", "which samples a training run consumed at a step (from one rank's loader state)",
+             epilog="examples:\n  mixsql ledger ckpt.pt --step 48213\n"
+                    "  mixsql ledger ckpt.json --step 100 --to 120 --format csv\n"
+                    "  mixsql sql \"SELECT step, file, row FROM mix_ledger('ckpt.pt') WHERE file = 'a.jsonl' AND row = 7\"\n")
+    lg.add_argument("checkpoint", metavar="CKPT", help="loader.state_dict() as JSON, or a torch.save'd checkpoint holding it")
+    lg.add_argument("--step", type=int, required=True, help="the (first) step")
+    lg.add_argument("--to", type=int, metavar="STEP", help="last step of a range (default: --step)")
+    lg.add_argument("--rank", type=int, help="only this data-parallel rank")
+    lg.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
 
     g = add("ping", "check that a mixsql server answers at URL (address, token, TLS) within a few seconds",
             epilog="examples:\n  mixsql ping grpc://10.0.0.5:8815\n"
@@ -369,6 +380,30 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """``SELECT * FROM mix_ledger(CKPT) WHERE step BETWEEN ...`` over the run's recorded catalog
+    (or --catalog)."""
+    from .ledger import read_state
+
+    if args.to is not None and args.to < args.step:
+        raise UserError("--to must not be below --step")
+    if not args.catalog_given:
+        args.catalog = (read_state(args.checkpoint).get("run") or {}).get("catalog") or args.catalog
+    last = args.step if args.to is None else args.to
+    path = os.path.abspath(args.checkpoint).replace("'", "''")
+    where = f"step BETWEEN {args.step} AND {last}" + ("" if args.rank is None else f" AND rank = {args.rank}")
+    sql = f"SELECT * FROM mix_ledger('{path}') WHERE {where} ORDER BY step, rank, sequence, \"offset\""
+    con = _connect(args, read_only=True)
+    try:
+        cur = con.cursor()
+        t0 = time.perf_counter()
+        cur.execute(sql)
+        _print_result(cur, args.format, None, sys.stdout, t0, title=f"ledger of {args.checkpoint}")
+    finally:
+        con.close()
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server import serve
@@ -398,6 +433,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "ledger": cmd_ledger,
     None: cmd_repl, "repl": cmd_repl, "sql": cmd_sql, "explain": cmd_explain,
     "register": cmd_register, "sources": cmd_sources, "serve": cmd_serve, "demo": cmd_demo, "ping": cmd_ping,
 }
@@ -415,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help / --version (0) or usage errors (2)
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    if not hasattr(args, "catalog"):
+    args.catalog_given = hasattr(args, "catalog")
+    if not args.catalog_given:
         args.catalog = _default_catalog()
     try:
         return COMMANDS[args.command](args)

@@ -1,4 +1,4 @@
-"""Tab completion for the shell: keywords, tables, columns, functions, dot-commands, group
+"""Tab completion for the shell: keywords, tables (and ``mix_ledger``), columns, functions, dot-commands, group
 values after ``col =`` and inside ``MIX BY col WITH (``, setting names and values inside
 ``SETTINGS (``, source names after ``REFRESH SOURCE`` / ``DROP SOURCE``, and file paths inside
 ``CREATE SOURCE ... FROM '``.
@@ -22,6 +22,8 @@ from .dbapi import Connection
 from .planner import SETTINGS
 from .script import split_script
 
+# mixsql's own table functions (computed by mixsql before DuckDB sees the statement)
+TABLE_FUNCTIONS = {"mix_ledger": "run ledger: mix_ledger('ckpt')"}
 MIX_KEYWORDS = (
     "MIX", "NATURAL", "SCHEDULE", "STEP", "SETTINGS", "TOKENS", "SAMPLES", "CHUNKS", "OTHER",
     "SOURCE", "SOURCES", "REFRESH", "FORMAT", "ADO", "EXPLAIN", "USING", "AT",
@@ -191,6 +193,9 @@ class MixCompleter(Completer):
             for t in tables:
                 if t.lower().startswith(lw):
                     yield Completion(t, -len(word), display_meta="table")
+            for f, meta in TABLE_FUNCTIONS.items():
+                if f.startswith(lw):
+                    yield Completion(f, -len(word), display_meta=meta)
             return
         for c in self.schema.columns(self._tables_in(text)):
             if c.lower().startswith(lw):

@@ -540,6 +540,18 @@ class Composer:
         c, tok, _ = self.counts(self.segment_for(j), self.end_total(j))
         return c, tok
 
+    def chunk_of(self, g: int, count: int) -> int | None:
+        """The chunk that delivers group ``g``'s sample number ``count`` (0-based, epochs
+        included): the smallest ``j`` with ``after(j)[g] > count``, by binary search on the
+        monotone counts (O(groups x log)); None when the stream ends before it."""
+        def past(j: int) -> bool:
+            if not self.exists(j):
+                return True
+            return int(self.after(j)[0][g]) > count
+        self.resolve(0)
+        j = first_true(past, 0, self.end if self.end is not None else _HORIZON)
+        return j if j is not None and self.exists(j) else None
+
     def targets_after(self, j: int) -> np.ndarray:
         if j < 0:
             return np.zeros(self.G)

@@ -9,7 +9,9 @@
   (``chunk, position, group, source, file, row, <selected columns>``); ``Cursor.chunks()``
   yields the same columns as Arrow tables chunk by chunk, ``Cursor.pointer_chunks()`` the
   engine's chunk tables (plus the pointer details readers load samples from);
-* ``EXPLAIN MIX``, ``CREATE / REFRESH / DROP SOURCE`` and ``SHOW SOURCES`` return small result sets.
+* ``EXPLAIN MIX``, ``CREATE / REFRESH / DROP SOURCE`` and ``SHOW SOURCES`` return small result sets;
+* ``mix_ledger('ckpt')`` in plain SQL is a run's data ledger (:mod:`mixsql.ledger_sql`): computed
+  for the steps / sample the ``WHERE`` names, then an ordinary table to DuckDB.
 
 Transactions: statements autocommit unless a cursor issued ``BEGIN``; ``Connection.commit()``
 and ``rollback()`` end the open transaction of every cursor of the connection.
@@ -32,6 +34,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from . import ledger_sql
 from .catalog import DEFAULT_CATALOG, Catalog
 from .source_statements import split_snapshot
 from .errors import (
@@ -640,7 +643,24 @@ class Connection:
         self.progress = progress
         self._cursors: list[Cursor] = []
         self._pinned: dict[int, Catalog] = {}
+        self._ledgers: dict[tuple, Any] = {}
         self._closed = False
+
+    def _ledger(self, path: str):
+        """The :class:`mixsql.ledger.Ledger` of the loader state in ``path`` over this catalog
+        (kept while the file is unchanged: repeated queries reuse the opened run)."""
+        from .ledger import Ledger
+
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise ProgrammingError(f"mix_ledger: no checkpoint file {path!r}") from None
+        key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+        if key not in self._ledgers:
+            if len(self._ledgers) >= 4:
+                self._ledgers.pop(next(iter(self._ledgers)))
+            self._ledgers[key] = Ledger(path, catalog=self.catalog.path)
+        return self._ledgers[key]
 
     def _catalog_at(self, snapshot: int | None) -> Catalog:
         """The catalog a statement reads: the connection's (moved to the newest snapshot unless
@@ -746,6 +766,7 @@ class Cursor:
         self.arraysize = 1
         self._dcur: duckdb.DuckDBPyConnection | None = None
         self._result: _Result | None = None
+        self._ledger_tables: list = []
         self._closed = False
         self.lastrowid = None
         self.statement_kind: str | None = None
@@ -796,6 +817,12 @@ class Cursor:
             self._result.close()
         self._result = None
         self.statement_kind = None
+        for dcur, name in self._ledger_tables:
+            try:
+                dcur.unregister(name)
+            except duckdb.Error:
+                pass
+        self._ledger_tables = []
 
     # -- execution
     def execute(self, operation: str, parameters: Any = None) -> "Cursor":
@@ -812,6 +839,8 @@ class Cursor:
             if cat.read_only:
                 _refuse_changes(operation, cat)
             dcur = self._duck() if cat is self.connection.catalog else cat.con.cursor()
+            if ledger_sql.mentions_ledger(operation):
+                operation = self._with_ledgers(dcur, operation)
             with _duck_errors():
                 if parameters is None:
                     dcur.execute(operation)
@@ -830,6 +859,16 @@ class Cursor:
         else:  # pragma: no cover - classify's contract lists every kind
             raise InternalError(f"unknown statement kind {kind!r} from dialect.classify")
         return self
+
+    def _with_ledgers(self, dcur: duckdb.DuckDBPyConnection, operation: str) -> str:
+        """``operation`` with its ``mix_ledger(...)`` calls computed and registered on ``dcur``."""
+        operation, tables = ledger_sql.rewrite(operation, self.connection._ledger)
+        if tables and hasattr(dcur, "abort"):   # DuckDB >= 2 refuses registering over an unfinished result
+            dcur.abort()
+        for name, table in tables.items():
+            dcur.register(name, table)
+            self._ledger_tables.append((dcur, name))
+        return operation
 
     def _open_mix(self, cat: Catalog, operation: str, parameters: Any) -> _MixResult:
         from .stream import MixStream

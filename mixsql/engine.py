@@ -776,6 +776,64 @@ class MixEngine:
             self._chunk_schema = pa.schema([pa.field(nm, a.type) for nm, a in zip(self._names, arrays)])
         return self._chunk_schema
 
+    # --- sizes ---------------------------------------------------------------------------------
+    def stream_end(self) -> int | None:
+        """Number of chunks in the stream, or None when it never ends (O(groups x log))."""
+        comp = self._comp
+        comp.resolve(comp.scanned + (1 << 40))
+        return comp.end
+
+    def chunk_rows(self, k: int) -> int:
+        """Rows (samples) of chunk ``k``, 0 beyond the end; O(groups) (a budget-cut chunk is built)."""
+        d = self.draws(k)
+        if d is None:
+            return 0
+        return self.chunk(k).num_rows if self._comp.cut_chunk == k else int(d.sum())
+
+    # --- inverse: where a sample is consumed ---------------------------------------------------
+    def locate(self, file: str, row: int) -> int | None:
+        """Pointer-table index of sample ``(file, row)``, or None when the statement did not select it."""
+        codes = getattr(self, "_file_codes_by_path", None)
+        if codes is None:
+            codes = self._file_codes_by_path = {p: i for i, p in enumerate(self._file_paths_py)}
+        code = codes.get(file)
+        if code is None:
+            return None
+        hits = np.flatnonzero(self._np["__mix_row"] == int(row))
+        hits = hits[self._file_code[hits] == code]
+        return int(hits[0]) if len(hits) else None
+
+    def occurrences(self, file: str, row: int) -> Iterator[tuple[int, int, int]]:
+        """Every ``(epoch, chunk, position)`` at which sample ``(file, row)`` is consumed, in order,
+        computed by inverting the group's permutation (:meth:`GroupSequence.sequence_position`)
+        and the composition (:meth:`Composer.chunk_of`), never by composing the chunks before it.
+        With unbounded repeats the iterator does not end: stop consuming it."""
+        idx = self.locate(file, row)
+        if idx is None:
+            return
+        for g, seq in enumerate(self._seq):
+            try:
+                base = seq.base_position(idx)
+            except IndexError:
+                continue
+            break
+        else:
+            return
+        n, e = int(self._n[g]), 0
+        while self._passes is None or e < self._passes:
+            k = self._comp.chunk_of(g, e * n + seq.sequence_position(e, base))
+            if k is None:
+                return
+            t = self.chunk(k)
+            at = np.flatnonzero((t.column("row").to_numpy() == int(row)) & (t.column("epoch").to_numpy() == e)
+                                & (t.column("group_id").to_numpy() == g))
+            files = t.column("file")
+            at = [int(p) for p in at if files[int(p)].as_py() == file]
+            if not at:   # a budget cut the chunk before it: the stream ends there
+                return
+            yield e, k, at[0]
+            e += 1
+
     # --- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to continue the stream exactly here; JSON-able, O(groups): the

@@ -244,6 +244,29 @@ class GroupSequence:
         pos = self.positions(epoch, start, stop)
         return pos + self._start if self._start is not None else self.members[pos]
 
+    def sequence_position(self, epoch: int, base: int) -> int:
+        """Inverse of :meth:`positions`: the sequence position of base-order position ``base`` in
+        ``epoch`` (one block-permutation lookup and one window, never the epoch's other windows)."""
+        if not 0 <= base < self.n:
+            raise IndexError(f"base position {base} outside the group's {self.n} samples")
+        perm, wstart, _ = self._layout(epoch)
+        slot = int(np.flatnonzero(perm == base // self.block)[0])
+        w = slot // self.window
+        win = self._window(epoch, w)
+        return int(wstart[w]) + int(np.flatnonzero(win == base)[0])
+
+    def base_position(self, index: int) -> int:
+        """Base-order position of pointer-table row ``index`` (a member of this group)."""
+        if self._start is not None:
+            pos = int(index) - self._start
+            if not 0 <= pos < self.n:
+                raise IndexError(f"pointer row {index} is not in group {self.group_id}")
+            return pos
+        hit = np.flatnonzero(np.asarray(self.members) == int(index))
+        if not len(hit):
+            raise IndexError(f"pointer row {index} is not in group {self.group_id}")
+        return int(hit[0])
+
     def token_prefix(self, epoch: int, pos: int) -> int:
         """Tokens of sequence positions ``[0, pos)`` of ``epoch``."""
         if pos <= 0:

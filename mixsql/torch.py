@@ -569,13 +569,30 @@ class MixDataset(IterableDataset):
         self._algo = None                 # in-process USING algorithm (feedback with num_workers=0)
         self._algo_state: dict | None = None   # restored algorithm state, applied when it is created
         self._weight_log: list = []       # in-process weight changes [[at_chunk, weights], ...]
+        self._steps = 0                   # items (direct iteration) or batches (MixDataLoader) handed out
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """What was consumed by direct iteration in this process (use MixDataLoader.state_dict()
         with DataLoader workers)."""
         return {"mixsql": self._tracker.state() if self._tracker else self._state,
-                "statement": self._fingerprint(), "snapshot": self.snapshot, **self._dynamic_state()}
+                "statement": self._fingerprint(), "snapshot": self.snapshot, **self._dynamic_state(),
+                "run": self._run_record(self._steps)}
+
+    def _run_record(self, steps: int, workers: int = 1, batch_size: int | None = 1, drop_last: bool = False) -> dict:
+        """What :mod:`mixsql.ledger` needs to recompute the run's consumption: the statement, its
+        catalog, packing, topology, batching and how many steps (batches) were handed out."""
+        from .catalog import Catalog
+
+        cat = self.catalog.path if isinstance(self.catalog, Catalog) else self.catalog
+        return {"sql": self.sql, "params": self.params,
+                "catalog": os.path.abspath(cat) if isinstance(cat, (str, os.PathLike)) else None,
+                "server": self.server if isinstance(self.server, str) else None,
+                "seq_len": self.seq_len,
+                "tokenizer": self.tokenizer_spec if isinstance(self.tokenizer_spec, (str, type(None))) else None,
+                "by_group": self.by_group, "eos_id": self.eos_id, "bos_id": self.bos_id, "pad_id": self.pad_id,
+                "dp_world": self.dp_world, "replicas": self.replicas, "workers": max(1, int(workers)),
+                "batch_size": batch_size, "drop_last": bool(drop_last), "steps": int(steps)}
 
     def _dynamic_state(self) -> dict:
         """In-process feedback's part of a checkpoint: the algorithm's state and the weight
@@ -611,6 +628,7 @@ class MixDataset(IterableDataset):
             )
         self._state = st
         self._tracker = None
+        self._steps = int((state.get("run") or {}).get("steps", 0))
         dyn = state.get("dynamic") or {}
         if self._algo is not None:
             self._algo.close()
@@ -627,6 +645,8 @@ class MixDataset(IterableDataset):
         dyn = [s.get("dynamic") for s in states if s.get("dynamic")]
         merged = merge_rank_states([s.get("mixsql", s) for s in states], self.dp_rank, self.dp_world)
         out = {"mixsql": merged, "statement": next(iter(fps))}
+        if states[0].get("run"):
+            out["run"] = states[0]["run"]
         if dyn:
             out["dynamic"] = dyn[0]
         return out
@@ -682,6 +702,7 @@ class MixDataset(IterableDataset):
         self._tracker = tracker = _Tracker(self._state, 1)
         for item in self._items(self._state, 1, 0):
             tracker.observe(item.pop("_mix"))
+            self._steps += 1
             yield item
 
     def _items(self, state: dict, W: int, w: int, batcher: _Batcher | None = None) -> Iterator[dict]:
@@ -1036,12 +1057,14 @@ class MixDataLoader(DataLoader):
             else:
                 for tok in toks:
                     observe(tok)
+            self.dataset._steps += 1
             yield batch
 
     def state_dict(self) -> dict:
         st = self._tracker.state() if self._tracker else self.dataset._state
-        return {"mixsql": st, "statement": self.dataset._fingerprint(), "snapshot": self.dataset.snapshot,
-                **self.dataset._dynamic_state()}
+        ds = self.dataset
+        return {"mixsql": st, "statement": ds._fingerprint(), "snapshot": ds.snapshot, **ds._dynamic_state(),
+                "run": ds._run_record(ds._steps, self.num_workers, self.batch_size, self.drop_last)}
 
     def load_state_dict(self, state: dict) -> None:
         self.dataset.load_state_dict(state)
