@@ -10,8 +10,8 @@ import time
 import traceback
 
 NAMES = ("corpus", "registration", "cluster", "planner", "engine", "throughput", "server", "compare", "storage",
-         "shell", "scale")
-NOT_IN_ALL = ("corpus", "scale")   # scale: minutes of CPU and GBs of disk at full size
+         "shell", "scale", "ledger")
+NOT_IN_ALL = ("corpus", "scale", "ledger")   # scale, ledger: minutes of CPU and GBs at full size
 
 
 def run_one(name: str, quick: bool, command: str, run_id: str | None = None) -> dict:

@@ -73,6 +73,7 @@ def main(argv=None) -> None:
     ap.add_argument("--config", default=str(Path(__file__).with_name("train_config.yaml")))
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--loss-log", metavar="JSONL", help="append every step's loss here ({'step', 'loss'} per line)")
     args = ap.parse_args(argv)
     cfg = yaml.safe_load(open(args.config))
     cat_dir = Path(cfg["catalog"])
@@ -94,6 +95,7 @@ def main(argv=None) -> None:
         loader.load_state_dict(st["data"])
         step = st["step"]
         print(f"resumed at step {step}")
+    loss_log = open(args.loss_log, "a") if args.loss_log else None
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for batch in loader:
@@ -107,6 +109,8 @@ def main(argv=None) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if loss_log is not None:
+            loss_log.write(json.dumps({"step": step, "loss": float(loss.detach())}) + "\n")
         step += 1
         for g, seq_loss, m in zip(batch["group"], tok_loss.detach().view(ids.shape[0], -1), mask[:, 1:]):
             sums[g] = sums.get(g, 0.0) + float(seq_loss[m].sum())
@@ -121,6 +125,8 @@ def main(argv=None) -> None:
         if step % cfg["checkpoint_every"] == 0 or step == args.steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                         "data": loader.state_dict(), "step": step}, ckpt)
+    if loss_log is not None:
+        loss_log.close()
     print(f"done at step {step}; checkpoint {ckpt}")
 
 

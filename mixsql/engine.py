@@ -391,6 +391,14 @@ def _file_dictionaries(pointers: pa.Table, N: int, compact: dict | None = None):
     return codes, paths, src.indices.to_numpy(zero_copy_only=False).astype(np.int32), src.dictionary
 
 
+def _member(seq: GroupSequence, index: int) -> bool:
+    try:
+        seq.base_position(index)
+    except IndexError:
+        return False
+    return True
+
+
 class MixEngine:
     """Chunk stream of one planned MIX statement (see the module docstring for semantics).
 
@@ -799,9 +807,13 @@ class MixEngine:
         code = codes.get(file)
         if code is None:
             return None
+        last = getattr(self, "_located", None)
+        if last is not None and last[0] == (file, int(row)):
+            return last[1]
         hits = np.flatnonzero(self._np["__mix_row"] == int(row))
         hits = hits[self._file_code[hits] == code]
-        return int(hits[0]) if len(hits) else None
+        self._located = ((file, int(row)), int(hits[0]) if len(hits) else None)
+        return self._located[1]
 
     def occurrences(self, file: str, row: int) -> Iterator[tuple[int, int, int]]:
         """Every ``(epoch, chunk, position)`` at which sample ``(file, row)`` is consumed, in order,
@@ -821,18 +833,41 @@ class MixEngine:
             return
         n, e = int(self._n[g]), 0
         while self._passes is None or e < self._passes:
-            k = self._comp.chunk_of(g, e * n + seq.sequence_position(e, base))
+            count = e * n + seq.sequence_position(e, base)
+            k = self._comp.chunk_of(g, count)
             if k is None:
                 return
-            t = self.chunk(k)
-            at = np.flatnonzero((t.column("row").to_numpy() == int(row)) & (t.column("epoch").to_numpy() == e)
-                                & (t.column("group_id").to_numpy() == g))
-            files = t.column("file")
-            at = [int(p) for p in at if files[int(p)].as_py() == file]
-            if not at:   # a budget cut the chunk before it: the stream ends there
+            p = self._position_in_chunk(k, g, count, file, row, e)
+            if p is None:   # a budget cut the chunk before it: the stream ends there
                 return
-            yield e, k, at[0]
+            yield e, k, p
             e += 1
+
+    def _position_in_chunk(self, k: int, g: int, count: int, file: str, row: int, epoch: int) -> int | None:
+        """Position in chunk ``k`` of group ``g``'s draw number ``count``: where the chunk's
+        interleaving puts it (O(chunk size), no rows materialised); None when a budget cut it."""
+        if self._comp.cut_chunk == k:
+            t = self.chunk(k)
+            at = np.flatnonzero((t.column("row").to_numpy() == int(row)) & (t.column("epoch").to_numpy() == epoch)
+                                & (t.column("group_id").to_numpy() == g))
+            at = [int(p) for p in at if t.column("file")[int(p)].as_py() == file]
+            return at[0] if at else None
+        start = self._comp.after(k - 1)[0]
+        d = self._comp.after(k)[0] - start
+        gs = np.flatnonzero(d > 0)
+        src = int(d[gs[gs < g]].sum()) + count - int(start[g])   # index among the chunk's draws in group order
+        if len(gs) == 1:
+            return src
+        perm, _ = self._interleave(gs, d[gs])
+        return int(np.flatnonzero(perm == src)[0])
+
+    def pointer(self, index: int) -> dict:
+        """Group, source, file, row and token count of pointer-table row ``index``."""
+        code = int(self._file_code[index])
+        group = next(gi for gi, seq in enumerate(self._seq) if _member(seq, index))
+        return {"group": self._paths[group].as_py(), "source": self._sources[int(self._file_source[code])].as_py(),
+                "file": self._file_paths_py[code], "row": int(self._np["__mix_row"][index]),
+                "n_tokens": None if self._ntok_nulls else int(self._np["__mix_n_tokens"][index])}
 
     # --- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -321,20 +321,24 @@ class Ledger:
 
     ``source``: a loader state dict, a JSON file or a torch checkpoint holding one.
     ``catalog``: the catalog directory (default: the one the run recorded). ``tokenizer``:
-    overrides the recorded tokenizer (needed for packed runs that passed a tokenizer object)."""
+    overrides the recorded tokenizer (needed for packed runs that passed a tokenizer object).
+    ``stream``: an opened :class:`~mixsql.stream.MixStream` of the run's statement instead."""
 
-    def __init__(self, source: Any, catalog: str | os.PathLike | None = None, tokenizer: Any = None):
+    def __init__(self, source: Any, catalog: str | os.PathLike | None = None, tokenizer: Any = None,
+                 stream: Any = None):
         from .stream import MixStream
 
         self.state = read_state(source)
         self.run = run = Run.from_state(self.state)
-        if run.server is not None:
-            raise ProgrammingError("mix_ledger: this run streamed from a server (server=...); its ledger is not "
-                                   "recomputed locally")
-        cat = catalog if catalog is not None else run.catalog
-        if cat is None:
-            raise ProgrammingError("mix_ledger: the state records no catalog directory; pass catalog=")
-        self.stream = MixStream.open_cached(os.fspath(cat), run.sql, run.params, snapshot=run.snapshot)
+        if stream is None:
+            if run.server is not None:
+                raise ProgrammingError("mix_ledger: this run streamed from a server (server=...); its ledger is "
+                                       "not recomputed locally")
+            cat = catalog if catalog is not None else run.catalog
+            if cat is None:
+                raise ProgrammingError("mix_ledger: the state records no catalog directory; pass catalog=")
+            stream = MixStream.open_cached(os.fspath(cat), run.sql, run.params, snapshot=run.snapshot)
+        self.stream = stream
         self.engine = self.stream.engine()
         for at, w in run.weight_changes:
             self.engine.set_weights(w, at_chunk=at)
@@ -472,11 +476,12 @@ class Ledger:
 
     def sample(self, file: str, row: int, until_step: int | None = None) -> pa.Table:
         """Every step (and epoch) at which sample ``(file, row)`` is consumed; with unbounded
-        repeats, up to the first step past ``until_step`` (default: the run's steps so far)."""
+        repeats or packed sequences (whose steps need the lane packed up to there), up to the
+        first occurrence past ``until_step`` (default: the run's steps so far)."""
         run = self.run
         D, W, B = run.dp_world, run.workers, run.batch_size
         horizon = max(run.steps - 1, until_step if until_step is not None else 0)
-        parts = []
+        found, info = [], None
         for epoch, k, pos in self.engine.occurrences(file, int(row)):
             rank, worker = k % D, (k // D) % W
             lane = self.lane(rank, worker)
@@ -490,10 +495,16 @@ class Ledger:
                 step = self._step_of(rank, worker, j)
                 if step is not None:
                     steps.append(step)
-                    parts.append(self._rows(step, rank, worker, [(k, pos, item - j * B, off, ntok, doff)]))
-            if self.end is None and steps and min(steps) > horizon:
+                    if info is None:
+                        info = self.engine.pointer(self.engine.locate(file, int(row)))
+                    found.append({"step": step, "rank": rank, "worker": worker, "sequence": item - j * B,
+                                  "offset": off, "tokens": info["n_tokens"] if ntok is None else ntok,
+                                  "doc_offset": doff, "chunk": k, "position": pos, "epoch": epoch,
+                                  "group": info["group"], "source": info["source"], "file": info["file"],
+                                  "row": info["row"]})
+            if (self.end is None or isinstance(lane, _PackedLane)) and steps and min(steps) > horizon:
                 break
-        return _concat(parts)
+        return pa.Table.from_pylist(found, schema=LEDGER_SCHEMA)
 
 
 def _concat(parts: list[pa.Table]) -> pa.Table:

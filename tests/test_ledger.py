@@ -22,6 +22,7 @@ import mixsql
 from conftest import LANGS_PROPERTIES, langs_records, write_jsonl_catalog
 from mixsql.errors import ProgrammingError
 from mixsql.ledger import Ledger, read_state
+from mixsql.spec import Budget, Shuffle
 from mixsql.tokenize import get_tokenizer
 from mixsql.torch import MixDataLoader, MixDataset
 
@@ -165,6 +166,37 @@ def test_inverse_lookup_equals_brute_force_scan(cat, tmp_path, seq_len):
 
 def _key(x):
     return tuple(x[c] for c in ("step", "rank", "worker", "sequence", "offset", "tokens", "doc_offset", "epoch", "chunk"))
+
+
+@pytest.mark.parametrize("kw", [
+    {"on_exhausted": "repeat", "max_epochs": 3},
+    {"on_exhausted": "redistribute"},
+    {"on_exhausted": "stop"},
+    {"unit": "tokens", "on_exhausted": "repeat", "max_epochs": 2},
+    {"on_exhausted": "repeat", "max_epochs": 2, "budget": Budget(300, "samples")},
+    {"on_exhausted": "repeat", "max_epochs": 2, "budget": Budget(2500, "tokens")},
+    {"ordered": True, "on_exhausted": "repeat", "max_epochs": 2},
+])
+def test_engine_occurrences_invert_the_stream(kw):
+    """(file, row) -> every (epoch, chunk, position), against reading the whole stream."""
+    from test_engine import make_spec, pointer_table
+
+    from mixsql.engine import MixEngine
+
+    sizes = [50, 120, 33]
+    order = np.random.Generator(np.random.PCG64(2)).permutation(sum(sizes)) if kw.get("ordered") else None
+    pt = pointer_table(sizes, order=order)
+    spec = make_spec([0.5, 0.3, 0.2], chunk_size=16, shuffle=Shuffle(4, 3), seed=3, **kw)
+    seen: dict = {}
+    for t in MixEngine(pt, spec):
+        for k, p, f, r, e in zip(*(t.column(c).to_pylist() for c in ("chunk", "position", "file", "row", "epoch"))):
+            seen.setdefault((f, r), []).append((e, k, p))
+    eng = MixEngine(pt, spec)
+    files = [f"/data/f{i}.jsonl" for i in range(9)]
+    for f in files:
+        for r in range(45):
+            assert list(eng.occurrences(f, r)) == seen.get((f, r), []), (f, r)
+    assert list(eng.occurrences("/data/none.jsonl", 0)) == []
 
 
 # --------------------------------------------------------------------------- feedback, kill, restart
