@@ -658,7 +658,7 @@ class Connection:
         key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
         if key not in self._ledgers:
             if len(self._ledgers) >= 4:
-                self._ledgers.pop(next(iter(self._ledgers)))
+                self._ledgers.pop(next(iter(self._ledgers))).close()
             self._ledgers[key] = Ledger(path, catalog=self.catalog.path)
         return self._ledgers[key]
 
@@ -728,6 +728,9 @@ class Connection:
         for cur in list(self._cursors):
             cur.close()
         self._cursors.clear()
+        for led in self._ledgers.values():
+            led.close()
+        self._ledgers.clear()
         for cat in self._pinned.values():
             cat.close()
         self._pinned.clear()

@@ -799,8 +799,10 @@ class MixEngine:
         return self.chunk(k).num_rows if self._comp.cut_chunk == k else int(d.sum())
 
     # --- inverse: where a sample is consumed ---------------------------------------------------
-    def locate(self, file: str, row: int) -> int | None:
-        """Pointer-table index of sample ``(file, row)``, or None when the statement did not select it."""
+    def locate(self, file: str, row: int, file_id: int | None = None) -> int | None:
+        """Pointer-table index of sample ``(file, row)``, or None when the statement did not select
+        it. With ``file_id`` (the catalog's id of ``file``) and groups stored in (file, row) order
+        (a cached selection without ORDER BY) it is a binary search per group, else one scan."""
         codes = getattr(self, "_file_codes_by_path", None)
         if codes is None:
             codes = self._file_codes_by_path = {p: i for i, p in enumerate(self._file_paths_py)}
@@ -810,17 +812,31 @@ class MixEngine:
         last = getattr(self, "_located", None)
         if last is not None and last[0] == (file, int(row)):
             return last[1]
-        hits = np.flatnonzero(self._np["__mix_row"] == int(row))
-        hits = hits[self._file_code[hits] == code]
-        self._located = ((file, int(row)), int(hits[0]) if len(hits) else None)
-        return self._located[1]
+        rows = self._np["__mix_row"]
+        if file_id is not None and not self.spec.ordered and all(isinstance(q.members, range) for q in self._seq):
+            fids, found = self._np["__mix_file_id"], None
+            file_id, row = fids.dtype.type(file_id), rows.dtype.type(row)   # same dtypes: no copy of the arrays
+            for q in self._seq:
+                lo, hi = q.members.start, q.members.stop
+                a = lo + int(np.searchsorted(fids[lo:hi], file_id, side="left"))
+                b = lo + int(np.searchsorted(fids[lo:hi], file_id, side="right"))
+                i = a + int(np.searchsorted(rows[a:b], row))
+                if i < b and rows[i] == row and self._file_code[i] == code:
+                    found = i
+                    break
+        else:
+            hits = np.flatnonzero(rows == int(row))
+            hits = hits[self._file_code[hits] == code]
+            found = int(hits[0]) if len(hits) else None
+        self._located = ((file, int(row)), found)
+        return found
 
-    def occurrences(self, file: str, row: int) -> Iterator[tuple[int, int, int]]:
+    def occurrences(self, file: str, row: int, file_id: int | None = None) -> Iterator[tuple[int, int, int]]:
         """Every ``(epoch, chunk, position)`` at which sample ``(file, row)`` is consumed, in order,
         computed by inverting the group's permutation (:meth:`GroupSequence.sequence_position`)
         and the composition (:meth:`Composer.chunk_of`), never by composing the chunks before it.
         With unbounded repeats the iterator does not end: stop consuming it."""
-        idx = self.locate(file, row)
+        idx = self.locate(file, row, file_id)
         if idx is None:
             return
         for g, seq in enumerate(self._seq):

@@ -352,6 +352,18 @@ class Ledger:
         self._chunks: dict[int, pa.Table] = {}
         self._lanes: dict[tuple[int, int], Any] = {}
 
+    def close(self) -> None:
+        """Close the data files a packed ledger read."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = self._tok = None
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- pieces ------------------------------------------------------------------------------
     def chunk(self, k: int) -> pa.Table | None:
         t = self._chunks.get(k)
@@ -374,6 +386,15 @@ class Ledger:
             self._tok = get_tokenizer(self._tokenizer_spec, eos_id=self.run.eos_id, bos_id=self.run.bos_id)
             self._reader = ChunkReader(self.stream.files)
         return _chunk_tokens(self._reader.read(table), self._tok)[1]
+
+    def _file_id(self, path: str) -> int | None:
+        """The catalog's file id of ``path`` (from the stream's files table), None if unknown."""
+        ids = getattr(self, "_file_ids", None)
+        files = self.stream.files
+        if ids is None:
+            ids = self._file_ids = (dict(zip(files.column("path").to_pylist(), files.column("file_id").to_pylist()))
+                                    if files is not None and "file_id" in files.column_names else {})
+        return ids.get(path)
 
     def lane(self, rank: int, worker: int):
         key = (rank, worker)
@@ -482,7 +503,7 @@ class Ledger:
         D, W, B = run.dp_world, run.workers, run.batch_size
         horizon = max(run.steps - 1, until_step if until_step is not None else 0)
         found, info = [], None
-        for epoch, k, pos in self.engine.occurrences(file, int(row)):
+        for epoch, k, pos in self.engine.occurrences(file, int(row), self._file_id(file)):
             rank, worker = k % D, (k // D) % W
             lane = self.lane(rank, worker)
             if isinstance(lane, _PackedLane):

@@ -76,6 +76,8 @@ def rewrite(sql: str, open_ledger) -> tuple[str, dict[str, pa.Table]]:
             name = f"__mix_ledger_{len(tables)}_{os.getpid()}"
             tables[name] = _compute(open_ledger(args[0].this), push)
             node.replace(exp.Table(this=exp.to_identifier(name), alias=exp.TableAlias(this=exp.to_identifier(alias))))
+    if not tables:   # the name only appears in a string or comment: DuckDB gets the statement as written
+        return sql, tables
     return ";\n".join(t.sql("duckdb") for t in trees if t is not None), tables
 
 
