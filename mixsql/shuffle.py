@@ -246,14 +246,16 @@ class GroupSequence:
 
     def sequence_position(self, epoch: int, base: int) -> int:
         """Inverse of :meth:`positions`: the sequence position of base-order position ``base`` in
-        ``epoch`` (one block-permutation lookup and one window, never the epoch's other windows)."""
+        ``epoch`` (its shard's window, its block's sub-window; never the epoch's other windows)."""
         if not 0 <= base < self.n:
             raise IndexError(f"base position {base} outside the group's {self.n} samples")
-        perm, wstart, _ = self._layout(epoch)
-        slot = int(np.flatnonzero(perm == base // self.block)[0])
-        w = slot // self.window
-        win = self._window(epoch, w)
-        return int(wstart[w]) + int(np.flatnonzero(win == base)[0])
+        order, wstart, _ = self._layout(epoch)
+        shard = int(self._shard_lo.searchsorted(base, side="right")) - 1
+        j = int(np.flatnonzero(order == shard)[0]) // self._per_window
+        bstart, blen, sstart, _ = self._blocks(epoch, j)
+        w = int(np.flatnonzero((bstart <= base) & (base < bstart + blen))[0]) // self.window
+        win = self._window(epoch, j, w)
+        return int(wstart[j]) + int(sstart[w]) + int(np.flatnonzero(win == base)[0])
 
     def base_position(self, index: int) -> int:
         """Base-order position of pointer-table row ``index`` (a member of this group)."""
