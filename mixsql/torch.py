@@ -51,6 +51,14 @@ Exactly-once resume
     every token/sample once. With the same ``num_workers`` (and ranks) the remaining batches are
     identical to an uninterrupted run; with a different ``num_workers`` the same tokens are
     delivered (nothing lost or duplicated) but sequence boundaries and order may differ.
+    Loaders built elsewhere: inside a DataLoader worker that is not MixDataLoader's, each
+    dataset copy records the items *it* handed out, and its ``state_dict()`` /
+    ``load_state_dict()`` describe that worker's remaining work. This is torchdata's
+    ``StatefulDataLoader`` protocol (it snapshots every worker's dataset state with the batches
+    and hands each worker its own state back on resume, same ``num_workers``), so
+    ``StatefulDataLoader(ds, num_workers=N).state_dict()`` resumes exactly like MixDataLoader. In
+    the main process, ``ds.state_dict()`` after workers iterated copies of ``ds`` raises instead
+    of returning a stale state.
     Elastic resume: ``load_state_dict([state of rank 0, ..., state of rank D-1])`` on a different
     number of data-parallel ranks (:func:`merge_rank_states`) continues the global stream from the
     largest old frontier; every chunk some old rank had not finished is redone by the new rank that
@@ -507,6 +515,19 @@ class _Tracker:
 
 
 # --------------------------------------------------------------------------- the dataset
+def _shared_flag():
+    """A byte in shared memory that DataLoader workers (forked or started from this process) set."""
+    import multiprocessing
+
+    return multiprocessing.RawValue("b", 0)
+
+
+def _spawning() -> bool:
+    from multiprocessing.context import get_spawning_popen
+
+    return get_spawning_popen() is not None
+
+
 def _dp_from_dist(replicas: int) -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -570,11 +591,30 @@ class MixDataset(IterableDataset):
         self._algo_state: dict | None = None   # restored algorithm state, applied when it is created
         self._weight_log: list = []       # in-process weight changes [[at_chunk, weights], ...]
         self._steps = 0                   # items (direct iteration) or batches (MixDataLoader) handed out
+        self._worker_flag = _shared_flag()  # set by workers of a loader other than MixDataLoader
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if not _spawning():   # the shared flag only travels to processes started from this one
+            state["_worker_flag"] = None
+        return state
+
+    def _workers_iterated(self) -> bool:
+        return self._worker_flag is not None and bool(self._worker_flag.value)
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """What was consumed by direct iteration in this process (use MixDataLoader.state_dict()
-        with DataLoader workers)."""
+        """What this copy of the dataset handed out: direct iteration in the main process, or,
+        inside a DataLoader worker, that worker's items (torchdata's ``StatefulDataLoader``
+        collects these per worker and hands each back to its worker on resume).
+
+        In the main process while DataLoader workers iterate copies of this dataset, its own state
+        is stale: that raises (use ``MixDataLoader.state_dict()`` or ``StatefulDataLoader``)."""
+        if self._tracker is None and get_worker_info() is None and self._workers_iterated():
+            raise InterfaceError(
+                "MixDataset.state_dict() in the main process does not see what DataLoader workers "
+                "consumed; checkpoint the loader instead: mixsql.torch.MixDataLoader(ds, ...).state_dict() "
+                "or torchdata.stateful_dataloader.StatefulDataLoader(ds, ...).state_dict()")
         return {"mixsql": self._tracker.state() if self._tracker else self._state,
                 "statement": self._fingerprint(), "snapshot": self.snapshot, **self._dynamic_state(),
                 "run": self._run_record(self._steps)}
@@ -629,6 +669,8 @@ class MixDataset(IterableDataset):
         self._state = st
         self._tracker = None
         self._steps = int((state.get("run") or {}).get("steps", 0))
+        if self._worker_flag is not None:
+            self._worker_flag.value = 0
         dyn = state.get("dynamic") or {}
         if self._algo is not None:
             self._algo.close()
@@ -684,6 +726,10 @@ class MixDataset(IterableDataset):
             st, W = self._state, info.num_workers
             w = (info.id + st.get("next_worker", 0)) % W if st.get("workers") == W else info.id
             configure_worker_threads(W)   # tokenizer threads: cores split between the workers
+            if not getattr(self, "_emit_tokens", False):   # a stock DataLoader / StatefulDataLoader
+                if self._worker_flag is not None:
+                    self._worker_flag.value = 1
+                return self._tracked(st, W, info.id)
             batcher = self._batcher(w, shared=True)
             items = self._items(st, W, w, batcher)
             return items if batcher is None else _bundled(items, w)
@@ -699,8 +745,15 @@ class MixDataset(IterableDataset):
         return _Batcher(w, b[0], b[1], shared)
 
     def _direct(self) -> Iterator[dict]:
-        self._tracker = tracker = _Tracker(self._state, 1)
-        for item in self._items(self._state, 1, 0):
+        if self._worker_flag is not None:
+            self._worker_flag.value = 0
+        return self._tracked(self._state, 1, 0)
+
+    def _tracked(self, state: dict, W: int, w: int) -> Iterator[dict]:
+        """Items of worker ``w`` of ``W``, their resume tokens recorded in ``self._tracker`` as
+        each item is handed out (what ``state_dict()`` of this copy reports)."""
+        self._tracker = tracker = _Tracker(state, W)
+        for item in self._items(state, W, w):
             tracker.observe(item.pop("_mix"))
             self._steps += 1
             yield item
