@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -88,6 +89,15 @@ def _write_jsonl_source(w, data_dir, records, source, properties, rows_per_file,
 
 
 LANGS_PROPERTIES = {"language": "VARCHAR", "license": "VARCHAR", "quality": "DOUBLE"}
+
+
+def lang_catalog(catalog_dir: Path, n: int, seed: int) -> Path:
+    """``n`` documents of random length (0-40 repeated letters) in languages en/de/fr by turn,
+    JSONL files of 40 rows, property ``lang``."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    recs = [{"text": f"doc {i} " + "abcdefgh"[i % 8] * int(rng.integers(0, 40)), "lang": ["en", "de", "fr"][i % 3]}
+            for i in range(n)]
+    return write_jsonl_catalog(catalog_dir, recs, properties={"lang": "VARCHAR"}, rows_per_file=40)
 
 
 def langs_records() -> list[dict]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_jsonl_catalog
+from conftest import lang_catalog, write_jsonl_catalog
 from mixsql.catalog import Catalog
 from mixsql.errors import ProgrammingError
 from mixsql.torch import MixDataLoader, MixDataset, mix_collate
@@ -23,11 +23,7 @@ SQL_TOKENS = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
 
 @pytest.fixture(scope="module")
 def cat(tmp_path_factory):
-    rng = np.random.Generator(np.random.PCG64(11))
-    recs = [{"text": f"doc {i} " + "abcdefgh"[i % 8] * int(rng.integers(0, 40)), "lang": ["en", "de", "fr"][i % 3]}
-            for i in range(150)]
-    return write_jsonl_catalog(tmp_path_factory.mktemp("t") / "cat", recs, properties={"lang": "VARCHAR"},
-                               rows_per_file=40)
+    return lang_catalog(tmp_path_factory.mktemp("t") / "cat", 150, seed=11)
 
 
 def _selection(cat):
@@ -222,7 +218,7 @@ def test_elastic_resume_4_3_6_ranks_from_lists_of_states(tmp_path):
     import collections
     import json
 
-    from conftest import write_jsonl_catalog
+    from conftest import lang_catalog
     from mixsql.catalog import Catalog
     from mixsql.torch import MixDataLoader, MixDataset
 

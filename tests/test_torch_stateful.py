@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from torch.utils.data import DataLoader
 
-from conftest import write_jsonl_catalog
+from conftest import lang_catalog
 from mixsql.errors import InterfaceError
 from mixsql.torch import MixDataset
 
@@ -23,11 +22,7 @@ SQL = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
 
 @pytest.fixture(scope="module")
 def cat(tmp_path_factory):
-    rng = np.random.Generator(np.random.PCG64(5))
-    recs = [{"text": f"doc {i} " + "abcdefgh"[i % 8] * int(rng.integers(0, 40)), "lang": ["en", "de", "fr"][i % 3]}
-            for i in range(120)]
-    return write_jsonl_catalog(tmp_path_factory.mktemp("s") / "cat", recs, properties={"lang": "VARCHAR"},
-                               rows_per_file=40)
+    return lang_catalog(tmp_path_factory.mktemp("s") / "cat", 120, seed=5)
 
 
 def _key(b):
