@@ -326,8 +326,40 @@ class Packer:
         return out
 
 
+def document_positions(ids: np.ndarray, lengths: np.ndarray, eos_id: int) -> np.ndarray:
+    """Position ids ``[n, L]`` of packed rows: 0 at the start of every row and after every EOS
+    (each framed document ``[bos] doc [eos]`` restarts at 0; a document continued from the
+    previous row restarts too, rows are independent), counting up inside a document; 0 past a
+    row's ``length`` (padding). HF's flattening convention and flash-attention's varlen kernels
+    derive document boundaries from exactly these. A document's own EOS-id tokens also end a
+    segment (attention is then split there, never joined across documents)."""
+    ids = np.asarray(ids)
+    n, L = ids.shape
+    col = np.arange(L, dtype=np.int64)
+    start = np.zeros((n, L), dtype=bool)
+    start[:, 0] = True
+    start[:, 1:] = ids[:, :-1] == eos_id
+    seg = np.maximum.accumulate(np.where(start, col, 0), axis=1)
+    pos = col - seg
+    pos[col[None, :] >= np.asarray(lengths, dtype=np.int64)[:, None]] = 0
+    return pos
+
+
+def cu_seqlens(positions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """flash-attention varlen ``cu_seqlens`` (int32, cumulative, starting at 0) of the model inputs
+    of packed rows: the first ``L - 1`` tokens of each row (``input_ids[:, :-1]``; the last one is
+    only a label), real tokens only (``< length``), flattened row by row. A segment starts where
+    ``positions`` is 0."""
+    pos = np.asarray(positions)[:, :-1]
+    real = np.arange(pos.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    flat = pos[real]
+    starts = np.flatnonzero(flat == 0)
+    return np.append(starts, len(flat)).astype(np.int32)
+
+
 def carry_tokens(carry: dict) -> int:
     return sum(len(v["ids"]) for v in carry.values())
 
 
-__all__ = ["Packer", "Packed", "PackedBatch", "MIXED", "carry_tokens", "frame_documents"]
+__all__ = ["Packer", "Packed", "PackedBatch", "MIXED", "carry_tokens", "cu_seqlens", "document_positions",
+           "frame_documents"]

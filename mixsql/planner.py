@@ -24,8 +24,11 @@ Semantics fixed here:
 * ``ORDER BY`` is the consumption order inside each group (ties broken by file and row).
 * ``AT STEP n`` is a training step (``ScheduleStep.step``). With ``SETTINGS (batch_size = b)``
   (samples, or tokens under ``unit = 'tokens'``, per global step) the engine starts it at chunk
-  ``ceil(n * b / chunk_size)``, deterministically; without batch_size the schedule follows the
-  training step reported through ``feedback()``.
+  ``ceil(n * b / chunk_size)``, deterministically. Without batch_size the server refuses a
+  SCHEDULE; in-process ``mixsql.torch.MixDataset`` maps steps through the training loop's batch
+  size (unpacked samples, or packed sequences under ``unit = 'tokens'``) or follows
+  ``set_step(step)`` / ``feedback(step, ...)`` when iterated in-process, and otherwise raises
+  before any data moves.
 """
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ class MixSpec:
     algorithm: Algorithm | None = None
     # Samples (unit samples) or tokens (unit tokens) one global training step consumes. When set,
     # SCHEDULE steps map onto chunk indices deterministically (engine.schedule_chunk); otherwise
-    # the schedule advances with the training step reported through feedback.
+    # the server refuses a SCHEDULE and MixDataset maps steps itself (see the planner docstring).
     batch_size: int | None = None
 
     def weights(self) -> tuple[float, ...]:

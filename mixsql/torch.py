@@ -15,6 +15,25 @@ What is yielded
     worker delivers its leftovers as final sequences padded with ``pad_id`` (``length`` < N+1,
     ``mix_collate`` turns it into ``mask``).
 
+Training-loop conventions
+    ``boundaries=True`` (packed): items carry ``position_ids`` restarting at 0 at every document,
+    and MixDataLoader batches also ``cu_seqlens`` (int32) / ``max_seqlen`` for flash-attention's
+    varlen kernels (:func:`add_boundaries`, :mod:`mixsql.packing`). ``by_group=False`` under
+    ``unit = 'tokens'`` packs the groups into shared sequences; every token is still delivered
+    once, so the token shares stay those of the chunks.
+    Even endings (``even_end``, MixDataLoader under torch.distributed): every data-parallel rank
+    hands out the same number of batches of a finite stream, so DDP's last step never hangs.
+    ``'drop'`` (default): all ranks stop at the first batch some rank lacks; what was not handed
+    out stays in ``state_dict()`` (a resumed run would deliver it). ``'pad'``: ranks that ran out
+    hand out fully masked packed batches until all have ended. ``'off'``: no agreement.
+    Schedules: a ``WITH SCHEDULE`` statement without ``SETTINGS (batch_size)`` maps steps onto
+    chunks from ``batch_size`` (per rank; MixDataLoader passes its own) when a step's
+    consumption is known in the statement's unit (unpacked samples; packed sequences of
+    ``seq_len + 1`` tokens under ``unit = 'tokens'``); otherwise, iterated in-process, it
+    follows ``set_step(step)`` (or ``feedback``); anywhere else iteration raises before data moves.
+    ``persistent_workers=True``: workers keep their dataset copy (and the selection it opened)
+    across epochs; each epoch's start state reaches them through a queue.
+
 Hot path (per chunk, no per-token Python)
     Consecutive small chunks are read together on the prefetch thread (one ``ChunkReader.read``);
     each chunk's documents become one flat int32 array (pre-tokenized: the list column's values
@@ -76,7 +95,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import InterfaceError, ProgrammingError
-from .packing import MIXED, PackedBatch, Packer
+from .packing import MIXED, PackedBatch, Packer, cu_seqlens, document_positions
 from .readers import DEFAULT_CACHE_BYTES, ChunkReader
 from .tokenize import configure_worker_threads, encode_flat, get_tokenizer
 
@@ -278,19 +297,39 @@ def _row_names(pb: PackedBatch, names: dict) -> list[str]:
     return _majority_names(pb, names)
 
 
-def _items_of(pb: PackedBatch, names: dict, token) -> Iterator[dict]:
-    """One dict per packed row; tensors are row views of one per-chunk tensor."""
+def _items_of(pb: PackedBatch, names: dict, token, eos: int | None = None) -> Iterator[dict]:
+    """One dict per packed row; tensors are row views of one per-chunk tensor. With ``eos``, each
+    item also carries ``position_ids`` (:func:`mixsql.packing.document_positions`)."""
     n = len(pb)
     if not n:
         return
     ids = torch.from_numpy(pb.ids.astype(np.int64))
     grp = torch.from_numpy(pb.groups.astype(np.int64))
+    pos = None if eos is None else torch.from_numpy(document_positions(pb.ids, pb.lengths, eos))
     lengths = pb.lengths.tolist()
     keys = pb.keys
     gnames = _row_names(pb, names)
     for i in range(n):
-        yield {"input_ids": ids[i], "group_ids": grp[i], "group": gnames[i], "length": lengths[i],
-               "_mix": token(keys[i], lengths[i])}
+        item = {"input_ids": ids[i], "group_ids": grp[i], "group": gnames[i], "length": lengths[i]}
+        if pos is not None:
+            item["position_ids"] = pos[i]
+        item["_mix"] = token(keys[i], lengths[i])
+        yield item
+
+
+def add_boundaries(batch: dict, eos_id: int) -> dict:
+    """Add document boundaries to a packed batch (``input_ids`` [B, L], ``length``):
+    ``position_ids`` [B, L] restarting at 0 at every document (HF flattening convention),
+    ``cu_seqlens`` (int32) and ``max_seqlen`` for flash-attention's varlen kernels over the model
+    inputs ``input_ids[:, :-1][mask[:, :-1]]`` (see :mod:`mixsql.packing`)."""
+    ids, lengths = batch["input_ids"].numpy(), batch["length"].numpy()
+    pos = batch.get("position_ids")
+    pos = document_positions(ids, lengths, eos_id) if pos is None else pos.numpy()
+    cu = cu_seqlens(pos, lengths)
+    batch["position_ids"] = torch.from_numpy(pos)
+    batch["cu_seqlens"] = torch.from_numpy(cu)
+    batch["max_seqlen"] = int(np.diff(cu).max()) if len(cu) > 1 else 0
+    return batch
 
 
 def _majority_names(pb: PackedBatch, names: dict) -> list[str]:
@@ -561,6 +600,7 @@ class MixDataset(IterableDataset):
                  dp_rank: int | None = None, dp_world: int | None = None, by_group: bool | None = None,
                  eos_id: int | None = None, bos_id: int | None = None, pad_id: int | None = None,
                  columns: Sequence[str] = (), cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: int = 2,
+                 even_end: str = "drop", boundaries: bool = False, batch_size: int | None = None,
                  stream_factory: Callable[[], Any] | None = None):
         super().__init__()
         if sql is None and stream_factory is None:
@@ -580,7 +620,21 @@ class MixDataset(IterableDataset):
             raise InterfaceError(f"dp_rank {dp_rank} is outside 0..{dp_world - 1}")
         self.dp_rank, self.dp_world = int(dp_rank), int(dp_world)
         self.by_group, self.eos_id, self.bos_id, self.pad_id = by_group, eos_id, bos_id, pad_id
+        self.eos: int | None = None   # the EOS id the packer appends (packed mode)
+        if seq_len is not None:   # tokenizer problems (no EOS, unreadable file) surface here, not in a worker
+            tok = get_tokenizer(tokenizer, eos_id=eos_id, bos_id=bos_id)
+            self.eos = int(eos_id if eos_id is not None else tok.eos_id)
         self.columns = tuple(columns)
+        if even_end not in EVEN_ENDS:
+            raise InterfaceError(f"even_end must be one of {', '.join(map(repr, EVEN_ENDS))}, got {even_end!r}")
+        if even_end == "pad" and seq_len is None:
+            raise InterfaceError("even_end='pad' pads with masked packed sequences and needs seq_len=; "
+                                 "use 'drop' for samples")
+        self.even_end = even_end
+        if boundaries and seq_len is None:
+            raise InterfaceError("boundaries=True marks documents inside packed sequences and needs seq_len=")
+        self.boundaries = bool(boundaries)
+        self.batch_size = batch_size   # per rank and step; MixDataLoader fills in its own
         self.cache_bytes, self.prefetch_depth = cache_bytes, prefetch
         self.stream_factory = stream_factory
         self._state = initial_state(self.dp_rank, self.dp_world)
@@ -592,11 +646,13 @@ class MixDataset(IterableDataset):
         self._weight_log: list = []       # in-process weight changes [[at_chunk, weights], ...]
         self._steps = 0                   # items (direct iteration) or batches (MixDataLoader) handed out
         self._worker_flag = _shared_flag()  # set by workers of a loader other than MixDataLoader
+        self._step_size: int | None = None  # global step size that maps SCHEDULE steps (see set_step)
+        self._epoch_states = None           # MixDataLoader with persistent workers: epoch start states
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        if not _spawning():   # the shared flag only travels to processes started from this one
-            state["_worker_flag"] = None
+        if not _spawning():   # shared-memory objects only travel to processes started from this one
+            state["_worker_flag"] = state["_epoch_states"] = None
         return state
 
     def _workers_iterated(self) -> bool:
@@ -723,6 +779,10 @@ class MixDataset(IterableDataset):
         info = get_worker_info()
         if info is not None:
             # a worker process: the resume tokens travel to MixDataLoader through mix_collate
+            if getattr(self, "_epoch_states", None) is not None:   # persistent workers
+                self._epoch = getattr(self, "_epoch", 0) + 1
+                if self._epoch > 1:
+                    self._state = self._epoch_states.get()
             st, W = self._state, info.num_workers
             w = (info.id + st.get("next_worker", 0)) % W if st.get("workers") == W else info.id
             configure_worker_threads(W)   # tokenizer threads: cores split between the workers
@@ -767,8 +827,13 @@ class MixDataset(IterableDataset):
         by_group = self.by_group if self.by_group is not None else spec.unit == "tokens"
         eos = self.eos_id if self.eos_id is not None else (tok.eos_id if tok else None)
         bos = self.bos_id  # BOS is prepended only when asked for explicitly
+        # per-item position ids where no MixDataLoader adds boundaries to whole batches
+        item_eos = eos if self.boundaries and not getattr(self, "_emit_tokens", False) else None
+        self._step_size = step_size = self._schedule_step_size(spec, in_process=W == 1 and get_worker_info() is None)
         reader = ChunkReader(stream.files, cache_bytes=self.cache_bytes)
         engine = stream.engine(state["engine"])
+        if step_size is not None:   # SCHEDULE steps at fixed chunks, as SETTINGS (batch_size) would
+            engine = type(engine)(stream.pointers, spec, state["engine"], batch_size=step_size)
         for at, weights in self._weight_log:   # in-process feedback beyond the restored position
             if at >= engine.next_index:
                 engine.set_weights(weights, at_chunk=at)
@@ -818,7 +883,7 @@ class MixDataset(IterableDataset):
             for (t, kind, task, _table, eng), data in _ungroup(reader.prefetch(
                     # feedback-driven weights apply from the engine's next unfetched chunk: with one
                     # chunk per read, how far reading runs ahead is the same in a resumed run
-                    _grouped(with_chunks(), 1 if spec.algorithm is not None else _GROUP_MAX),
+                    _grouped(with_chunks(), 1 if spec.algorithm is not None or spec.schedule else _GROUP_MAX),
                     depth=self.prefetch_depth, read=_GroupRead(reader), tables=_GroupRead.tables)):
                 carry_in = _merge_carry(running, task["carry"])
                 info = {"kind": kind, "chunk": task["chunk"] if data is not None else None,
@@ -866,13 +931,56 @@ class MixDataset(IterableDataset):
                     running = packer.carry_arrays()
                 pb = PackedBatch.concat(parts, packer.L)
                 if batcher is None:
-                    yield from _items_of(pb, names, token)
+                    yield from _items_of(pb, names, token, item_eos)
                 elif len(pb):
                     yield from batcher.add(pb, _row_names(pb, names), t, info)
             if batcher is not None:
                 yield from batcher.finish()
         finally:
             reader.close()
+
+    # -- schedules ---------------------------------------------------------------------------
+    def _schedule_step_size(self, spec, in_process: bool) -> int | None:
+        """What one global training step consumes in the statement's unit, when a SCHEDULE needs
+        it (no ``SETTINGS (batch_size)``) and the per-rank batch size says it: samples per step
+        (``B * dp_world``) without packing, tokens (``B * dp_world * (seq_len + 1)``) for packed
+        sequences under ``unit = 'tokens'``. Otherwise ``None``: in-process the schedule follows
+        ``set_step``; anywhere else that is an error, raised before any data moves."""
+        if not spec.schedule or spec.batch_size or self.server is not None:
+            return None
+        b = self.batch_size
+        if b is not None:
+            per_step = int(b) * self.dp_world
+            if self.seq_len is None and spec.unit == "samples":
+                return per_step
+            if self.seq_len is not None and spec.unit == "tokens":
+                return per_step * (self.seq_len + 1)
+        if in_process:
+            return None
+        raise ProgrammingError(
+            "WITH SCHEDULE needs to know the training step, and this stream cannot: add SETTINGS "
+            "(batch_size = B) to the statement (samples, or tokens under unit = 'tokens', per global "
+            "step), or pass batch_size= (per rank) for unpacked samples / packed sequences under "
+            "unit = 'tokens', or iterate in-process (num_workers=0) and call ds.set_step(step)")
+
+    def set_step(self, step: int) -> None:
+        """The training step about to run: puts the SCHEDULE's weights for ``step`` in force from
+        the next chunk (in-process iteration; the change is part of ``state_dict()``). A no-op
+        when steps map to chunks through a batch size; an error for statements without SCHEDULE."""
+        spec = self._open().spec
+        if not spec.schedule:
+            raise ProgrammingError("set_step() drives WITH SCHEDULE mixtures; this statement's weights are "
+                                   + spec.weighting)
+        if spec.batch_size or self._step_size is not None or self.server is not None:
+            return   # the engine maps steps to chunks itself
+        if self._engine is None:
+            raise InterfaceError("set_step() needs this dataset iterating in this process (num_workers=0); "
+                                 "with DataLoader workers give a batch size (SETTINGS (batch_size = B) or "
+                                 "batch_size=)")
+        at = self._engine.apply_schedule_for_step(int(step))
+        if at is not None:
+            weights = [st.weights for st in spec.schedule if st.step <= step][-1]
+            self._weight_log.append([int(at), [float(x) for x in weights]])
 
     # -- feedback ---------------------------------------------------------------------------
     def feedback(self, step: int, group_loss_sums: Sequence[float], group_token_counts: Sequence[float]) -> None:
@@ -889,6 +997,9 @@ class MixDataset(IterableDataset):
             fb(step, list(group_loss_sums), list(group_token_counts))
             return
         spec = self._open().spec
+        if spec.algorithm is None and spec.schedule:
+            self.set_step(step)
+            return
         if spec.algorithm is None:
             raise ProgrammingError(
                 "feedback() needs a dynamic mixture (MIX BY ... USING ADO (...) or loss_average); "
@@ -976,6 +1087,8 @@ def mix_collate(items: list[dict]) -> dict:
     if "input_ids" in first:
         out["input_ids"] = torch.stack([it["input_ids"] for it in items])
         out["group_ids"] = torch.stack([it["group_ids"] for it in items])
+        if "position_ids" in first:
+            out["position_ids"] = torch.stack([it["position_ids"] for it in items])
         lengths = [it["length"] for it in items]
         L = out["input_ids"].shape[1]
         out["length"] = torch.tensor(lengths, dtype=torch.long)
@@ -1034,6 +1147,76 @@ def _unwire(batch: dict, pin: bool = False) -> dict:
     return out
 
 
+EVEN_ENDS = ("drop", "pad", "off")
+
+
+class _EvenEnd:
+    """Equal batch counts on every data-parallel rank of a finite stream (``even_end``).
+
+    Before handing out each batch, the ranks agree over torch.distributed (one 1-element
+    all-reduce per batch on a gloo group) whether every rank still has one: under ``'drop'``
+    (the default) all ranks stop at the first batch some rank lacks, the batches not handed out
+    staying in ``state_dict()`` as unconsumed; under ``'pad'`` the ranks that ran out hand out
+    fully masked packed batches (``mask`` False, ``length`` 0, ``group`` '') until every rank
+    has ended. Off for ``'off'`` and without an initialised process group of more than one rank
+    (a stream that never ends pays the one small all-reduce per batch all the same).""" 
+
+    def __init__(self, loader, group):
+        ds = loader.dataset
+        self.mode, self.group = ds.even_end, group
+        self.B = loader.batch_size or 1
+        self.L = ds.seq_len + 1 if ds.seq_len is not None else None
+        self.pad_id = ds.pad_id if ds.pad_id is not None else 0
+        self.shape: dict | None = None
+
+    @classmethod
+    def of(cls, loader) -> "_EvenEnd | None":
+        import torch.distributed as dist
+
+        ds = loader.dataset
+        if ds.even_end == "off" or not (dist.is_available() and dist.is_initialized()):
+            return None
+        if dist.get_world_size() < 2:
+            return None
+        group = getattr(loader, "_even_group", None)
+        if group is None:   # one gloo group per loader (an NCCL default group cannot reduce CPU tensors)
+            group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+            loader._even_group = group
+        return cls(loader, group)
+
+    def _all(self, have: bool, op) -> int:
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if have else 0], dtype=torch.int32)
+        dist.all_reduce(t, op=op, group=self.group)
+        return int(t.item())
+
+    def others_have_one(self) -> bool:
+        import torch.distributed as dist
+
+        return bool(self._all(True, dist.ReduceOp.MIN if self.mode == "drop" else dist.ReduceOp.MAX))
+
+    def pads(self) -> Iterator[dict]:
+        """This rank ran out: agree once more (drop) or pad until every rank ran out (pad)."""
+        import torch.distributed as dist
+
+        op = dist.ReduceOp.MIN if self.mode == "drop" else dist.ReduceOp.MAX
+        while self._all(False, op):
+            yield self._pad_batch()
+
+    def _pad_batch(self) -> dict:
+        ref = self.shape
+        B = len(ref["group"]) if ref is not None else self.B
+        L = ref["input_ids"].shape[1] if ref is not None else self.L
+        out = {"input_ids": torch.full((B, L), self.pad_id, dtype=torch.long),
+               "group_ids": torch.full((B, L), -1, dtype=torch.long),
+               "length": torch.zeros(B, dtype=torch.long), "mask": torch.zeros((B, L), dtype=torch.bool)}
+        if ref is not None and "position_ids" in ref:
+            out["position_ids"] = torch.zeros((B, L), dtype=torch.long)
+        out["group"] = [""] * B
+        return out
+
+
 def _worker_context():
     """The start method for DataLoader workers when the caller names none.
 
@@ -1057,8 +1240,6 @@ class MixDataLoader(DataLoader):
 
     def __init__(self, dataset: MixDataset, batch_size: int | None = 1, num_workers: int = 0,
                  collate_fn=mix_collate, **kwargs):
-        if kwargs.get("persistent_workers"):
-            raise InterfaceError("MixDataLoader does not support persistent_workers (workers restart on resume)")
         if num_workers > 0 and "multiprocessing_context" not in kwargs:
             kwargs["multiprocessing_context"] = _worker_context()
         # packed + mix_collate: the dataset yields whole batches (_Batcher), the DataLoader only
@@ -1080,10 +1261,14 @@ class MixDataLoader(DataLoader):
             super().__init__(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
                              collate_fn=_wire_collate if self._wire else collate_fn, **kwargs)
         self._tracker: _Tracker | None = None
+        if getattr(dataset, "batch_size", 0) is None and batch_size is not None:
+            dataset.batch_size = int(batch_size)   # SCHEDULE steps follow the batches consumed
 
     def __iter__(self):
         if self._tracker is not None:  # re-iterating continues after what was consumed
             self.dataset.load_state_dict({"mixsql": self._tracker.state()})
+        if self.persistent_workers and self.num_workers > 0:
+            self._send_epoch_state()
         self._tracker = _Tracker(self.dataset._state, max(1, self.num_workers))
         tracker = self._tracker
         self.dataset._emit_tokens = True
@@ -1098,7 +1283,11 @@ class MixDataLoader(DataLoader):
             it = _interleave(iter(it), self.num_workers, tracker.next_worker)
         wire, pin = self._wire or fast, bool(self.pin_memory) and torch.cuda.is_available()
         observe, observe_counts = tracker.observe, tracker.observe_counts
+        ends = _EvenEnd.of(self)
+        eos = self.dataset.eos if self.dataset.boundaries else None
         for batch in it:
+            if ends is not None and not ends.others_have_one():
+                return   # 'drop': another rank ran out; this batch (and the rest) stay in the state
             if wire and isinstance(batch, dict):
                 batch = _unwire(batch, pin)
             toks = batch.pop("_mix", None) if isinstance(batch, dict) else None
@@ -1111,7 +1300,30 @@ class MixDataLoader(DataLoader):
                 for tok in toks:
                     observe(tok)
             self.dataset._steps += 1
+            if eos is not None and "input_ids" in batch:
+                batch = add_boundaries(batch, eos)
+            if ends is not None:
+                ends.shape = batch
             yield batch
+        if ends is not None:
+            for pad in ends.pads():   # a padded step is a training step too
+                self.dataset._steps += 1
+                yield pad
+
+    def _send_epoch_state(self) -> None:
+        """Persistent workers keep their dataset copies (and the planned selection they opened)
+        across epochs: each epoch's start state reaches them through a queue, one message per
+        worker, taken when DataLoader restarts their iteration (it waits for every worker)."""
+        ds = self.dataset
+        if getattr(self, "_iterator", None) is None:   # workers start now, with a copy of ds
+            import multiprocessing
+
+            ctx = self.multiprocessing_context or multiprocessing.get_context()
+            ds._epoch_states = ctx.Queue()
+            ds._epoch = 0
+            return
+        for _ in range(self.num_workers):
+            ds._epoch_states.put(ds._state)
 
     def state_dict(self) -> dict:
         st = self._tracker.state() if self._tracker else self.dataset._state
@@ -1124,4 +1336,4 @@ class MixDataLoader(DataLoader):
         self._tracker = None
 
 
-__all__ = ["MixDataset", "MixDataLoader", "mix_collate", "initial_state"]
+__all__ = ["MixDataset", "MixDataLoader", "add_boundaries", "mix_collate", "initial_state"]
