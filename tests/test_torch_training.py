@@ -14,13 +14,10 @@ from mixsql.catalog import Catalog
 from mixsql.errors import InterfaceError, ProgrammingError
 from mixsql.packing import Packer, cu_seqlens, document_positions
 from mixsql.torch import MixDataLoader, MixDataset
+from test_torch import SQL, SQL_TOKENS
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 
-SQL = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
-       "SETTINGS (chunk_size = 8, on_exhausted = 'redistribute', seed = 3)")
-SQL_TOKENS = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
-              "SETTINGS (chunk_size = 96, unit = 'tokens', on_exhausted = 'redistribute', seed = 3)")
 SQL_SCHEDULE = ("SELECT * FROM samples MIX BY lang WITH SCHEDULE (AT STEP 0 (en 1, de 0, fr 0), "
                 "AT STEP 3 (en 0, de 1, fr 0)) SETTINGS (chunk_size = 4, on_exhausted = 'stop', seed = 3)")
 
