@@ -11,11 +11,12 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import IO
 
 from .catalog import DEFAULT_CATALOG
-from .errors import Error
+from .errors import Error, ExhaustedWarning
 
 FORMATS = ("table", "csv", "json", "markdown")
 
@@ -444,6 +445,11 @@ def _one_paragraph(exc: BaseException) -> str:
     return text
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings during a command (the REPL's included) as one ``mixsql: warning:`` line on stderr."""
+    print(f"mixsql: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mixsql`` console script. Returns the exit code."""
     parser = build_parser()
@@ -455,7 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.catalog_given:
         args.catalog = _default_catalog()
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():   # a short stream (ExhaustedWarning) is said, not buried
+            warnings.simplefilter("default", ExhaustedWarning)
+            warnings.showwarning = _print_warning
+            return COMMANDS[args.command](args)
     except (UserError, Error) as exc:
         if os.environ.get("MIXSQL_DEBUG"):
             traceback.print_exc()

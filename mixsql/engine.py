@@ -270,6 +270,30 @@ _INF = 1 << 62
 STATE_VERSION = 2
 
 
+def end_message(spec: MixSpec, chunks: int, counts, tokens, dry_at: dict) -> str | None:
+    """Why a stream of ``chunks`` chunks (per-group ``counts`` samples and ``tokens``) ended,
+    when that is not its budget being met: a group ran dry under ``stop``, or the data ran out
+    short of the LIMIT. ``None`` when the ending is the expected one."""
+    names = [g.path for g in spec.groups]
+    counts = [int(x) for x in counts]
+    per_group = ", ".join(f"{n} {c}" for n, c in zip(names, counts))
+    dry = ", ".join(repr(names[g]) for g in sorted(dry_at, key=lambda g: (dry_at[g], g)))
+    b = spec.budget
+    if b is not None:
+        got = chunks if b.kind == "chunks" else int(np.sum(tokens)) if b.kind == "tokens" else sum(counts)
+        if got >= b.amount:
+            return None
+        why = (f"group {dry} ran dry under on_exhausted = '{spec.on_exhausted}'" if dry and spec.on_exhausted == "stop"
+               else "the selected data ran out")
+        return (f"the mixed stream ended short of its LIMIT {b.amount:g} {b.kind.upper()}: {got} delivered in "
+                f"{chunks} chunks ({why}; samples per group: {per_group}); EXPLAIN MIX shows each group's epochs")
+    if spec.on_exhausted == "stop" and dry:
+        return (f"group {dry} ran dry under on_exhausted = 'stop': the mixed stream ended after {sum(counts)} "
+                f"samples in {chunks} chunks (samples per group: {per_group}); use on_exhausted = "
+                "'redistribute' or 'repeat' to go on with the other groups")
+    return None
+
+
 def schedule_chunk(step: int, batch_size: int, chunk_size: int) -> int:
     """Chunk index at which weights declared ``AT STEP step`` take effect.
 
@@ -694,6 +718,7 @@ class MixEngine:
         """Advance past the next chunk without materialising it; False when the stream ended."""
         if not self._comp.exists(self._k):
             self._ended = True
+            self._warn_end()
             return False
         self._k += 1
         return True
@@ -703,9 +728,24 @@ class MixEngine:
         t = self.chunk(self._k)
         if t is None:
             self._ended = True
+            self._warn_end()
             return None
         self._k += 1
         return t
+
+    def _warn_end(self) -> None:
+        """An :class:`~mixsql.errors.ExhaustedWarning` (once per engine) when the stream ended
+        short of its LIMIT or because a group ran dry under ``stop``: never a silent short stream."""
+        if getattr(self, "_end_warned", False):
+            return
+        self._end_warned = True
+        msg = end_message(self.spec, self._k, *self._comp.after(self._k - 1), self._comp.dry_at)
+        if msg:
+            import warnings
+
+            from .errors import ExhaustedWarning
+
+            warnings.warn(msg, ExhaustedWarning, stacklevel=3)
 
     def draws(self, k: int) -> np.ndarray | None:
         """Samples each group gives to chunk k (None when chunk k is not part of the stream)."""

@@ -10,6 +10,11 @@ class Warning(Exception):  # noqa: A001 - the name is fixed by PEP 249
     """Important warnings (PEP 249)."""
 
 
+class ExhaustedWarning(UserWarning):
+    """A mixed stream ended short of its LIMIT, or a group ran dry under ``on_exhausted = 'stop'``
+    (a Python ``warnings`` category; the message names the groups and counts)."""
+
+
 class Error(Exception):
     """Base class of every mixsql error (PEP 249)."""
 

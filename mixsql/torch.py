@@ -1163,7 +1163,7 @@ class _EvenEnd:
 
     def __init__(self, loader, group):
         ds = loader.dataset
-        self.mode, self.group = ds.even_end, group
+        self.mode, self.group, self.rank = ds.even_end, group, ds.dp_rank
         self.B = loader.batch_size or 1
         self.L = ds.seq_len + 1 if ds.seq_len is not None else None
         self.pad_id = ds.pad_id if ds.pad_id is not None else 0
@@ -1195,6 +1195,15 @@ class _EvenEnd:
         import torch.distributed as dist
 
         return bool(self._all(True, dist.ReduceOp.MIN if self.mode == "drop" else dist.ReduceOp.MAX))
+
+    def warn_drop(self) -> None:
+        import warnings
+
+        from .errors import ExhaustedWarning
+
+        warnings.warn(f"even_end='drop': data-parallel rank {self.rank} stops with batches left because another "
+                      "rank ran out (every rank hands out the same number); the rest stays in loader.state_dict() "
+                      "(even_end='pad' pads instead)", ExhaustedWarning, stacklevel=3)
 
     def pads(self) -> Iterator[dict]:
         """This rank ran out: agree once more (drop) or pad until every rank ran out (pad)."""
@@ -1287,6 +1296,7 @@ class MixDataLoader(DataLoader):
         eos = self.dataset.eos if self.dataset.boundaries else None
         for batch in it:
             if ends is not None and not ends.others_have_one():
+                ends.warn_drop()
                 return   # 'drop': another rank ran out; this batch (and the rest) stay in the state
             if wire and isinstance(batch, dict):
                 batch = _unwire(batch, pin)

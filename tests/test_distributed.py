@@ -36,7 +36,8 @@ def _rank_main(rank, world, store, cat, replicas, out_dir, stop):
     _init_gloo(rank, world, store)
     try:
         def run(stop=None, state=None):
-            ds = MixDataset(SQL, catalog=cat, replicas=replicas, columns=("file", "row"))
+            # the raw partition over ranks (even_end="drop" would hold back the uneven tail)
+            ds = MixDataset(SQL, catalog=cat, replicas=replicas, columns=("file", "row"), even_end="off")
             dl = MixDataLoader(ds, batch_size=2, num_workers=0)
             if state is not None:
                 dl.load_state_dict(state)

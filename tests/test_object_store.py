@@ -183,7 +183,7 @@ def _rank_main(rank, world, port, cat, out_dir, env):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        ds = MixDataset(MIX_SQL, catalog=cat, columns=("file", "row"))
+        ds = MixDataset(MIX_SQL, catalog=cat, columns=("file", "row"), even_end="off")   # the raw partition
         dl = MixDataLoader(ds, batch_size=4, num_workers=2)
         got = [[f, r, t] for b in dl for f, r, t in zip(b["file"], b["row"], b["text"])]
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:

@@ -150,7 +150,7 @@ RANK_SCRIPT = textwrap.dedent("""
     location, sql, out = sys.argv[1], sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo")
     from mixsql.torch import MixDataLoader, MixDataset
-    ds = MixDataset(sql, server=location)
+    ds = MixDataset(sql, server=location, even_end="off")   # the raw partition over ranks
     texts = [t for batch in MixDataLoader(ds, batch_size=4) for t in batch["text"]]
     with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as f:
         json.dump({"texts": texts, "dp": [ds.dp_rank, ds.dp_world]}, f)
