@@ -106,7 +106,9 @@ def _elastic_rank(rank, world, store, cat, states, stop, out_dir):
 
     _init_gloo(rank, world, store)
     try:
-        dl = MixDataLoader(MixDataset(SQL, catalog=cat), batch_size=2, num_workers=2, multiprocessing_context="fork")
+        # the raw partition (even_end="drop" would hold back the last phase's uneven tail)
+        dl = MixDataLoader(MixDataset(SQL, catalog=cat, even_end="off"), batch_size=2, num_workers=2,
+                           multiprocessing_context="fork")
         if states is not None:
             dl.load_state_dict(json.loads(json.dumps(states)))
         seen = []

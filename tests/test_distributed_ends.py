@@ -10,7 +10,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from conftest import write_jsonl_catalog
-from test_distributed import _free_port
+from test_distributed import _init_gloo
 
 SQL = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
        "SETTINGS (chunk_size = {cs}, on_exhausted = '{ex}', seed = 5) {limit}")
@@ -25,13 +25,12 @@ CASES = [
 ]
 
 
-def _rank_main(rank, world, port, cat, out_dir):
+def _rank_main(rank, world, store, cat, out_dir):
     import torch.distributed as dist
 
     from mixsql.torch import MixDataLoader, MixDataset
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _init_gloo(rank, world, store)
     try:
         res = []
         for sql, lkw, dkw in CASES:
@@ -80,7 +79,7 @@ def _selection(cat, sql):
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_end_evenly(cat, tmp_path, world):
     mp.set_forkserver_preload(["torch", "mixsql.torch", "mixsql.stream"])
-    mp.start_processes(_rank_main, args=(world, _free_port(), cat, str(tmp_path)), nprocs=world, join=True,
+    mp.start_processes(_rank_main, args=(world, str(tmp_path / "store"), cat, str(tmp_path)), nprocs=world, join=True,
                        start_method="forkserver")
     res = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(world)]
     from mixsql.catalog import Catalog
