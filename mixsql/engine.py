@@ -272,8 +272,9 @@ STATE_VERSION = 2
 
 def end_message(spec: MixSpec, chunks: int, counts, tokens, dry_at: dict) -> str | None:
     """Why a stream of ``chunks`` chunks (per-group ``counts`` samples and ``tokens``) ended,
-    when that is not its budget being met: a group ran dry under ``stop``, or the data ran out
-    short of the LIMIT. ``None`` when the ending is the expected one."""
+    when that is not its budget being met: a group ran dry under ``stop`` while others still had
+    samples, or the data ran out short of the LIMIT. ``None`` when the ending is the expected one
+    (including every group running dry at once: the whole selection was delivered)."""
     names = [g.path for g in spec.groups]
     counts = [int(x) for x in counts]
     per_group = ", ".join(f"{n} {c}" for n, c in zip(names, counts))
@@ -287,7 +288,7 @@ def end_message(spec: MixSpec, chunks: int, counts, tokens, dry_at: dict) -> str
                else "the selected data ran out")
         return (f"the mixed stream ended short of its LIMIT {b.amount:g} {b.kind.upper()}: {got} delivered in "
                 f"{chunks} chunks ({why}; samples per group: {per_group}); EXPLAIN MIX shows each group's epochs")
-    if spec.on_exhausted == "stop" and dry:
+    if spec.on_exhausted == "stop" and dry and len(dry_at) < len(names):   # all dry together: a whole epoch
         return (f"group {dry} ran dry under on_exhausted = 'stop': the mixed stream ended after {sum(counts)} "
                 f"samples in {chunks} chunks (samples per group: {per_group}); use on_exhausted = "
                 "'redistribute' or 'repeat' to go on with the other groups")

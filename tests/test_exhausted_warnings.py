@@ -44,6 +44,8 @@ def test_expected_endings_are_quiet(langs_catalog):
         warnings.simplefilter("error", ExhaustedWarning)
         assert len(_rows(langs_catalog, FULL)) == 100
         assert len(_rows(langs_catalog, FULL + " LIMIT 40")) == 40
+        # under 'stop', groups weighted by their sizes all run dry together: the whole selection
+        assert len(_rows(langs_catalog, STOP.replace("0.2, HTML 0.4, Python 0.4", "0.5, HTML 0.3, Python 0.2"))) == 100
 
 
 def test_torch_dataset_warns(langs_catalog):
