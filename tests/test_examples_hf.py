@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
+import accelerate  # noqa: F401 (a test dependency: fail, never skip, when missing)
+import transformers  # noqa: F401
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",

@@ -6,18 +6,15 @@ import collections
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from conftest import lang_catalog
 from mixsql.errors import InterfaceError
 from mixsql.torch import MixDataset
-
-StatefulDataLoader = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader
+from test_torch import SQL
 
 pytestmark = [pytest.mark.filterwarnings("ignore:This DataLoader will create"),
               pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")]
-
-SQL = ("SELECT * FROM samples MIX BY lang WITH (en 0.5, de 0.3, fr 0.2) "
-       "SETTINGS (chunk_size = 8, on_exhausted = 'redistribute', seed = 3)")
 
 
 @pytest.fixture(scope="module")
