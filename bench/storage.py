@@ -13,15 +13,21 @@ medians of 5 interleaved rounds (min-max; the machine is shared, so absolute fig
   the local shards, with the node cache empty (every shard decompressed once, as in a first epoch)
   / filled, from the end of planning to the last sample; ``*_vs_sequential`` = ratio (target
   >= 0.7); ``steady_mb_s`` excludes the first chunk
+* ``cpu_s`` / ``*_vs_sequential_cpu``  CPU seconds of the sequential pass (its one thread) and of
+  each stream (all its threads: reading, node-cache fills, composing chunks), and the ratio of
+  CPU seconds per text byte, sequential / stream: the work each costs, which the machine's load
+  does not change (wall-clock ratios under load depend on how many threads each one runs)
 * ``local_cold_unbounded_mb_s``  the cold stream with ``shuffle_shards = 0`` (a chunk's blocks from
   anywhere in the group: the permutation before shard windows), for comparison
-* ``first_sample_s``       seconds from the end of planning to the first chunk's text
+* ``first_sample_s``       seconds from the end of planning to the first chunk's text (cold: rows are
+  served from the node-cache fills' temporary files as soon as the bytes they need are written)
 * ``files_per_chunk``      distinct files a 512-sample chunk reads (mean, max), default shard window
   vs ``shuffle_shards = 0``
 * ``torch``                the same stream through ``MixDataset`` and a ``DataLoader`` with 2 workers
   (warm cache; batches of 64 samples as lists): text MB/s, first sample after iteration starts (workers start and plan), and each
   worker's peak RSS (``VmHWM``, which counts the pages shared with the parent) and its private
-  memory at the end (``Private_*`` of ``smaps_rollup``); target < 512 MB
+  memory at the end (``Private_*`` of ``smaps_rollup``); target < 512 MB. ``torch_cold``: the same
+  with an empty node cache (each worker starts fills for its next 64 chunks: ``prefetch_ahead``)
 * ``max_rss_mb``           peak RSS of the single-process streams, local / from the bucket
 * ``s3_cold_mb_s`` / ``s3_warm_mb_s``  the same stream from the bucket (objects through the node
   cache); ``s3_warm_vs_local`` (target >= 0.9)
@@ -81,18 +87,18 @@ def stream(catalog: str, cache_dir: str, sql: str) -> dict:
 
     t0 = time.perf_counter()
     st = MixStream.open(catalog, sql, user_columns=False)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     reader = ChunkReader(st.files)
     n, first, n_first, files = 0, None, 0, []
     for chunk, data in reader.prefetch(st.chunks(), depth=4, ahead=st.chunks()):
-        n += int(pc.sum(pc.utf8_length(data.column("text"))).as_py() or 0)
+        n += int(pc.sum(pc.binary_length(data.column("text"))).as_py() or 0)   # = characters (ASCII)
         files.append(len(np.unique(chunk.column("file_id").to_numpy(zero_copy_only=False))))
         if first is None:
             first, n_first = time.perf_counter() - t1, n
     reader.close()
-    dt = time.perf_counter() - t1
+    dt, cpu = time.perf_counter() - t1, time.process_time() - c1
     return {"mb_s": n / dt / 1e6, "steady_mb_s": (n - n_first) / max(dt - first, 1e-9) / 1e6,
-            "first_sample_s": first, "plan_s": t1 - t0, "bytes": n,
+            "first_sample_s": first, "plan_s": t1 - t0, "bytes": n, "cpu_s": cpu,
             "files_per_chunk_mean": float(np.mean(files)), "files_per_chunk_max": int(max(files))}
 
 
@@ -186,19 +192,28 @@ def _child_module(module: str, *args, env: dict | None = None) -> dict:
 
 # ----------------------------------------------------------------------------- the parent
 
-def sequential(files: list[Path]) -> float:
-    """Text MB/s of a plain sequential decompress + JSON parse of ``files``."""
+def sequential(files: list[Path]) -> dict:
+    """Text MB/s of a plain sequential decompress + JSON parse of ``files`` (one thread), and the
+    CPU seconds it took."""
     import orjson
     import zstandard
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     n = 0
     for p in files:
         data = zstandard.ZstdDecompressor().decompress(p.read_bytes(), max_output_size=1 << 34)
         for line in data.splitlines():
             if line:
                 n += len(orjson.loads(line)["text"])
-    return n / (time.perf_counter() - t0) / 1e6
+    return {"mb_s": n / (time.perf_counter() - t0) / 1e6, "cpu_s": time.thread_time() - c0, "bytes": n}
+
+
+def _cpu_ratio(seq: list[dict], streams: list[dict]) -> float:
+    """Median over rounds of (sequential CPU s per byte) / (stream CPU s per byte)."""
+    def per_byte(xs):
+        return statistics.median(x["cpu_s"] / x["bytes"] for x in xs)
+
+    return round(per_byte(seq) / per_byte(streams), 3)
 
 
 def _median(xs: list[float]) -> dict:
@@ -327,19 +342,22 @@ def run(quick: bool = False) -> dict:
             runs["local_cold_unbounded"].append(_child("stream", cats["local"], cache, mix_sql(seed, 0), env=env))
 
         def torch_workers(seed: int) -> None:
+            cache = ROOT / "cache-torch"
+            shutil.rmtree(cache, ignore_errors=True)
+            runs["torch_cold"].append(_child("stream_torch", cats["local"], cache, mix_sql(seed), 2, env=env))
             runs["torch"].append(_child("stream_torch", cats["local"], ROOT / "cache-local", mix_sql(seed), 2,
                                         env=env))
 
-        steps = [lambda seed: runs["seq"].append({"mb_s": sequential(shards)}),
+        steps = [lambda seed: runs["seq"].append(sequential(shards)),
                  lambda seed: cold_warm("local", seed), lambda seed: cold_warm("s3", seed), unbounded]
         runs: dict = {k: [] for k in ("seq", "local_cold", "local_warm", "s3_cold", "s3_warm",
-                                      "local_cold_unbounded", "torch")}
+                                      "local_cold_unbounded", "torch", "torch_cold")}
         loads = []
         for r in range(ROUNDS):   # every measurement once per round, in an order rotated every round
             loads.append(_load())
             for step in steps[r % len(steps):] + steps[:r % len(steps)]:
                 step(r + 1)
-            torch_workers(r + 1)   # after the local warm pass of the round: its cache is filled
+            torch_workers(r + 1)   # warm: after the local warm pass of the round (its cache is filled)
         cache = ROOT / "cache-big"
         cold, cached = [], []
         for r in range(3):
@@ -361,6 +379,11 @@ def run(quick: bool = False) -> dict:
         "local_cold_mb_s": med("local_cold"), "local_warm_mb_s": med("local_warm"),
         "local_cold_vs_sequential": round(med("local_cold")["median"] / seq, 3),
         "local_warm_vs_sequential": round(med("local_warm")["median"] / seq, 3),
+        # CPU seconds per byte, sequential / stream: the same comparison, independent of how much of
+        # the shared machine each measurement got (the stream's CPU counts all its threads)
+        "cpu_s": {k: med(k, "cpu_s") for k in ("seq", "local_cold", "local_warm")},
+        "local_cold_vs_sequential_cpu": _cpu_ratio(runs["seq"], runs["local_cold"]),
+        "local_warm_vs_sequential_cpu": _cpu_ratio(runs["seq"], runs["local_warm"]),
         "local_cold_unbounded_mb_s": med("local_cold_unbounded"),
         "steady_mb_s": {k: med(k, "steady_mb_s") for k in ("local_cold", "local_warm", "s3_cold", "s3_warm")},
         "first_sample_s": {k: med(k, "first_sample_s") for k in ("local_warm", "local_cold", "s3_warm", "s3_cold")},
@@ -369,6 +392,8 @@ def run(quick: bool = False) -> dict:
                                          "max": max(x["files_per_chunk_max"] for x in runs["local_cold"])},
                             "shards_all": {"mean": med("local_cold_unbounded", "files_per_chunk_mean")["median"],
                                            "max": max(x["files_per_chunk_max"] for x in runs["local_cold_unbounded"])}},
+        "torch_cold": {"workers": 2, "mb_s": med("torch_cold"), "first_sample_s": med("torch_cold", "first_sample_s"),
+                       "worker_peak_rss_mb": round(max(x["worker_peak_rss_mb"] for x in runs["torch_cold"]), 1)},
         "torch": {"workers": 2, "mb_s": med("torch"), "first_sample_s": med("torch", "first_sample_s"),
                   "worker_peak_rss_mb": round(max(x["worker_peak_rss_mb"] for x in runs["torch"]), 1),
                   "worker_private_mb": round(max(x["worker_private_mb"] for x in runs["torch"]), 1),

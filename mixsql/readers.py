@@ -10,8 +10,13 @@ row in chunk order. Files may be local paths or object-store URIs (:mod:`mixsql.
   registration): a row is reached by decompressing from the nearest seek point, never from
   byte 0; decompressed segments live in the bounded in-RAM LRU (``cache_bytes``).
 * JSONL .zst / .gz without one (a single frame), and JSONL objects: the whole file is
-  decompressed (or fetched) once per node into the node cache (:mod:`mixsql.cache`), then read
-  like plain JSONL with positioned reads: decompressed bytes live on disk, not in worker RAM.
+  decompressed (or fetched) once per node into the node cache (:mod:`mixsql.cache`); a read maps
+  the entry (no copy) and unmaps it when done: decompressed bytes live on disk, not in worker
+  RAM. While this process fills an entry, rows are served from its temporary file as soon as
+  the bytes they need are written (the first chunk does not wait for whole shards); the entry
+  itself appears only when whole (atomic fills).
+* Text: one JSON parse per line (orjson), the chunk's texts gathered in chunk order into one
+  Arrow array (no per-file arrays, no reordering copy).
 * Parquet: ``read_row_group`` with only the text/tokens column (ranged reads for objects),
   cached per (file, row group) in the in-RAM LRU.
 * WebDataset tar: ``loc_length`` bytes at ``loc_offset`` (the text member's data), ranged reads
@@ -21,17 +26,20 @@ Every file is checked against the catalog (size, mtime_ns; objects also their ET
 opened; a changed or missing file raises :class:`mixsql.errors.StaleFileError`.
 :meth:`ChunkReader.prefetch` reads the next chunks on a background thread while the caller works
 on the current one, and starts node-cache fills for the files of chunks further ahead
-(:meth:`ChunkReader.warm`; with ``ahead=``, a second iterator over the stream, fills start
+(:meth:`ChunkReader.warm`; with ``ahead=``, a second iterator over the stream's chunks, fills start
 ``ahead_by`` chunks early, so the next shard window is decompressed while this one is read).
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import json
+import mmap
 import os
 import shutil
 import threading
+import weakref
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Iterator
@@ -50,6 +58,8 @@ _COALESCE_GAP = 64 << 10   # merge positioned reads whose gap is below this
 _OPEN_ENTRIES = 64         # node-cache entries a reader keeps open
 _FILL_THREADS = int(os.environ.get("MIXSQL_FILL_THREADS", "2"))
 _COPY_BYTES = 4 << 20
+_END = object()
+_FILL_WRITE = 1 << 20      # a fill publishes its progress to readers every this many bytes
 
 
 class _LRU:
@@ -144,13 +154,16 @@ class ChunkReader:
         self._pool: ThreadPoolExecutor | None = None
         self._fill_pool: ThreadPoolExecutor | None = None
         self._fills: dict[int, Future] = {}
+        self._progress: dict[int, _FillProgress] = {}   # file_id -> progress of a fill queued or running
         self._entries: collections.OrderedDict = collections.OrderedDict()   # file_id -> open entry
 
     # -- public ----------------------------------------------------------------------------
     def read(self, chunk: pa.Table) -> pa.Table:
         """The chunk's table plus ``text`` and/or ``tokens`` columns, in chunk order."""
         n = chunk.num_rows
-        cols = {"text": [], "tokens": []}   # name -> [(chunk row indices, pa.Array)]
+        cols = {"text": [], "tokens": []}   # name -> [(chunk row indices, pa.Array)] (Parquet)
+        texts: list = [None] * n            # JSONL / tar text, filled in chunk order
+        py_rows: list = []                  # chunk row indices of ``texts`` that readers filled
         fids = chunk.column("file_id").to_numpy(zero_copy_only=False)
         offs = chunk.column("loc_offset").to_numpy(zero_copy_only=False)
         lens = chunk.column("loc_length").to_numpy(zero_copy_only=False)
@@ -167,12 +180,13 @@ class ChunkReader:
             self.warm_files([int(fids[idx[0]]) for idx in groups])
             for idx in groups:
                 info = self._info(int(fids[idx[0]]))
-                self._read_file(info, idx, offs, lens, rows, cols)
+                if self._read_file(info, idx, offs, lens, rows, cols, texts):
+                    py_rows.append(idx)
         out = chunk
         have_tok = bool(cols["tokens"])
-        have_txt = bool(cols["text"]) or not have_tok
+        have_txt = bool(cols["text"]) or bool(py_rows) or not have_tok
         if have_txt:
-            out = out.append_column("text", _assemble(cols["text"], n, pa.string()))
+            out = out.append_column("text", _text_column(texts, py_rows, cols["text"], n))
         if have_tok:
             out = out.append_column("tokens", _assemble(cols["tokens"], n, pa.list_(pa.int32())))
         return out
@@ -195,7 +209,8 @@ class ChunkReader:
                 if self._fill_pool is None:
                     self._fill_pool = ThreadPoolExecutor(max_workers=max(1, _FILL_THREADS),
                                                          thread_name_prefix="mixsql-fill")
-                self._fills[fid] = self._fill_pool.submit(self._open_entry, fid)
+                progress = self._progress[fid] = _FillProgress()
+                self._fills[fid] = self._fill_pool.submit(self._open_entry, fid, progress)
 
     def prefetch(self, chunks: Iterable, depth: int = 2, table=None, read=None, tables=None,
                  ahead: Iterable | None = None, ahead_by: int = 64) -> Iterator[tuple]:
@@ -206,15 +221,16 @@ class ChunkReader:
         ``tables`` (item -> chunk tables) then names the tables the item reads, so that their
         node-cache fills start as soon as the item is queued (:meth:`warm`).
 
-        ``ahead``: a second iterator over the same items (the stream's future is computable),
-        kept ``ahead_by`` items in front of the queue; only its files' node-cache fills start,
-        so the next shard window is decompressed while the current one is read."""
+        ``ahead``: the chunk tables of the same stream, from its start, as a second iterator
+        (the stream's future is computable; e.g. a second engine). Only their files' node-cache
+        fills start, kept up to ``ahead_by`` tables in front of those queued (the lead grows with
+        the queue, so the first reads are not delayed): the next shard window is decompressed
+        while the current one is read. What is read and yielded never depends on it."""
         get = table or (lambda x: x)
         if tables is None:
             tables = (lambda x: [get(x)]) if read is None else (lambda x: ())
-        warm_ahead = self._warm_ahead(ahead, tables, ahead_by) if ahead is not None else None
-        if warm_ahead is not None:
-            next(warm_ahead)   # prime: the lead starts at zero
+        future = iter(ahead) if ahead is not None and ahead_by > 0 else None
+        queued = warmed = 0
 
         def work(item):
             if read is not None:
@@ -236,31 +252,19 @@ class ChunkReader:
                     break
                 for t in tables(ch):
                     self.warm(t)
+                    queued += 1
                 pending.append((ch, self._pool.submit(work, ch)))
-                if warm_ahead is not None:
-                    next(warm_ahead, None)
+                while future is not None and warmed < queued + min(ahead_by, queued):
+                    t = next(future, _END)
+                    if t is _END:
+                        future = None
+                        break
+                    self.warm(t)
+                    warmed += 1
             if not pending:
                 return
             ch, fut = pending.popleft()
             yield ch, fut.result()
-
-    def _warm_ahead(self, ahead: Iterable, tables, by: int) -> Iterator[None]:
-        """Each step (one per queued item) warms the files of the next items of ``ahead``: two
-        until the lead reaches ``by`` items, then one (the lead builds up without delaying the
-        first items)."""
-        yield None
-        it = iter(ahead)
-        lead = 0
-        while True:
-            for _ in range(2 if lead < by else 1):
-                item = next(it, None)
-                if item is None:
-                    return
-                for t in tables(item):
-                    self.warm(t)
-                lead += 1
-            lead -= 1
-            yield None
 
     def close(self) -> None:
         for attr in ("_pool", "_fill_pool"):
@@ -304,12 +308,13 @@ class ChunkReader:
             raise StaleFileError(info.path, f"ETag {st.etag}, registered {fp[5:]}")
         info.checked = True
 
-    def _read_file(self, info, idx, offs, lens, rows, cols) -> None:
+    def _read_file(self, info, idx, offs, lens, rows, cols, texts) -> bool:
+        """Read the file's rows ``idx`` of the chunk: text into ``texts`` (True), or Arrow pieces
+        into ``cols`` (Parquet, False)."""
         fmt = info.format
-        texts: dict = {}
         if fmt == "jsonl":
             if info.cached:
-                self._jsonl_lines(info, idx, offs, lens, rows, texts, self._entry_reader(info))
+                self._jsonl_cached(info, idx, offs, lens, rows, texts)
             elif info.compression == "none":
                 with open(info.path, "rb") as f:
                     self._jsonl_lines(info, idx, offs, lens, rows, texts, _pread(f))
@@ -317,12 +322,12 @@ class ChunkReader:
                 self._jsonl_seekable(info, idx, offs, lens, rows, texts)
         elif fmt == "parquet":
             self._parquet(info, idx, offs, lens, cols)
-            return
+            return False
         elif fmt == "webdataset":
             self._tar(info, idx, offs, lens, texts)
         else:
             raise OperationalError(f"{info.path}: no reader for format {fmt!r} (source {info.source})")
-        cols["text"].append((idx, pa.array([texts[k] for k in idx.tolist()], type=pa.string())))
+        return True
 
     # -- node-cache entries ------------------------------------------------------------------
     def _cache(self) -> NodeCache:
@@ -334,42 +339,57 @@ class ChunkReader:
                                        hint="set MIXSQL_CACHE_DIR to a writable local directory") from None
         return self._node_cache
 
-    def _entry_reader(self, info):
-        """pread-style reader over the file's node-cache entry (filled on first use)."""
+    def _open_or_filling(self, info):
+        """The file's node-cache entry, ``(file, payload size)``, once it is whole; or, while
+        this process fills it, the fill's :class:`_FillProgress` (rows are read from the
+        temporary file as soon as the bytes they need are written)."""
+        fid = info.file_id
         with self._lock:
-            entry = self._entries.get(info.file_id)
+            entry = self._entries.get(fid)
             if entry is not None:
-                self._entries.move_to_end(info.file_id)
-                return _pread(*entry)
-            fut = self._fills.get(info.file_id)
-        return _pread(*(fut.result() if fut is not None else self._open_entry(info.file_id)))
+                self._entries.move_to_end(fid)
+                return entry
+            fut, progress = self._fills.get(fid), self._progress.get(fid)
+        if progress is not None and progress.wait_started():
+            return progress
+        return fut.result() if fut is not None else self._open_entry(fid)
 
-    def _open_entry(self, file_id: int) -> tuple:
+    def _open_entry(self, file_id: int, progress: "_FillProgress | None" = None) -> tuple:
         """Open (filling if needed) the file's node-cache entry and keep it open: ``(file, payload size)``."""
+        error = None
         try:
             info = self._info(file_id)
-            f = self._cache().get_or_fill(info.entry_key(), lambda out: self._fill(info, out))
+            f = self._cache().get_or_fill(info.entry_key(), lambda out: self._fill(info, out, progress))
             entry = (f, payload_size(f))
             with self._lock:
                 self._entries[file_id] = entry
                 while len(self._entries) > _OPEN_ENTRIES:   # closed when no reader holds it any more
                     self._entries.popitem(last=False)
             return entry
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             with self._lock:
                 self._fills.pop(file_id, None)
+                self._progress.pop(file_id, None)
+            if progress is not None:
+                progress.end(error)
 
-    def _fill(self, info, out) -> None:
-        """Write the file's decompressed (or fetched) bytes to ``out``."""
+    def _fill(self, info, out, progress: "_FillProgress | None" = None) -> None:
+        """Write the file's decompressed (or fetched) bytes to ``out`` (the entry's temporary
+        file); with ``progress``, every write is flushed and published to readers at once."""
+        if progress is not None:
+            out = progress.writer(out)
         with storage.open_input(info.path, info.size, buffer_size=_COPY_BYTES) as raw:
             if info.compression == "none":
-                shutil.copyfileobj(raw, out, _COPY_BYTES)
+                shutil.copyfileobj(raw, out, _FILL_WRITE)
                 return
             try:
                 if info.compression == "zstd":   # every frame, in C
-                    zstandard.ZstdDecompressor().copy_stream(raw, out, read_size=1 << 20, write_size=_COPY_BYTES)
+                    zstandard.ZstdDecompressor().copy_stream(raw, out, read_size=1 << 20, write_size=_FILL_WRITE)
                 elif info.compression == "gzip":
-                    shutil.copyfileobj(gzip.GzipFile(fileobj=raw), out, _COPY_BYTES)
+                    shutil.copyfileobj(gzip.GzipFile(fileobj=raw), out, _FILL_WRITE)
                 else:
                     raise OperationalError(f"{info.path}: unsupported compression {info.compression!r}")
             except (zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
@@ -381,9 +401,21 @@ class ChunkReader:
     def _jsonl_lines(self, info, idx, offs, lens, rows, texts, pread) -> None:
         """Lines through ``pread(start, n)``; runs of nearby lines coalesce into one read."""
         for run, start, buf in _coalesced(idx, offs, lens, pread, info.path):
-            mv = memoryview(buf)
             o = offs[run].astype(np.int64) - start
-            self._parse_lines(info, run, o, o + lens[run], mv, rows, texts)
+            self._parse_lines(info, run, o, o + lens[run], memoryview(buf), rows, texts)
+
+    def _jsonl_cached(self, info, idx, offs, lens, rows, texts) -> None:
+        """Lines of a node-cache entry: a whole entry is memory-mapped for this read (no copy;
+        unmapped afterwards, so the worker's RSS does not grow with the shard); an entry this
+        process is still filling is read as its bytes arrive."""
+        src = self._open_or_filling(info)
+        if isinstance(src, _FillProgress):
+            self._jsonl_lines(info, idx, offs, lens, rows, texts, src.pread)
+            return
+        f, size = src
+        o = offs[idx].astype(np.int64)
+        with _mapped(f, size) as mv:
+            self._parse_lines(info, idx, o, o + lens[idx], mv, rows, texts)
 
     def _jsonl_seekable(self, info, idx, offs, lens, rows, texts) -> None:
         """Rows grouped by their nearest seek point; each group decompresses from its point."""
@@ -426,20 +458,20 @@ class ChunkReader:
         return data
 
     def _parse_lines(self, info, idx, starts, ends, mv, rows, texts) -> None:
-        path = info.text_path
+        """``texts[k]`` = the text of the JSON line ``mv[starts[i]:ends[i]]`` for ``k = idx[i]``."""
+        if len(ends) and int(ends.max()) > len(mv):
+            raise StaleFileError(info.path, f"file ends before byte {int(ends.max())} that the index points to")
         loads = orjson.loads
+        key = info.text_path[0] if len(info.text_path) == 1 else None
         for k, o, e in zip(idx.tolist(), starts.tolist(), ends.tolist()):
-            if e > len(mv):
-                raise StaleFileError(info.path, f"file ends before byte {e} that the index points to")
-            try:   # fast path: a top-level string field
-                obj = loads(mv[o:e])
-                if len(path) == 1:
-                    t = obj[path[0]]
+            if key is not None:   # fast path: a top-level string field
+                try:
+                    t = loads(mv[o:e])[key]
                     if type(t) is str:
                         texts[k] = t
                         continue
-            except Exception:
-                pass
+                except Exception:  # noqa: BLE001 - the slow path below names the problem
+                    pass
             texts[k] = self._json_text(info, mv[o:e], rows[k])
 
     def _json_text(self, info, line, row) -> str:
@@ -507,6 +539,97 @@ class ChunkReader:
                 if len(b) < n:
                     raise StaleFileError(info.path, f"tar ends before byte {int(offs[k]) + n}")
                 texts[k] = b.decode("utf-8", errors="replace")
+
+
+class _FillProgress:
+    """A node-cache fill this process runs, as readers see it: queued, then writing its
+    temporary file (``written`` bytes so far, readable at once), then ended (the entry is whole,
+    or the fill failed and ``pread`` raises its error for bytes it never wrote)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.fd: int | None = None
+        self.written = 0
+        self.ended = False
+        self.error: BaseException | None = None
+
+    def writer(self, out) -> "_ProgressWriter":
+        """``out`` (the temporary file) wrapped so that every write is flushed and published."""
+        fd = os.open(out.name, os.O_RDONLY)
+        weakref.finalize(self, os.close, fd)
+        with self._cond:
+            self.fd = fd
+            self._cond.notify_all()
+        return _ProgressWriter(out, self)
+
+    def advance(self, n: int) -> None:
+        with self._cond:
+            self.written += n
+            self._cond.notify_all()
+
+    def end(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self.ended, self.error = True, error
+            self._cond.notify_all()
+
+    def wait_started(self) -> bool:
+        """Wait until this process writes the entry (True) or the fill ended without writing
+        (another process filled it, it was already there, or it failed: False)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.fd is not None or self.ended)
+            return self.fd is not None and not (self.ended and self.error is None)
+
+    def pread(self, start: int, n: int) -> bytes:
+        """Bytes ``[start, start + n)`` of the entry's payload, once written (short at its end)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.written >= start + n or self.ended)
+            if self.written < start + n and self.error is not None:
+                raise self.error
+            avail = self.written
+        return os.pread(self.fd, max(0, min(n, avail - start)), start)
+
+
+class _ProgressWriter:
+    """A file-like ``write`` that flushes each write to the file and reports it to a :class:`_FillProgress`."""
+
+    def __init__(self, out, progress: _FillProgress):
+        self.out, self.progress = out, progress
+
+    def write(self, data) -> int:
+        n = self.out.write(data)
+        self.out.flush()
+        self.progress.advance(len(data))
+        return n
+
+
+@contextlib.contextmanager
+def _mapped(f, size: int):
+    """The first ``size`` bytes of the open file ``f`` as a read-only memoryview, mapped for the
+    duration of the block (the pages leave this process' RSS when it ends)."""
+    if size <= 0:
+        yield memoryview(b"")
+        return
+    mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    mv = memoryview(mm)
+    try:
+        yield mv
+    finally:
+        mv.release()
+        try:
+            mm.close()
+        except BufferError:   # a slice is still referenced (an exception's traceback): unmapped when freed
+            pass
+
+
+def _text_column(texts: list, py_rows: list, pieces: list, n: int) -> pa.Array:
+    """The chunk's ``text`` column: ``texts`` (chunk order) for the rows ``py_rows`` that readers
+    filled, plus Arrow ``pieces`` (Parquet); rows neither covers are null."""
+    if not pieces:
+        return pa.array(texts, type=pa.string())
+    if py_rows:
+        idx = np.concatenate(py_rows)
+        pieces = pieces + [(idx, pa.array([texts[k] for k in idx.tolist()], type=pa.string()))]
+    return _assemble(pieces, n, pa.string())
 
 
 def _pread(f, limit: int | None = None):

@@ -214,6 +214,7 @@ def _jsonable(v):
 # --------------------------------------------------------------------------- per-chunk helpers
 _GROUP_ROWS = 256   # read consecutive small chunks together, up to this many rows ...
 _GROUP_MAX = 32     # ... or this many chunks (the first read is always a single chunk)
+PREFETCH_AHEAD = 64  # chunks of a worker's future whose node-cache fills start before they are read
 
 
 def _grouped(tasks, max_group: int = _GROUP_MAX):
@@ -258,6 +259,22 @@ class _GroupRead:
                 out.append(data.slice(off, x[3].num_rows))
                 off += x[3].num_rows
         return out
+
+
+def _future_chunks(engine, ks, end: int | None) -> Iterator[pa.Table]:
+    """Chunks ``ks`` (this worker's, in order) computed directly by ``engine`` without moving it:
+    the files ``ChunkReader.prefetch(ahead=...)`` starts filling ahead of the reads. Prediction
+    only: what is read comes from the tasks. Engines without random access predict nothing."""
+    chunk = getattr(engine, "chunk", None)
+    if chunk is None:
+        return
+    for k in ks:
+        if end is not None and k >= end:
+            return
+        t = chunk(k)
+        if t is None:
+            return
+        yield t
 
 
 def _ungroup(pairs):
@@ -601,7 +618,7 @@ class MixDataset(IterableDataset):
                  eos_id: int | None = None, bos_id: int | None = None, pad_id: int | None = None,
                  columns: Sequence[str] = (), cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: int = 2,
                  even_end: str = "drop", boundaries: bool = False, batch_size: int | None = None,
-                 stream_factory: Callable[[], Any] | None = None):
+                 stream_factory: Callable[[], Any] | None = None, prefetch_ahead: int = PREFETCH_AHEAD):
         super().__init__()
         if sql is None and stream_factory is None:
             raise InterfaceError("MixDataset needs a MIX statement: MixDataset(sql, catalog=...)")
@@ -636,6 +653,9 @@ class MixDataset(IterableDataset):
         self.boundaries = bool(boundaries)
         self.batch_size = batch_size   # per rank and step; MixDataLoader fills in its own
         self.cache_bytes, self.prefetch_depth = cache_bytes, prefetch
+        if int(prefetch_ahead) < 0:
+            raise InterfaceError(f"prefetch_ahead must be >= 0 (chunks), got {prefetch_ahead}")
+        self.prefetch_ahead = int(prefetch_ahead)
         self.stream_factory = stream_factory
         self._state = initial_state(self.dp_rank, self.dp_world)
         self._tracker: _Tracker | None = None
@@ -878,13 +898,16 @@ class MixDataset(IterableDataset):
                     return
                 yield t, kind, task, table, eng
 
+        dynamic = spec.algorithm is not None or bool(spec.schedule)
         running: dict = {}
         try:
             for (t, kind, task, _table, eng), data in _ungroup(reader.prefetch(
                     # feedback-driven weights apply from the engine's next unfetched chunk: with one
                     # chunk per read, how far reading runs ahead is the same in a resumed run
-                    _grouped(with_chunks(), 1 if spec.algorithm is not None or spec.schedule else _GROUP_MAX),
-                    depth=self.prefetch_depth, read=_GroupRead(reader), tables=_GroupRead.tables)):
+                    _grouped(with_chunks(), 1 if dynamic else _GROUP_MAX),
+                    depth=self.prefetch_depth, read=_GroupRead(reader), tables=_GroupRead.tables,
+                    ahead=None if dynamic else _future_chunks(engine, _suffix(K, r, D, W, w), end),
+                    ahead_by=self.prefetch_ahead)):
                 carry_in = _merge_carry(running, task["carry"])
                 info = {"kind": kind, "chunk": task["chunk"] if data is not None else None,
                         "carry": carry_in, "drop": dict(task["drop"]), "eng": eng,

@@ -126,6 +126,12 @@ def test_prefetch_yields_in_order(tmp_path):
     assert got == [DOCS[i:i + 6] for i in range(0, 60, 6)]
 
 
+def _fills_done(reader):
+    """Wait for the node-cache fills the reader started."""
+    for fut in list(reader._fills.values()):
+        fut.result()
+
+
 def _register(tmp_path, name, blob_file):
     from mixsql.catalog import Catalog
     from mixsql.registration import create_source
@@ -180,6 +186,7 @@ def test_single_frame_zstd_reads_through_the_node_cache(tmp_path):
     reader = ChunkReader(files, node_cache=node)
     out = reader.read(_chunk([1] * 3, [locs[i][0] for i in picks], [locs[i][1] for i in picks], picks))
     assert out.column("text").to_pylist() == [docs[i] for i in picks]
+    _fills_done(reader)   # rows may be served before the fill ends; the entry appears when whole
     entry = reader.files[1].entry_key()
     with node.open(entry) as f:
         assert f.read()[:payload_size(f)] == blob   # the decompressed shard, on disk
@@ -211,10 +218,90 @@ def test_prefetch_ahead_fills_the_node_cache_for_chunks_further_ahead(tmp_path):
     stream = reader.prefetch((t for _, t in chunks), depth=1, ahead=(t for _, t in chunks), ahead_by=4)
     _, first = next(stream)
     assert first.column("text").to_pylist() == chunks[0][0]
-    for fut in list(reader._fills.values()):   # the fills started so far
-        fut.result()
+    _fills_done(reader)   # the fills started so far
     # one chunk queued (depth 1): the ahead iterator, two steps per queued chunk, has reached chunk 1
     assert node.contains(keys[2]) and not node.contains(keys[6])
     got = [t.column("text").to_pylist() for _, t in stream]
     assert got == [d for d, _ in chunks[1:]]
+    reader.close()
+
+
+class _GatedSource(io.BytesIO):
+    """A compressed object whose bytes past ``open_bytes`` arrive only once ``gate`` is set (then
+    normally, or as ``error`` when one is given): a fill that stalls halfway."""
+
+    def __init__(self, data: bytes, open_bytes: int, gate, error=None):
+        super().__init__(data)
+        self.open_bytes, self.gate, self.error = open_bytes, gate, error
+
+    def read(self, n=-1):
+        if self.tell() >= self.open_bytes:
+            assert self.gate.wait(60), "the test never opened the gate"
+            if self.error is not None:
+                raise self.error
+            return super().read(n)
+        end = self.open_bytes if n is None or n < 0 else min(self.tell() + n, self.open_bytes)
+        return super().read(end - self.tell())
+
+
+def _stalling_shard(tmp_path, monkeypatch, error=None):
+    """A registered single-frame .jsonl.zst whose fill stalls after half its compressed bytes."""
+    import threading
+
+    from mixsql import storage
+
+    docs = [f"doc {i} " + "v" * (i % 89) + str(i * 7919 % 1000) for i in range(20_000)]
+    blob, locs = _jsonl(docs)
+    path = tmp_path / "one.jsonl.zst"
+    packed = zstandard.ZstdCompressor().compress(blob)
+    path.write_bytes(packed)
+    cat = _register(tmp_path, "one", path)
+    gate = threading.Event()
+    monkeypatch.setattr(storage, "open_input",
+                        lambda *a, **k: _GatedSource(packed, len(packed) // 2, gate, error))
+    return cat.files_table(), docs, locs, gate
+
+
+def test_first_rows_served_while_the_fill_runs_and_the_entry_appears_whole(tmp_path, monkeypatch):
+    """Rows in the part of a single-frame shard decompressed so far are read from the fill's
+    temporary file before the fill ends; the cache entry appears only when whole."""
+    from mixsql.cache import NodeCache, payload_size
+
+    files, docs, locs, gate = _stalling_shard(tmp_path, monkeypatch)
+    node = NodeCache(tmp_path / "node", limit=1 << 30)
+    reader = ChunkReader(files, node_cache=node)
+    key = reader.files[1].entry_key()
+    early = [4000, 17, 2500, 0]   # within the first quarter of the decompressed bytes
+    out = reader.read(_chunk([1] * 4, [locs[i][0] for i in early], [locs[i][1] for i in early], early))
+    assert out.column("text").to_pylist() == [docs[i] for i in early]
+    fill = reader._fills[1]
+    assert not fill.done() and not node.contains(key)   # served mid-fill; no partial entry visible
+    gate.set()
+    _fills_done(reader)
+    late = [19_999, 4001, 12_000]
+    out = reader.read(_chunk([1] * 3, [locs[i][0] for i in late], [locs[i][1] for i in late], late))
+    assert out.column("text").to_pylist() == [docs[i] for i in late]
+    with node.open(key) as f:
+        blob = b"".join(json.dumps({"text": d, "x": 1}).encode() + b"\n" for d in docs)
+        assert f.read()[:payload_size(f)] == blob
+    reader.close()
+
+
+def test_fill_failing_after_early_rows_leaves_no_entry(tmp_path, monkeypatch):
+    """A fill that fails after serving early rows: rows past what it wrote raise its error
+    (naming the object), and neither an entry nor a temporary file is left behind."""
+    from mixsql import storage
+    from mixsql.cache import NodeCache
+
+    files, docs, locs, gate = _stalling_shard(
+        tmp_path, monkeypatch, error=storage.StorageError("s3://b/one.jsonl.zst", "reading bytes failed"))
+    node = NodeCache(tmp_path / "node", limit=1 << 30)
+    reader = ChunkReader(files, node_cache=node)
+    out = reader.read(_chunk([1], [locs[3][0]], [locs[3][1]], [3]))
+    assert out.column("text").to_pylist() == [docs[3]]
+    gate.set()
+    with pytest.raises(storage.StorageError, match="one.jsonl.zst"):
+        reader.read(_chunk([1], [locs[19_990][0]], [locs[19_990][1]], [19_990]))
+    assert not node.contains(reader.files[1].entry_key())
+    assert os.listdir(node.tmp_dir) == []
     reader.close()
