@@ -205,6 +205,11 @@ class MixClient:
     def job_info(self, job: str) -> dict:
         return self.action("job_info", {"job": job})
 
+    def ledger(self, job: str) -> dict:
+        """Statement, catalog snapshot, stream fingerprint and whole weight history of ``job``
+        (what :mod:`mixsql.ledger` recomputes a server-mode run from)."""
+        return self.action("ledger", {"job": job})
+
     def close(self) -> None:
         self._reconnect()
 

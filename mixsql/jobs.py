@@ -31,8 +31,10 @@ Persistence
     reloads from that file: feedback already acknowledged is never lost (clients resend
     unacknowledged feedback; a step at or below the last one is ignored as a duplicate).
     The algorithm's append-only lists (ADO's per-step loss history, see
-    ``MixingAlgorithm.append_only``) live in ``<job>.journal`` instead: each save appends only
-    the new items, then the job file records how many are committed, so a feedback call writes
+    ``MixingAlgorithm.append_only``) and the job's whole weight history (every ``[at_chunk,
+    weights]`` change since chunk 0, which the data ledger re-applies; the weight log itself is
+    pruned with the snapshots) live in ``<job>.journal`` instead: each save appends only the new
+    items, then the job file records how many are committed, so a feedback call writes
     O(groups) bytes however long training has run. Journal lines beyond the committed counts
     (a crash between the two writes) are ignored and cleaned up on reload.
 """
@@ -65,6 +67,7 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 JOB_FORMAT = 2
+HISTORY = "mixsql.weight_history"   # the journal key of the job's weight history
 
 
 class JobError(ProgrammingError):
@@ -227,8 +230,14 @@ class Job:
         self.algorithm = None
         self.journal = Journal(path.with_suffix(".journal"))
         lengths = doc.pop("journal", None)
-        if lengths and doc.get("algorithm_state") is not None:
-            doc["algorithm_state"].update(self.journal.load(lengths))
+        if lengths:
+            items = self.journal.load(lengths)
+            if HISTORY in items:
+                doc["weight_history"] = items.pop(HISTORY)
+            if doc.get("algorithm_state") is not None:
+                doc["algorithm_state"].update(items)
+        # job files of earlier versions: the (unpruned part of the) weight log
+        doc.setdefault("weight_history", [e[:2] for e in doc["weight_log"]])
         if self.spec.algorithm is not None:
             self.algorithm = make_algorithm(self.spec.algorithm.name, groups, self.spec.weights(),
                                             self.spec.algorithm.kwargs())
@@ -403,6 +412,7 @@ class Job:
             log[-1] = [at, w, reason]
         else:
             log.append([at, w, reason])
+        self.doc["weight_history"].append([at, w])   # append-only: the last entry of a chunk wins
         self.doc["weights"] = w
         return at
 
@@ -454,6 +464,7 @@ class Job:
             keep = {k: self.doc[k] for k in ("job", "tenant", "topology")}
             self.doc = {**json.loads(_dumps(state)), **keep}
             self.doc.pop("journal", None)
+            self.doc.setdefault("weight_history", [e[:2] for e in self.doc["weight_log"]])
             if self.algorithm is not None and self.doc.get("algorithm_state") is not None:
                 self.algorithm.load_state_dict(self.doc["algorithm_state"])
             self.journal.clean = False   # the restored lists replace the journal's
@@ -468,17 +479,32 @@ class Job:
                     "last_step": self.doc["last_step"], "topology": self.doc["topology"],
                     "consumption": dict(self.doc["consumption"]), "weight_log": self.doc["weight_log"]}
 
+    def ledger(self) -> dict:
+        """What the data ledger needs to recompute this job's chunks elsewhere: statement,
+        parameters, catalog snapshot, the stream's fingerprint and every weight change since
+        chunk 0 (``[at_chunk, weights]``, one per chunk: the last recorded wins)."""
+        with self.lock:
+            changes: dict[int, list] = {}
+            for at, w in self.doc["weight_history"]:
+                changes[int(at)] = w
+            return {"job": self.id, "statement": self.doc["statement"], "params": self.doc["params"],
+                    "catalog_snapshot": self.doc["catalog_snapshot"], "fingerprint": self.engine._fingerprint,
+                    "batch_size": self.spec.batch_size, "feedback_lag": self.lag,
+                    "dynamic": self.algorithm is not None,
+                    "weight_changes": [[at, changes[at]] for at in sorted(changes)]}
+
     def save(self) -> None:
-        """Journal the algorithm's new append-only items, then rewrite the job file (which
-        commits them)."""
+        """Journal the new append-only items (the algorithm's lists, the weight history), then
+        rewrite the job file (which commits them)."""
         with self.lock:
             doc = self.doc
-            state = doc.get("algorithm_state")
-            keys = getattr(self.algorithm, "append_only", ()) if self.algorithm is not None else ()
-            if state is not None and keys:
-                lengths = self.journal.persist(state, keys)
-                doc = {**doc, "algorithm_state": {k: v for k, v in state.items() if k not in keys},
-                       "journal": lengths}
+            if self.algorithm is not None:
+                state = doc.get("algorithm_state") or {}
+                keys = [k for k in getattr(self.algorithm, "append_only", ()) if k in state]
+                lengths = self.journal.persist({**state, HISTORY: doc["weight_history"]}, [*keys, HISTORY])
+                doc = {**doc, "weight_history": [], "journal": lengths}
+                if doc.get("algorithm_state") is not None:
+                    doc["algorithm_state"] = {k: v for k, v in state.items() if k not in keys}
             atomic_write(self.path, _dumps(doc))
 
     def close(self) -> None:
@@ -589,7 +615,7 @@ class JobManager:
                    "params": params, "catalog_snapshot": snapshot, "topology": top,
                    "feedback_lag": int(self.limits.feedback_lag), "snapshots": {}, "weight_log": [],
                    "lease": 0, "end": None, "algorithm_state": None, "last_step": None,
-                   "consumption": {}, "weights": list(stream.spec.weights())}
+                   "consumption": {}, "weights": list(stream.spec.weights()), "weight_history": []}
             job = Job(jid, self.dir / f"{jid}.json", stream, doc, limits=self.limits, **self.job_options)
             job.save()
             return job

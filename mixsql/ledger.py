@@ -28,9 +28,17 @@ Packed sequences depend on every document's token count before them, so packed s
 the lane's documents from its first chunk (the run's tokenizer; exact, cost proportional to the
 position in the run).
 
-Limits: one topology per run (a checkpoint resumed on a different number of ranks or workers
-gives the new topology's answer for the steps before the change); server-mode runs are not
-recomputed here.
+Topologies: the state records every topology of the run (:class:`Segment`: from which step a
+number of ranks, workers and batch size held, and the old ranks' states a change resumed from).
+A segment after a change gives each (rank, worker) first the chunks its resumed state left to
+redo (pending chunks past their consumed rows, holes), then its chunks from the frontier on;
+steps are answered by the segment that produced them. Packed sequences after a change are not
+recomputed (leftover tokens of the old ranks start them).
+
+Server mode: the state carries the server job's record (``run.job``, fetched with the Flight
+action ``ledger`` at checkpoint time: catalog snapshot, the stream's fingerprint, every weight
+change since chunk 0); the ledger plans the statement on the server's catalog at that snapshot,
+refuses a catalog whose stream has another fingerprint, and re-applies the job's weight changes.
 """
 from __future__ import annotations
 
@@ -104,6 +112,26 @@ def _find_state(obj: Any, depth: int = 0) -> dict | None:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One topology of a run: from training step ``step`` on, ``dp_world`` ranks x ``workers``
+    DataLoader workers and per-rank batches of ``batch_size``. A segment after the first
+    resumed from ``states``: the old ranks' states (engine and packed carries left out), whose
+    pending chunks, holes and frontier say what each new (rank, worker) read first."""
+
+    step: int
+    dp_world: int
+    workers: int
+    batch_size: int
+    drop_last: bool = False
+    states: list | None = None
+
+    @classmethod
+    def from_record(cls, t: dict) -> "Segment":
+        return cls(step=int(t.get("step") or 0), dp_world=int(t["dp_world"]), workers=max(1, int(t.get("workers") or 1)),
+                   batch_size=int(t.get("batch_size") or 1), drop_last=bool(t.get("drop_last")), states=t.get("states"))
+
+
+@dataclass(frozen=True)
 class Run:
     """What a loader state says about its run (see :meth:`MixDataset._run_record`)."""
 
@@ -123,6 +151,9 @@ class Run:
     steps: int = 0
     server: str | None = None
     weight_changes: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
+    job: dict | None = None
+    rank_batch_size: int | None = None
 
     @classmethod
     def from_state(cls, state: dict) -> "Run":
@@ -130,69 +161,119 @@ class Run:
         if not run or not run.get("sql"):
             raise ProgrammingError("mix_ledger: this state has no 'run' record (it predates the ledger, or comes "
                                    "from a stream_factory dataset); save loader.state_dict() with this mixsql")
-        dyn = state.get("dynamic") or {}
-        return cls(sql=run["sql"], catalog=run.get("catalog"), snapshot=state.get("snapshot"),
+        dp_world = int(run.get("dp_world") or state["mixsql"]["dp_world"])
+        workers, batch = max(1, int(run.get("workers") or 1)), int(run.get("batch_size") or 1)
+        tops = run.get("topologies") or [{"step": 0, "dp_world": dp_world, "workers": workers, "batch_size": batch,
+                                          "drop_last": run.get("drop_last")}]
+        job = run.get("job")
+        if job is not None:   # server mode: the job's recorded weight changes and catalog snapshot
+            changes, snapshot = job.get("weight_changes") or [], job.get("catalog_snapshot")
+        else:
+            changes, snapshot = (state.get("dynamic") or {}).get("weights", []), state.get("snapshot")
+        return cls(sql=run["sql"], catalog=run.get("catalog"), snapshot=snapshot,
                    params=run.get("params"), seq_len=run.get("seq_len"), tokenizer=run.get("tokenizer"),
                    by_group=run.get("by_group"), eos_id=run.get("eos_id"), bos_id=run.get("bos_id"),
-                   dp_world=int(run.get("dp_world") or state["mixsql"]["dp_world"]),
-                   workers=max(1, int(run.get("workers") or 1)),
-                   batch_size=int(run.get("batch_size") or 1), drop_last=bool(run.get("drop_last")),
+                   dp_world=dp_world, workers=workers, batch_size=batch, drop_last=bool(run.get("drop_last")),
                    steps=int(run.get("steps") or 0), server=run.get("server"),
-                   weight_changes=[[int(a), [float(x) for x in w]] for a, w in dyn.get("weights", [])])
+                   weight_changes=[[int(a), [float(x) for x in w]] for a, w in changes],
+                   segments=[Segment.from_record(t) for t in tops], job=job,
+                   rank_batch_size=run.get("rank_batch_size"))
 
 
 # --------------------------------------------------------------------------- lanes
 class _SampleLane:
-    """One (rank, worker)'s samples: item ``m`` is row ``pos`` of its ``i``-th chunk."""
+    """One (rank, worker)'s samples in one segment: first the chunks its start state left to
+    redo (pending chunks past the rows already consumed, holes), then every chunk from the
+    frontier on that the topology gives it (``rank + dp_world * (worker + workers * j)``)."""
 
-    def __init__(self, led: "Ledger", rank: int, worker: int):
+    def __init__(self, led: "Ledger", dp_world: int, workers: int, rank: int, worker: int, start: dict | None = None):
+        from .packing import MIXED
+        from .torch import _explicit_tasks
+
         self.led = led
-        self.first, self.stride = rank + led.run.dp_world * worker, led.run.dp_world * led.run.workers
+        prefix, frontier = [], 0
+        if start is not None:
+            prefix = [(int(t["chunk"]), int((t["drop"] or {}).get(MIXED, 0)))
+                      for t in _explicit_tasks(start, workers, worker) if t["chunk"] is not None]
+            frontier = int(start["frontier"])
+        first = frontier + ((rank - frontier) % dp_world)
+        while (first // dp_world) % workers != worker:
+            first += dp_world
+        self.prefix, self.P = prefix, len(prefix)
+        self.first, self.stride = first, dp_world * workers
         end = led.end
-        self.n_chunks = None if end is None else max(0, -(-(end - self.first) // self.stride))
-        self._cum = [0]    # items before lane chunk i (variable-size chunks)
+        self.n_suffix = None if end is None else max(0, -(-(end - first) // self.stride))
+        self.n_chunks = None if self.n_suffix is None else self.P + self.n_suffix
+        pcum = [0]
+        for k, skip in prefix:
+            pcum.append(pcum[-1] + max(0, led.engine.chunk_rows(k) - skip))
+        self._pcum = pcum
+        self._cum = [0]    # items before suffix chunk j (variable-size chunks)
 
     def chunk(self, i: int) -> int:
-        return self.first + self.stride * i
+        return self.prefix[i][0] if i < self.P else self.first + self.stride * (i - self.P)
 
-    def _grow(self, i: int) -> None:
+    def skip(self, i: int) -> int:
+        return self.prefix[i][1] if i < self.P else 0
+
+    def index_of(self, k: int) -> int | None:
+        """The lane's index of chunk ``k``; None when the lane does not read it."""
+        for i, (c, _) in enumerate(self.prefix):
+            if c == k:
+                return i
+        j, r = divmod(k - self.first, self.stride)
+        if k >= self.first and not r and (self.n_suffix is None or j < self.n_suffix):
+            return self.P + j
+        return None
+
+    def _grow(self, j: int) -> None:
         cum = self._cum
-        while len(cum) <= i:
-            cum.append(cum[-1] + self.led.engine.chunk_rows(self.chunk(len(cum) - 1)))
+        while len(cum) <= j:
+            cum.append(cum[-1] + self.led.engine.chunk_rows(self.chunk(self.P + len(cum) - 1)))
 
-    def items_before(self, i: int) -> int:
+    def _suffix_before(self, j: int) -> int:
         led = self.led
-        if self.n_chunks is not None:
-            i = min(i, self.n_chunks)
+        if self.n_suffix is not None:
+            j = min(j, self.n_suffix)
         if not led.fixed:
-            self._grow(i)
-            return self._cum[i]
-        n = i * led.C
-        if i and self.n_chunks is not None and i == self.n_chunks and led.end - 1 == self.chunk(i - 1):
+            self._grow(j)
+            return self._cum[j]
+        n = j * led.C
+        if j and j == self.n_suffix and led.end - 1 == self.chunk(self.P + j - 1):
             n -= led.C - led.engine.chunk_rows(led.end - 1)
         return n
+
+    def items_before(self, i: int) -> int:
+        if i <= self.P:
+            return self._pcum[i]
+        return self._pcum[self.P] + self._suffix_before(i - self.P)
 
     def total(self) -> int | None:
         return None if self.n_chunks is None else self.items_before(self.n_chunks)
 
     def locate(self, m: int) -> tuple[int, int]:
-        """(lane chunk index, row) of item ``m`` (an item the lane has)."""
+        """(lane chunk index, row in the chunk) of item ``m`` (an item the lane has)."""
+        pcum = self._pcum
+        if m < pcum[-1]:
+            i = int(np.searchsorted(pcum, m, side="right")) - 1
+            return i, self.skip(i) + m - pcum[i]
+        m -= pcum[-1]
         if self.led.fixed:
-            return m // self.led.C, m % self.led.C
+            return self.P + m // self.led.C, m % self.led.C
         cum = self._cum
         while cum[-1] <= m:
-            if self.n_chunks is not None and len(cum) > self.n_chunks:
+            if self.n_suffix is not None and len(cum) > self.n_suffix:
                 raise IndexError(f"item {m} is past the lane's end")
             self._grow(len(cum))
-        i = int(np.searchsorted(cum, m, side="right")) - 1
-        return i, m - cum[i]
+        j = int(np.searchsorted(cum, m, side="right")) - 1
+        return self.P + j, m - cum[j]
 
     def slices(self, first: int, stop: int) -> list[tuple[int, int, int, int]]:
         """Items ``[first, stop)`` as ``(chunk, row start, row stop, items before)`` slices."""
         out, m = [], first
         while m < stop:
             i, pos = self.locate(m)
-            take = min(stop - m, self.items_before(i + 1) - self.items_before(i) - pos)
+            take = min(stop, self.items_before(i + 1)) - m
             if take <= 0:
                 break
             out.append((self.chunk(i), pos, pos + take, m - first))
@@ -206,8 +287,8 @@ class _PackedLane:
     ``seq_len + 1`` tokens; sequences in the order their last token is fed; at the stream's end
     each buffer's leftover as one short sequence (keys in sorted order), as :mod:`mixsql.packing`."""
 
-    def __init__(self, led: "Ledger", rank: int, worker: int):
-        self.led, self.lane = led, _SampleLane(led, rank, worker)
+    def __init__(self, led: "Ledger", dp_world: int, workers: int, rank: int, worker: int):
+        self.led, self.lane = led, _SampleLane(led, dp_world, workers, rank, worker)
         self.L = int(led.run.seq_len) + 1
         self.i = 0                         # next lane chunk to pack
         self.done = False
@@ -315,34 +396,165 @@ class _PackedLane:
         return out
 
 
+# --------------------------------------------------------------------------- segments
+class _Segment:
+    """The steps one topology produced: lanes, and the DataLoader's round robin over them."""
+
+    def __init__(self, led: "Ledger", index: int, seg: Segment, stop: int | None):
+        self.led, self.index, self.seg, self.stop = led, index, seg, stop
+        self.D, self.W, self.B, self.drop_last = seg.dp_world, seg.workers, seg.batch_size, seg.drop_last
+        self._lanes: dict[tuple[int, int], Any] = {}
+        self._starts: dict[int, dict] = {}
+
+    def _start(self, rank: int) -> dict | None:
+        """The state rank ``rank`` started this segment from (None: the run's first segment)."""
+        if self.index == 0:
+            return None
+        if rank in self._starts:
+            return self._starts[rank]
+        from .torch import merge_rank_states
+
+        where = (f"steps from {self.seg.step} on ran on {self.D} ranks x {self.W} workers, resumed from "
+                 "other ranks' states")
+        if self.led.run.seq_len is not None:
+            raise ProgrammingError(f"mix_ledger: {where}; packed sequences after a change of topology are not "
+                                   f"recomputed (the old ranks' leftover tokens start them); steps before "
+                                   f"{self.seg.step} are answered")
+        states = self.seg.states or []
+        old = {int(s["dp_rank"]) for s in states}
+        D_old = int(states[0]["dp_world"]) if states else None
+        if not states or (old != set(range(D_old)) and not (D_old == self.D and rank in old)):
+            have = ", ".join(map(str, sorted(old))) or "none"
+            raise ProgrammingError(f"mix_ledger: {where}, and this checkpoint holds the old states of ranks "
+                                   f"{have} only: ask the ledger of rank {rank} from that rank's checkpoint")
+        self._starts[rank] = st = merge_rank_states(states, rank, self.D)
+        return st
+
+    def rotation(self, rank: int) -> int:
+        """The lane DataLoader worker 0 reads (a resumed state with the same workers rotates)."""
+        st = self._start(rank)
+        return int(st.get("next_worker", 0)) % self.W if st is not None and st.get("workers") == self.W else 0
+
+    def lane(self, rank: int, worker: int):
+        key = (rank, worker)
+        if key not in self._lanes:
+            start = self._start(rank)
+            if self.led.run.seq_len is None:
+                self._lanes[key] = _SampleLane(self.led, self.D, self.W, rank, worker, start)
+            else:
+                self._lanes[key] = _PackedLane(self.led, self.D, self.W, rank, worker)
+        return self._lanes[key]
+
+    def _lane_batches(self, rank: int, worker: int, cap: int) -> int:
+        """Batches of a lane, or ``cap`` when it has at least that many."""
+        lane, B = self.lane(rank, worker), self.B
+        if isinstance(lane, _PackedLane):
+            n = lane.count_at_least(cap * B + (0 if self.drop_last else 1))
+        else:
+            total = lane.total()
+            n = cap * B + 1 if total is None else total
+        nb = n // B if self.drop_last else -(-n // B)
+        return min(nb, cap)
+
+    def slot(self, rank: int, step: int) -> tuple[int, int] | None:
+        """(worker, batch of that worker) of the segment's step ``step``; None past the end."""
+        W, rot = self.W, self.rotation(rank)
+        order = [(p + rot) % W for p in range(W)]   # DataLoader workers 0..W-1 read these lanes
+        nb = [self._lane_batches(rank, w, step // W + 1) for w in order]
+        if min(nb) > step // W:
+            return order[step % W], step // W
+        nb = [self._lane_batches(rank, w, step + 1) for w in order]   # a lane ended: the tail
+        before, j = 0, 0
+        while True:
+            alive = [p for p in range(W) if nb[p] > j]
+            if not alive:
+                return None
+            if step < before + len(alive):
+                return order[alive[step - before]], j
+            before += len(alive)
+            j += 1
+
+    def step_of(self, rank: int, worker: int, j: int) -> int | None:
+        """The segment's step that hands out batch ``j`` of ``worker`` (None: dropped)."""
+        W, rot = self.W, self.rotation(rank)
+        order = [(p + rot) % W for p in range(W)]
+        nb = [self._lane_batches(rank, w, j + 1) for w in order]
+        p = order.index(worker)
+        if nb[p] <= j:
+            return None
+        return sum(min(n, j) for n in nb) + sum(1 for q in range(p) if nb[q] > j)
+
+    def batch(self, step: int, rank: int, worker: int, j: int) -> pa.Table:
+        lane, B = self.lane(rank, worker), self.B
+        if isinstance(lane, _PackedLane):
+            n = lane.count_at_least((j + 1) * B)
+            rows = []
+            for seq in range(j * B, min((j + 1) * B, n)):
+                for k, row, off, ntok, doff in lane.pieces(seq):
+                    rows.append((k, row, seq - j * B, off, ntok, doff))
+            return self.led._rows(step, rank, worker, rows)
+        total = lane.total()
+        stop = (j + 1) * B if total is None else min((j + 1) * B, total)
+        rows = []
+        for k, a, b, seq0 in lane.slices(j * B, stop):
+            rows.extend((k, p, seq0 + p - a, 0, None, 0) for p in range(a, b))
+        return self.led._rows(step, rank, worker, rows)
+
+    def find(self, k: int, pos: int) -> tuple[int, int, Any, list] | None:
+        """(rank, worker, lane, pieces) of position ``pos`` of chunk ``k`` in this segment; None
+        when this segment did not read it (pieces: ``(item, offset, tokens, doc_offset)``)."""
+        rank = k % self.D
+        for worker in range(self.W):
+            lane = self.lane(rank, worker)
+            if isinstance(lane, _PackedLane):
+                if worker != (k // self.D) % self.W:
+                    continue
+                return rank, worker, lane, lane.doc_sequences(k, pos)
+            i = lane.index_of(k)
+            if i is not None:
+                if pos < lane.skip(i):
+                    return None   # consumed before this segment
+                return rank, worker, lane, [(lane.items_before(i) + pos - lane.skip(i), 0, None, 0)]
+        return None
+
+
 # --------------------------------------------------------------------------- the ledger
 class Ledger:
     """The consumption ledger of one run (see the module doc).
 
     ``source``: a loader state dict, a JSON file or a torch checkpoint holding one.
-    ``catalog``: the catalog directory (default: the one the run recorded). ``tokenizer``:
-    overrides the recorded tokenizer (needed for packed runs that passed a tokenizer object).
-    ``stream``: an opened :class:`~mixsql.stream.MixStream` of the run's statement instead."""
+    ``catalog``: the catalog directory (default: the one the run recorded; for a server-mode
+    run, the server's catalog). ``tokenizer``: overrides the recorded tokenizer (needed for
+    packed runs that passed a tokenizer object). ``stream``: an opened
+    :class:`~mixsql.stream.MixStream` of the run's statement instead."""
 
     def __init__(self, source: Any, catalog: str | os.PathLike | None = None, tokenizer: Any = None,
                  stream: Any = None):
+        from .engine import MixEngine
         from .stream import MixStream
 
         self.state = read_state(source)
         self.run = run = Run.from_state(self.state)
+        cat = catalog if catalog is not None else run.catalog
         if stream is None:
-            if run.server is not None:
-                raise ProgrammingError("mix_ledger: this run streamed from a server (server=...); its ledger is "
-                                       "not recomputed locally")
-            cat = catalog if catalog is not None else run.catalog
+            if run.server is not None and run.job is None:
+                raise ProgrammingError("mix_ledger: this server-mode state carries no record of the server's job "
+                                       "(saved by an older mixsql); checkpoint with this version")
             if cat is None:
                 raise ProgrammingError("mix_ledger: the state records no catalog directory; pass catalog=")
             stream = MixStream.open_cached(os.fspath(cat), run.sql, run.params, snapshot=run.snapshot)
         self.stream = stream
-        self.engine = self.stream.engine()
+        spec = self.stream.spec
+        step_size = self._schedule_step_size(spec)
+        self.engine = (self.stream.engine() if step_size is None else
+                       MixEngine(self.stream.pointers, spec, None, batch_size=step_size))
+        if run.job is not None and run.job.get("fingerprint") not in (None, self.engine._fingerprint):
+            raise ProgrammingError(
+                f"mix_ledger: the catalog {cat} at snapshot {run.snapshot} does not plan the stream that the "
+                f"server's job {run.job.get('job')} served (another catalog, or changed files); pass the "
+                "server's catalog: Ledger(ckpt, catalog=...) or mixsql.connect(<server catalog>)")
         for at, w in run.weight_changes:
             self.engine.set_weights(w, at_chunk=at)
-        spec = self.stream.spec
         self.C = int(spec.chunk_size)
         self.fixed = spec.unit == "samples"
         self.end = self.engine.stream_end()
@@ -350,7 +562,22 @@ class Ledger:
         self._tokenizer_spec = tokenizer if tokenizer is not None else run.tokenizer
         self._tok = self._reader = None
         self._chunks: dict[int, pa.Table] = {}
-        self._lanes: dict[tuple[int, int], Any] = {}
+        segs = run.segments
+        self.segments = [_Segment(self, i, sg, segs[i + 1].step if i + 1 < len(segs) else None)
+                         for i, sg in enumerate(segs)]
+
+    def _schedule_step_size(self, spec) -> int | None:
+        """The chunk mapping of a SCHEDULE without ``SETTINGS (batch_size)`` that the loader
+        derived from its batch size (as :meth:`MixDataset._schedule_step_size`)."""
+        run = self.run
+        if not spec.schedule or spec.batch_size or run.server is not None or run.rank_batch_size is None:
+            return None
+        per_step = int(run.rank_batch_size) * run.segments[0].dp_world
+        if run.seq_len is None and spec.unit == "samples":
+            return per_step
+        if run.seq_len is not None and spec.unit == "tokens":
+            return per_step * (int(run.seq_len) + 1)
+        return None
 
     def close(self) -> None:
         """Close the data files a packed ledger read."""
@@ -396,76 +623,30 @@ class Ledger:
                                     if files is not None and "file_id" in files.column_names else {})
         return ids.get(path)
 
+    def segment_of(self, step: int) -> "_Segment":
+        """The segment (topology) that produced training step ``step``."""
+        seg = self.segments[0]
+        for s in self.segments:
+            if s.seg.step <= step:
+                seg = s
+        return seg
+
     def lane(self, rank: int, worker: int):
-        key = (rank, worker)
-        if key not in self._lanes:
-            cls = _SampleLane if self.run.seq_len is None else _PackedLane
-            self._lanes[key] = cls(self, rank, worker)
-        return self._lanes[key]
-
-    def _lane_batches(self, rank: int, worker: int, cap: int) -> int:
-        """Batches of a lane, or ``cap`` when it has at least that many."""
-        lane, B = self.lane(rank, worker), self.run.batch_size
-        if isinstance(lane, _PackedLane):
-            n = lane.count_at_least(cap * B + (0 if self.run.drop_last else 1))
-        else:
-            total = lane.total()
-            n = cap * B + 1 if total is None else total
-        nb = n // B if self.run.drop_last else -(-n // B)
-        return min(nb, cap)
-
-    def _slot(self, rank: int, step: int) -> tuple[int, int] | None:
-        """(worker, batch of that worker) of the rank's step ``step``; None past the end."""
-        W = self.run.workers
-        nb = [self._lane_batches(rank, w, step // W + 1) for w in range(W)]
-        if min(nb) > step // W:
-            return step % W, step // W
-        nb = [self._lane_batches(rank, w, step + 1) for w in range(W)]   # a lane ended: the tail
-        before, j = 0, 0
-        while True:
-            alive = [w for w in range(W) if nb[w] > j]
-            if not alive:
-                return None
-            if step < before + len(alive):
-                return alive[step - before], j
-            before += len(alive)
-            j += 1
-
-    def _step_of(self, rank: int, worker: int, j: int) -> int | None:
-        """The rank's step that hands out batch ``j`` of ``worker`` (None: dropped)."""
-        W = self.run.workers
-        nb = [self._lane_batches(rank, w, j + 1) for w in range(W)]
-        if nb[worker] <= j:
-            return None
-        return sum(min(n, j) for n in nb) + sum(1 for w in range(worker) if nb[w] > j)
+        """The (rank, worker) lane of the run's first topology."""
+        return self.segments[0].lane(rank, worker)
 
     # -- queries -----------------------------------------------------------------------------
     def steps(self, first: int, last: int, ranks: Iterable[int] | None = None) -> pa.Table:
         """Every sample (or document piece) of steps ``first..last`` (inclusive) on ``ranks``."""
-        ranks = list(range(self.run.dp_world)) if ranks is None else [r for r in ranks if 0 <= r < self.run.dp_world]
         parts = []
         for step in range(max(0, int(first)), int(last) + 1):
-            for r in ranks:
-                slot = self._slot(r, step)
+            seg = self.segment_of(step)
+            chosen = range(seg.D) if ranks is None else [r for r in ranks if 0 <= r < seg.D]
+            for r in chosen:
+                slot = seg.slot(r, step - seg.seg.step)
                 if slot is not None:
-                    parts.append(self._batch(step, r, *slot))
+                    parts.append(seg.batch(step, r, *slot))
         return _concat(parts)
-
-    def _batch(self, step: int, rank: int, worker: int, j: int) -> pa.Table:
-        lane, B = self.lane(rank, worker), self.run.batch_size
-        if isinstance(lane, _PackedLane):
-            n = lane.count_at_least((j + 1) * B)
-            rows = []
-            for seq in range(j * B, min((j + 1) * B, n)):
-                for k, row, off, ntok, doff in lane.pieces(seq):
-                    rows.append((k, row, seq - j * B, off, ntok, doff))
-            return self._rows(step, rank, worker, rows)
-        total = lane.total()
-        stop = (j + 1) * B if total is None else min((j + 1) * B, total)
-        rows = []
-        for k, a, b, seq0 in lane.slices(j * B, stop):
-            rows.extend((k, p, seq0 + p - a, 0, None, 0) for p in range(a, b))
-        return self._rows(step, rank, worker, rows)
 
     def _rows(self, step: int, rank: int, worker: int, rows: list) -> pa.Table:
         """Ledger rows from ``(chunk, row in chunk, sequence, offset, tokens or None, doc_offset)``."""
@@ -500,30 +681,31 @@ class Ledger:
         repeats or packed sequences (whose steps need the lane packed up to there), up to the
         first occurrence past ``until_step`` (default: the run's steps so far)."""
         run = self.run
-        D, W, B = run.dp_world, run.workers, run.batch_size
         horizon = max(run.steps - 1, until_step if until_step is not None else 0)
         found, info = [], None
         for epoch, k, pos in self.engine.occurrences(file, int(row), self._file_id(file)):
-            rank, worker = k % D, (k // D) % W
-            lane = self.lane(rank, worker)
-            if isinstance(lane, _PackedLane):
-                pieces = lane.doc_sequences(k, pos)
-            else:
-                pieces = [(lane.items_before((k // D) // W) + pos, 0, None, 0)]
-            steps = []
-            for item, off, ntok, doff in pieces:
-                j = item // B
-                step = self._step_of(rank, worker, j)
-                if step is not None:
+            steps, packed = [], run.seq_len is not None
+            for seg in reversed(self.segments):   # the latest topology that read this position
+                hit = seg.find(k, pos)
+                if hit is None:
+                    continue
+                rank, worker, lane, pieces = hit
+                for item, off, ntok, doff in pieces:
+                    j = item // seg.B
+                    local = seg.step_of(rank, worker, j)
+                    if local is None or (seg.stop is not None and seg.seg.step + local >= seg.stop):
+                        continue
+                    step = seg.seg.step + local
                     steps.append(step)
                     if info is None:
                         info = self.engine.pointer(self.engine.locate(file, int(row)))
-                    found.append({"step": step, "rank": rank, "worker": worker, "sequence": item - j * B,
+                    found.append({"step": step, "rank": rank, "worker": worker, "sequence": item - j * seg.B,
                                   "offset": off, "tokens": info["n_tokens"] if ntok is None else ntok,
                                   "doc_offset": doff, "chunk": k, "position": pos, "epoch": epoch,
                                   "group": info["group"], "source": info["source"], "file": info["file"],
                                   "row": info["row"]})
-            if (self.end is None or isinstance(lane, _PackedLane)) and steps and min(steps) > horizon:
+                break
+            if (self.end is None or packed) and steps and min(steps) > horizon:
                 break
         return pa.Table.from_pylist(found, schema=LEDGER_SCHEMA)
 
@@ -533,4 +715,4 @@ def _concat(parts: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
 
 
-__all__ = ["Ledger", "Run", "read_state", "LEDGER_SCHEMA"]
+__all__ = ["Ledger", "Run", "Segment", "read_state", "LEDGER_SCHEMA"]

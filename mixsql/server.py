@@ -10,6 +10,8 @@ Wire protocol (JSON bodies only; nothing is ever unpickled or executed):
     ``checkpoint``    {job} -> the job's state (JSON)
     ``restore``       {job, state} -> {job}  (a checkpoint of this job or of the same statement)
     ``job_info``      {job} -> weights, weight log, frontier, per-rank consumption
+    ``ledger``        {job} -> statement, params, catalog snapshot, stream fingerprint and every
+                      weight change since chunk 0: what :mod:`mixsql.ledger` needs (see ``Job.ledger``)
     ``drop_job``      {job} -> {job, dropped}  (deletes the job's files; frees a job slot)
     ``ping``          {} -> {ok: true}
 ``do_get`` (ticket: JSON {job, chunk, rank?, worker?} or {job, files: true})
@@ -61,6 +63,7 @@ ACTIONS = {
     "checkpoint": "the job's resumable state: {job} -> state",
     "restore": "reset a job to a checkpoint: {job, state}",
     "job_info": "weights, weight log, frontier and consumption of a job: {job}",
+    "ledger": "what the data ledger needs to recompute a job's chunks: {job}",
     "drop_job": "delete a job and its files: {job}",
     "ping": "liveness check: {} -> {ok: true}",
 }
@@ -230,6 +233,9 @@ class MixServer(flight.FlightServerBase):
 
     def _act_job_info(self, body, tenant):
         return self.jobs.get(body.get("job"), tenant).info()
+
+    def _act_ledger(self, body, tenant):
+        return self.jobs.get(body.get("job"), tenant).ledger()
 
     def _act_drop_job(self, body, tenant):
         return self.jobs.drop(body.get("job"), tenant)

@@ -207,6 +207,13 @@ def _merge_carry(a: dict, b: dict) -> dict:
     return out
 
 
+def _ledger_copy(state: dict) -> dict:
+    """A rank state as the ledger keeps it in the topology history: without the engine state
+    (O(groups); the ledger recomputes chunks) and packed carries (their tokens)."""
+    pending = [{**p, "carry": {}} for p in state.get("pending", [])]
+    return {**state, "engine": None, "pending": pending}
+
+
 def _jsonable(v):
     return v.tolist() if isinstance(v, np.ndarray) else list(v)
 
@@ -665,6 +672,9 @@ class MixDataset(IterableDataset):
         self._algo_state: dict | None = None   # restored algorithm state, applied when it is created
         self._weight_log: list = []       # in-process weight changes [[at_chunk, weights], ...]
         self._steps = 0                   # items (direct iteration) or batches (MixDataLoader) handed out
+        self._topologies: list | None = None   # the restored run's topology history (see _run_record)
+        self._resumed: dict | None = None      # {"step", "states"}: where and from what this run resumed
+        self._job_ledger: dict | None = None   # server mode: the job's ledger record (static jobs: cached)
         self._worker_flag = _shared_flag()  # set by workers of a loader other than MixDataLoader
         self._step_size: int | None = None  # global step size that maps SCHEDULE steps (see set_step)
         self._epoch_states = None           # MixDataLoader with persistent workers: epoch start states
@@ -693,22 +703,57 @@ class MixDataset(IterableDataset):
                 "or torchdata.stateful_dataloader.StatefulDataLoader(ds, ...).state_dict()")
         return {"mixsql": self._tracker.state() if self._tracker else self._state,
                 "statement": self._fingerprint(), "snapshot": self.snapshot, **self._dynamic_state(),
-                "run": self._run_record(self._steps)}
+                "run": self._run_record(self._steps, state=self._tracker.state() if self._tracker else self._state)}
 
-    def _run_record(self, steps: int, workers: int = 1, batch_size: int | None = 1, drop_last: bool = False) -> dict:
+    def _run_record(self, steps: int, workers: int = 1, batch_size: int | None = 1, drop_last: bool = False,
+                    state: dict | None = None) -> dict:
         """What :mod:`mixsql.ledger` needs to recompute the run's consumption: the statement, its
-        catalog, packing, topology, batching and how many steps (batches) were handed out."""
+        catalog, packing, topology, batching and how many steps (batches) were handed out; the
+        topology history (``topologies``: from which step each topology held, with the old
+        ranks' states a changed topology resumed from); in server mode the job's record
+        (``job``: catalog snapshot, stream fingerprint, weight changes; see ``Job.ledger``)."""
         from .catalog import Catalog
 
         cat = self.catalog.path if isinstance(self.catalog, Catalog) else self.catalog
-        return {"sql": self.sql, "params": self.params,
+        now = {"dp_world": self.dp_world, "workers": max(1, int(workers)), "batch_size": batch_size,
+               "drop_last": bool(drop_last)}
+        topologies = list(self._topologies or [])
+        if not topologies:
+            topologies = [{"step": 0, **now}]
+        elif any(topologies[-1].get(k) != v for k, v in now.items()):
+            resumed = self._resumed or {"step": int(steps), "states": None}
+            topologies.append({"step": resumed["step"], **now, "states": resumed["states"]})
+        record = {"topologies": topologies}
+        if self.server is not None and self.sql is not None:
+            record["job"] = self._server_job_record(state)
+        return {**record, "sql": self.sql, "params": self.params,
                 "catalog": os.path.abspath(cat) if isinstance(cat, (str, os.PathLike)) else None,
                 "server": self.server if isinstance(self.server, str) else None,
                 "seq_len": self.seq_len,
                 "tokenizer": self.tokenizer_spec if isinstance(self.tokenizer_spec, (str, type(None))) else None,
                 "by_group": self.by_group, "eos_id": self.eos_id, "bos_id": self.bos_id, "pad_id": self.pad_id,
                 "dp_world": self.dp_world, "replicas": self.replicas, "workers": max(1, int(workers)),
+                "rank_batch_size": self.batch_size,
                 "batch_size": batch_size, "drop_last": bool(drop_last), "steps": int(steps)}
+
+    def _server_job_record(self, state: dict | None) -> dict:
+        """The server job's ledger record (the ``ledger`` action), fetched at checkpoint time:
+        the job this run read (its id travels in the engine state), else the statement's job."""
+        if self._job_ledger is not None and not self._job_ledger.get("dynamic"):
+            return self._job_ledger
+        from .client import MixClient
+
+        own = isinstance(self.server, str)
+        client = MixClient(self.server) if own else self.server
+        try:
+            job = ((state or {}).get("engine") or {}).get("job")
+            if job is None:
+                job = client.register(self.sql, self.params)["job"]
+            self._job_ledger = client.ledger(job)
+        finally:
+            if own:
+                client.close()
+        return self._job_ledger
 
     def _dynamic_state(self) -> dict:
         """In-process feedback's part of a checkpoint: the algorithm's state and the weight
@@ -725,6 +770,7 @@ class MixDataset(IterableDataset):
         """Restore ``state_dict()`` output. ``state`` may be the list of *every* old rank's state
         (as saved per rank): with a different number of data-parallel ranks (or workers) the
         remaining work is redistributed over the new topology, nothing lost or repeated."""
+        given = [s.get("mixsql", s) for s in state] if isinstance(state, (list, tuple)) else None
         if isinstance(state, (list, tuple)):
             state = self._merge_states(list(state))
         st = state.get("mixsql", state)
@@ -744,7 +790,13 @@ class MixDataset(IterableDataset):
             )
         self._state = st
         self._tracker = None
-        self._steps = int((state.get("run") or {}).get("steps", 0))
+        run = state.get("run")
+        if run is not None:   # a checkpoint (a state without one continues this run's record)
+            self._steps = int(run.get("steps", 0))
+            self._topologies = run.get("topologies") or [
+                {"step": 0, **{k: run.get(k) for k in ("dp_world", "batch_size", "drop_last")},
+                 "workers": max(1, int(run.get("workers") or 1))}]
+            self._resumed = {"step": self._steps, "states": [_ledger_copy(s) for s in (given or [st])]}
         if self._worker_flag is not None:
             self._worker_flag.value = 0
         dyn = state.get("dynamic") or {}
@@ -1068,7 +1120,7 @@ class _ServerEngine:
         return t
 
     def state_dict(self) -> dict:
-        return {"next_index": self.next_index}
+        return {"next_index": self.next_index, "job": self.job}
 
 
 class _ServerStream:
@@ -1362,7 +1414,7 @@ class MixDataLoader(DataLoader):
         st = self._tracker.state() if self._tracker else self.dataset._state
         ds = self.dataset
         return {"mixsql": st, "statement": ds._fingerprint(), "snapshot": ds.snapshot, **ds._dynamic_state(),
-                "run": ds._run_record(ds._steps, self.num_workers, self.batch_size, self.drop_last)}
+                "run": ds._run_record(ds._steps, self.num_workers, self.batch_size, self.drop_last, state=st)}
 
     def load_state_dict(self, state: dict) -> None:
         self.dataset.load_state_dict(state)

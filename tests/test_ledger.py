@@ -308,3 +308,56 @@ def test_statements_merely_naming_mix_ledger_run_unchanged(cat):
     with mixsql.connect(cat) as con:
         assert con.execute("SELECT 'mix_ledger(''x'')' AS s, count(*) FROM samples -- mix_ledger\n").fetchall() == \
             [("mix_ledger('x')", 100)]
+
+
+# --------------------------------------------------------------------------- topology history
+def _phase(cat, world, workers, steps, states=None, ranks=None):
+    """Simulated ranks of one phase (``dp_rank``/``dp_world``), each reading ``steps`` batches of 3
+    after resuming from ``states`` (the list of every old rank's state, or one state per rank)."""
+    logged, out = {}, {}
+    for r in (range(world) if ranks is None else ranks):
+        dl = MixDataLoader(MixDataset(SCHEDULE_SQL, catalog=cat, columns=("file", "row"), dp_rank=r, dp_world=world),
+                           batch_size=3, num_workers=workers)
+        if states is not None:
+            dl.load_state_dict(json.loads(json.dumps(states if isinstance(states, list) else states[r])))
+        first = dl.dataset._steps
+        for i, b in zip(range(steps), dl):
+            logged[(first + i, r)] = [[f, row] for f, row in zip(b["file"], b["row"])]
+        out[r] = dl.state_dict()
+    return logged, out
+
+
+def test_topology_history_answers_each_step_with_its_topology(cat, tmp_path):
+    """2 ranks x 2 workers, then an elastic resume on 3 ranks x 2 workers (from both old states),
+    then 3 ranks x 1 worker (each rank from its own state): every step the loops took equals the
+    ledger's, earlier steps answered with the topology that produced them."""
+    log1, st1 = _phase(cat, 2, 2, 5)
+    log2, st2 = _phase(cat, 3, 2, 4, states=[st1[0], st1[1]])
+    log3, st3 = _phase(cat, 3, 1, 3, states=st2)
+    tops = st3[1]["run"]["topologies"]
+    assert [(t["step"], t["dp_world"], t["workers"]) for t in tops] == [(0, 2, 2), (5, 3, 2), (9, 3, 1)]
+    assert {s["dp_rank"] for s in tops[1]["states"]} == {0, 1} and [s["dp_rank"] for s in tops[2]["states"]] == [1]
+    path = tmp_path / "rank1.json"
+    path.write_text(json.dumps(st3[1]))
+    led = Ledger(path)
+    got = _by_step(led.steps(0, 8))
+    want = {**log1, **log2}
+    assert {k: [[x["file"], x["row"]] for x in v] for k, v in got.items()} == want
+    late = _by_step(led.steps(9, 11, ranks=[1]))
+    assert {k: [[x["file"], x["row"]] for x in v] for k, v in late.items()} == {k: v for k, v in log3.items() if k[1] == 1}
+    with pytest.raises(ProgrammingError, match="ask the ledger of rank 0 from that rank's checkpoint"):
+        led.steps(9, 9, ranks=[0])
+    # the inverse agrees with the steps, across the topologies
+    scan: dict = {}
+    for x in led.steps(0, 8).to_pylist() + led.steps(9, 60, ranks=[1]).to_pylist():
+        scan.setdefault((x["file"], x["row"]), []).append((x["step"], x["rank"], x["sequence"]))
+    consumed = {tuple(p) for b in want.values() for p in b}
+    for f, r in sorted(consumed)[::7]:
+        try:
+            hits = [(x["step"], x["rank"], x["sequence"]) for x in led.sample(f, r).to_pylist()]
+        except ProgrammingError:   # a later occurrence on rank 0 or 2 after the last change
+            continue
+        assert sorted(hits) == sorted(scan[(f, r)])
+    # the same history through a resume that keeps the topology
+    log4, st4 = _phase(cat, 3, 1, 2, states=st3, ranks=[1])
+    assert st4[1]["run"]["topologies"] == tops
