@@ -32,6 +32,7 @@ examples:
   mixsql sql "SELECT * FROM samples MIX BY language WITH (en 0.8, OTHER 0.2)" --limit 20
   mixsql explain "SELECT * FROM samples MIX BY source WITH NATURAL LIMIT 1e9 TOKENS"
   mixsql ledger ckpt.pt --step 48213                  the samples a training step consumed
+  mixsql ledger ckpt.pt --file /data/a.jsonl --row 7   the steps that consume a sample
   mixsql serve --catalog ./mixsql_catalog --host 127.0.0.1 --port 8815
   mixsql ping grpc://127.0.0.1:8815
 
@@ -112,13 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("sources", "list registered sources")
 
-    lg = add("ledger", "which samples a training run consumed at a step (from one rank's loader state)",
+    lg = add("ledger", "which samples a training run consumed at a step, or at which steps it consumes a sample "
+                       "(from one rank's loader state)",
              epilog="examples:\n  mixsql ledger ckpt.pt --step 48213\n"
                     "  mixsql ledger ckpt.json --step 100 --to 120 --format csv\n"
+                    "  mixsql ledger ckpt.pt --file /data/web/07.jsonl --row 1234\n"
                     "  mixsql sql \"SELECT step, file, row FROM mix_ledger('ckpt.pt') WHERE file = 'a.jsonl' AND row = 7\"\n")
     lg.add_argument("checkpoint", metavar="CKPT", help="loader.state_dict() as JSON, or a torch.save'd checkpoint holding it")
-    lg.add_argument("--step", type=int, required=True, help="the (first) step")
-    lg.add_argument("--to", type=int, metavar="STEP", help="last step of a range (default: --step)")
+    lg.add_argument("--step", type=int, help="the (first) step")
+    lg.add_argument("--to", type=int, metavar="STEP", help="last step of a range (default: --step); with --file: "
+                    "list the sample's steps up to this one")
+    lg.add_argument("--file", metavar="PATH", help="a sample's file (the catalog's file column): every step, rank "
+                    "and epoch that consumes it (with --row)")
+    lg.add_argument("--row", type=int, help="the sample's row in --file")
     lg.add_argument("--rank", type=int, help="only this data-parallel rank")
     lg.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
 
@@ -382,17 +389,31 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    """``SELECT * FROM mix_ledger(CKPT) WHERE step BETWEEN ...`` over the run's recorded catalog
-    (or --catalog)."""
+    """``SELECT * FROM mix_ledger(CKPT) WHERE step BETWEEN ...`` (or ``WHERE file = ... AND row =
+    ...``: the inverse) over the run's recorded catalog (or --catalog)."""
     from .ledger import read_state
 
-    if args.to is not None and args.to < args.step:
+    sample = args.file is not None or args.row is not None
+    if sample == (args.step is not None):
+        raise UserError("give --step N (the samples of a step) or --file PATH --row R (the steps of a sample), "
+                        "not both")
+    if sample and (args.file is None or args.row is None):
+        raise UserError("--file and --row name one sample together: give both")
+    if args.step is not None and args.to is not None and args.to < args.step:
         raise UserError("--to must not be below --step")
     if not args.catalog_given:
         args.catalog = (read_state(args.checkpoint).get("run") or {}).get("catalog") or args.catalog
-    last = args.step if args.to is None else args.to
     path = os.path.abspath(args.checkpoint).replace("'", "''")
-    where = f"step BETWEEN {args.step} AND {last}" + ("" if args.rank is None else f" AND rank = {args.rank}")
+    if sample:
+        file = args.file
+        if "://" not in file and not os.path.isabs(file) and os.path.exists(file):
+            file = os.path.abspath(file)   # the catalog records absolute paths
+        where = f"file = '{file.replace(chr(39), chr(39) * 2)}' AND row = {args.row}"
+        where += "" if args.to is None else f" AND step <= {args.to}"
+    else:
+        last = args.step if args.to is None else args.to
+        where = f"step BETWEEN {args.step} AND {last}"
+    where += "" if args.rank is None else f" AND rank = {args.rank}"
     sql = f"SELECT * FROM mix_ledger('{path}') WHERE {where} ORDER BY step, rank, sequence, \"offset\""
     con = _connect(args, read_only=True)
     try:

@@ -701,9 +701,9 @@ class MixDataset(IterableDataset):
                 "MixDataset.state_dict() in the main process does not see what DataLoader workers "
                 "consumed; checkpoint the loader instead: mixsql.torch.MixDataLoader(ds, ...).state_dict() "
                 "or torchdata.stateful_dataloader.StatefulDataLoader(ds, ...).state_dict()")
-        return {"mixsql": self._tracker.state() if self._tracker else self._state,
-                "statement": self._fingerprint(), "snapshot": self.snapshot, **self._dynamic_state(),
-                "run": self._run_record(self._steps, state=self._tracker.state() if self._tracker else self._state)}
+        st = self._tracker.state() if self._tracker else self._state
+        return {"mixsql": st, "statement": self._fingerprint(), "snapshot": self.snapshot, **self._dynamic_state(),
+                "run": self._run_record(self._steps, state=st)}
 
     def _run_record(self, steps: int, workers: int = 1, batch_size: int | None = 1, drop_last: bool = False,
                     state: dict | None = None) -> dict:

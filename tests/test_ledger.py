@@ -291,6 +291,23 @@ def test_cli_ledger(cat, run_state, capsys):
     assert capsys.readouterr().out.count("\n") == len(steps[2]) + 1
     assert main(["ledger", str(path.parent / "missing.json"), "--step", "1"]) != 0
     assert "no checkpoint file" in capsys.readouterr().err
+    # the inverse: every step, rank and epoch that consumes a sample (relative paths resolved)
+    f, r = steps[5][2]
+    assert main(["ledger", str(path), "--file", f, "--row", str(r), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [x["step"] for x in rows] == [s for s, b in enumerate(steps) if (f, r) in b] and 5 in [x["step"] for x in rows]
+    assert all((x["file"], x["row"], x["rank"]) == (f, r, 0) and x["epoch"] in (0, 1) for x in rows)
+    cwd = os.getcwd()
+    try:
+        os.chdir(os.path.dirname(f))
+        assert main(["ledger", str(path), "--file", os.path.basename(f), "--row", str(r), "--to", "5",
+                     "--format", "json"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert [x["step"] for x in json.loads(capsys.readouterr().out)] == [x["step"] for x in rows if x["step"] <= 5]
+    for bad, msg in ((["--step", "1", "--file", f, "--row", "1"], "not both"), (["--file", f], "give both"), ([], "--step N")):
+        assert main(["ledger", str(path), *bad]) != 0
+        assert msg in capsys.readouterr().err
 
 
 def test_completion_knows_mix_ledger(cat):
@@ -361,3 +378,21 @@ def test_topology_history_answers_each_step_with_its_topology(cat, tmp_path):
     # the same history through a resume that keeps the topology
     log4, st4 = _phase(cat, 3, 1, 2, states=st3, ranks=[1])
     assert st4[1]["run"]["topologies"] == tops
+
+
+def test_schedule_mapped_by_the_loaders_batch_size(cat):
+    """A SCHEDULE without SETTINGS (batch_size): the loader maps its steps with its own batch
+    size (3 per rank x 2 ranks), and so does the ledger."""
+    sql = SCHEDULE_SQL.replace(", batch_size = 6", "")
+    logged = {}
+    for r in range(2):
+        dl = MixDataLoader(MixDataset(sql, catalog=cat, columns=("file", "row"), dp_rank=r, dp_world=2),
+                           batch_size=3, num_workers=2)
+        for s, b in zip(range(12), dl):
+            logged[(s, r)] = [[f, row] for f, row in zip(b["file"], b["row"])]
+        state = dl.state_dict()
+    got = _by_step(Ledger(state).steps(0, 11))
+    assert {k: [[x["file"], x["row"]] for x in v] for k, v in got.items()} == logged
+    unmapped = {**state, "run": {**state["run"], "rank_batch_size": None}}
+    got = _by_step(Ledger(unmapped).steps(0, 11))
+    assert {k: [[x["file"], x["row"]] for x in v] for k, v in got.items()} != logged   # the mapping matters
