@@ -22,13 +22,49 @@ import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
 
-from bench.scale import _build
 from mixsql.ledger import Ledger
 from mixsql.selection import cached
+from mixsql.spec import Group, MixSpec
 from mixsql.stream import MixStream
 
 RANKS, WORKERS, BATCH = 8, 4, 64
+WEIGHTS = (0.30, 0.25, 0.15, 0.12, 0.08, 0.06, 0.04)
+ROWS_PER_FILE = 100_000
+
+
+def _spec() -> MixSpec:
+    groups = tuple(Group(i, f"g{i}", w, (f"g{i}",)) for i, w in enumerate(WEIGHTS))
+    return MixSpec(groups=groups, chunk_size=512, seed=1, on_exhausted="repeat")
+
+
+def _build(n: int):
+    """The synthetic selection (pointers, spec, files): pointer table in base order: group g holds a share of n proportional to its weight
+    skewed by a WHERE-like filter (every third row dropped), files of ROWS_PER_FILE rows."""
+    sizes = np.floor(np.asarray(WEIGHTS) ** 1.3 / np.sum(np.asarray(WEIGHTS) ** 1.3) * n).astype(np.int64)
+    sizes[0] += n - sizes.sum()
+    gid = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    pos = np.arange(n, dtype=np.int64)
+    kept = pos + pos // 2            # the rows a WHERE clause kept (every third one dropped)
+    fid = (kept // ROWS_PER_FILE).astype(np.int32)
+    row = kept % ROWS_PER_FILE
+    nfiles = int(fid.max()) + 1
+    paths = pa.array([f"s3://bucket/crawl/shard-{i:06d}.jsonl.zst" for i in range(nfiles)])
+    table = pa.table({
+        "__mix_group": gid,
+        "__mix_source": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array(["web"])),
+        "__mix_file_id": fid,
+        "__mix_file": pa.DictionaryArray.from_arrays(fid, paths),
+        "__mix_row": row,
+        "__mix_offset": row * 2048,
+        "__mix_length": np.full(n, 2047, np.int32),
+        "__mix_n_bytes": np.full(n, 2047, np.int64),
+        "__mix_n_tokens": (row % 997 + 24).astype(np.int64),
+    })
+    files = pa.table({"file_id": pa.array(np.arange(nfiles, dtype=np.int32)), "path": paths})
+    return table, _spec(), files
+
 
 
 def _state(n: int) -> dict:
