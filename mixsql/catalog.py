@@ -26,7 +26,9 @@ the catalog per commit, and readers of the old file still block the swap).
 Reading. ``Catalog(dir)`` opens an in-memory DuckDB, ATTACHes the snapshot's segments
 read-only and defines these views (the same names as before):
 
-* ``sources``      one row per registered source (name, format, pattern, options, property types)
+* ``sources``      one row per registered source (name, format, pattern, options, property types,
+                   counts, and ``tokenizer`` / ``tokenizer_fingerprint``: what counted its
+                   ``n_tokens``, NULL when unknown; mixsql.registration)
 * ``files``        one row per data file (absolute path, compression, size, mtime_ns, fingerprint)
 * ``sample_index`` one row per sample: pointer columns + every registered property
 * ``seek_points``  per multi-frame zstd / multi-member gzip file: ``(c_offset, d_offset)`` of
@@ -82,6 +84,7 @@ SEEK_COLUMNS = (("file_id", "INTEGER"), ("c_offset", "BIGINT"), ("d_offset", "BI
 SOURCES_COLUMNS = (("source_id", "INTEGER"), ("name", "VARCHAR"), ("format", "VARCHAR"), ("pattern", "VARCHAR"),
                    ("options", "VARCHAR"), ("properties", "VARCHAR"), ("n_files", "BIGINT"),
                    ("n_samples", "BIGINT"), ("n_bytes", "BIGINT"), ("n_tokens", "BIGINT"),
+                   ("tokenizer", "VARCHAR"), ("tokenizer_fingerprint", "VARCHAR"),
                    ("registered_at", "TIMESTAMP"), ("refreshed_at", "TIMESTAMP"))
 
 
@@ -424,7 +427,7 @@ def _define_views(con, doc: dict) -> None:
         con.executemany(f"INSERT INTO sources VALUES ({', '.join('?' * len(SOURCES_COLUMNS))})",
                         [[s["source_id"], s["name"], s["format"], s["pattern"], s["options"],
                           json.dumps(dict(s["property_types"])), s["n_files"], s["n_samples"], s["n_bytes"],
-                          s["n_tokens"], s["registered_at"], s["refreshed_at"]] for s in sources])
+                          s["n_tokens"], *_counted_by(s), s["registered_at"], s["refreshed_at"]] for s in sources])
     con.execute("CREATE OR REPLACE TABLE catalog_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
     con.execute("INSERT INTO catalog_meta VALUES ('format_version', ?), ('snapshot', ?)",
                 [FORMAT_VERSION, str(doc.get("snapshot", 0))])
@@ -450,6 +453,13 @@ def _define_views(con, doc: dict) -> None:
         sample_branches, (("source", "VARCHAR"), ("file", "VARCHAR"), ("row", "BIGINT"), ("n_bytes", "BIGINT"),
                           ("n_tokens", "BIGINT"), *columns, ("file_id", "INTEGER"), ("loc_offset", "BIGINT"),
                           ("loc_length", "INTEGER"))))
+
+
+def _counted_by(source: dict) -> tuple[str | None, str | None]:
+    """(tokenizer name, fingerprint) that counted the source's n_tokens; (None, None): unknown
+    (no tokenizer, a count hint or tokens column, or a catalog older than the record)."""
+    rec = source.get("tokenizer") or {}
+    return rec.get("name"), rec.get("fingerprint")
 
 
 def _alias(source: dict) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO
 
 from .catalog import DEFAULT_CATALOG
-from .errors import Error, ExhaustedWarning
+from .errors import Error, ExhaustedWarning, TokenizerMismatchWarning
 
 FORMATS = ("table", "csv", "json", "markdown")
 
@@ -484,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():   # a short stream (ExhaustedWarning) is said, not buried
             warnings.simplefilter("default", ExhaustedWarning)
+            warnings.simplefilter("default", TokenizerMismatchWarning)
             warnings.showwarning = _print_warning
             return COMMANDS[args.command](args)
     except (UserError, Error) as exc:

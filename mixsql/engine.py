@@ -20,7 +20,9 @@ difference of two prefix counts, every chunk holds exactly ``chunk_size`` sample
 three groups and balanced mixtures, up to ~1.3 for skewed mixtures of many groups (the bound is
 reported by ``MixEngine.share_bound``).
 
-Composition (``unit = 'tokens'``). ``T`` counts nominal tokens (``chunk_size`` per chunk);
+Composition (``unit = 'tokens'``). A sample's tokens are ``n_tokens + spec.EOS_TOKENS`` (the EOS
+the packer appends: what it occupies in packed sequences), here and in ``LIMIT ... TOKENS`` and
+the forecasts. ``T`` counts nominal tokens (``chunk_size`` per chunk);
 each group draws whole samples, in its order, while its delivered tokens are below
 ``a_g(T')`` (its delivered tokens are a direct function of the target). So ``0 <= delivered_g -
 a_g < tokens of g's last sample``: within one sample's tokens; overshoot is carried into the next
@@ -79,7 +81,7 @@ from .gctools import without_gc
 from .errors import ProgrammingError
 from .selection import COMPACT_DERIVED, COMPACT_KEY, SORTED_KEY
 from .shuffle import ORDER_KEY_PREFIX, GroupSequence, order_key_columns, ordered_permutation, pointer_order
-from .spec import MIX_COLUMNS, ORDER_COLUMN, MixSpec
+from .spec import EOS_TOKENS, MIX_COLUMNS, ORDER_COLUMN, MixSpec
 
 
 FORECAST_MAX_CHUNKS = 250_000   # longer streams fall back to the fluid approximation
@@ -128,7 +130,7 @@ def forecast(spec: MixSpec, group_samples: list[int], group_tokens: list[int | N
         before, tok_before = comp.after(end - 2)
         gids = last.column("group_id").to_numpy()
         counts = before + np.bincount(gids, minlength=n)
-        toks = tok_before + np.bincount(gids, weights=last.column("n_tokens").to_numpy(),
+        toks = tok_before + np.bincount(gids, weights=last.column("n_tokens").to_numpy() + EOS_TOKENS,
                                         minlength=n).astype(np.int64)
     dry_at = {g: k for g, k in comp.dry_at.items() if k <= end}
     weights = list(spec.schedule[0].weights) if spec.schedule and spec.schedule[0].step == 0 else list(spec.weights())
@@ -477,7 +479,7 @@ class MixEngine:
         self._n = counts.astype(np.int64)
         self._bounds = bounds.astype(np.int64)
         self._order = order         # base order of the rows (None: the table is in it already)
-        self._group_tokens = tokens  # token counts by row, when composition needs them
+        self._group_tokens = tokens  # n_tokens by row, when composition needs them (+ EOS_TOKENS when drawn)
         # file of every row: the shuffle's shard windows (ORDER BY groups read in their order)
         self._group_files = (_to_numpy(pointers.column("__mix_file_id"), np.int32)
                              if N and not spec.ordered else None)
@@ -561,7 +563,8 @@ class MixEngine:
         lo, hi = int(self._bounds[g]), int(self._bounds[g + 1])
         order, tokens, fids = self._order, self._group_tokens, self._group_files
         members = range(lo, hi) if order is None else order[lo:hi]
-        tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members])
+        # a sample occupies its text's tokens plus the EOS the packer appends (spec.EOS_TOKENS)
+        tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members]) + EOS_TOKENS
         files = None if fids is None else (fids[lo:hi] if order is None else fids[members])
         shuffle = None if self.spec.ordered else self.spec.shuffle
         return GroupSequence(members, self.spec.seed, g, shuffle, tok, files)
@@ -682,7 +685,7 @@ class MixEngine:
             keep = max(0, b.amount - int(c.sum()))
         else:
             left = b.amount - int(tok.sum())
-            cum = np.cumsum(self._token_array()[idx]) if len(idx) else np.zeros(0)
+            cum = np.cumsum(self._token_array()[idx] + EOS_TOKENS) if len(idx) else np.zeros(0)
             keep = int(np.searchsorted(cum, left, side="left")) + 1
         if keep < len(idx):
             idx, gids, epochs = idx[:keep], gids[:keep], epochs[:keep]

@@ -15,6 +15,11 @@ class ExhaustedWarning(UserWarning):
     (a Python ``warnings`` category; the message names the groups and counts)."""
 
 
+class TokenizerMismatchWarning(UserWarning):
+    """Token shares were computed from ``n_tokens`` counted with one tokenizer, and the dataset
+    tokenizes with another (the message names both and the sources; mixsql.tokenizer_check)."""
+
+
 class Error(Exception):
     """Base class of every mixsql error (PEP 249)."""
 
@@ -135,4 +140,5 @@ __all__ = [
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
     "SQLError", "RegistrationError", "StaleFileError", "caret_excerpt", "position_of",
+    "ExhaustedWarning", "TokenizerMismatchWarning",
 ]

@@ -1,7 +1,7 @@
 """EXPLAIN MIX: what a MIX statement will draw from each leaf group, before training starts.
 
-One row per leaf group (nested groups flattened into their path): rows, tokens and bytes
-available, target weight, the samples / tokens the budget needs from the group, the epochs
+One row per leaf group (nested groups flattened into their path): rows, tokens (as packed:
+``n_tokens`` plus one EOS per sample, :data:`mixsql.spec.EOS_TOKENS`) and bytes available, target weight, the samples / tokens the budget needs from the group, the epochs
 (passes over its data) that takes, and the chunk at which it runs dry under the statement's
 ``on_exhausted`` policy. The forecast itself is :func:`mixsql.engine.forecast`.
 """
@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from .engine import forecast
 from .planner import execute_plan, plan
+from .spec import EOS_TOKENS
 
 SCHEMA = pa.schema([
     ("group_id", pa.int32()), ("group", pa.string()), ("rows", pa.int64()), ("tokens", pa.int64()),
@@ -37,8 +38,9 @@ def explain_table(catalog, sql: str, params=None) -> pa.Table:
     rows = np.bincount(gid, minlength=n)
     bytes_ = np.bincount(gid, weights=table.column("__mix_n_bytes").to_numpy(zero_copy_only=False), minlength=n)
     ntok = table.column("__mix_n_tokens")
+    # tokens as packed: each sample's n_tokens plus the EOS the packer appends (spec.EOS_TOKENS)
     tok_sum = np.bincount(gid, weights=np.nan_to_num(ntok.to_numpy(zero_copy_only=False).astype(np.float64)),
-                          minlength=n)
+                          minlength=n) + EOS_TOKENS * rows
     unknown = np.bincount(gid[np.asarray(ntok.is_null())], minlength=n) > 0 if ntok.null_count else np.zeros(n, bool)
     tokens = pa.array(tok_sum.astype(np.int64), pa.int64(), mask=unknown)
     fc = forecast(spec, rows.tolist(), tokens.to_pylist(), table)

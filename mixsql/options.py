@@ -34,7 +34,7 @@ from .errors import ProgrammingError, RegistrationError
 OPTIONS: dict[str, str] = {
     "text": "text field / column / tar member extension (default text, txt)",
     "tokens": "parquet list<int> column of pre-tokenized ids",
-    "tokenizer": "HF tokenizer.json to count n_tokens with",
+    "tokenizer": "HF tokenizer.json (or 'byte') to count n_tokens with",
     "n_tokens": "field / column holding a token count",
     "on_error": "fail | skip malformed records",
     "required": "properties every record must have",

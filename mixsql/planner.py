@@ -47,7 +47,7 @@ from . import groups as G
 from .errors import ProgrammingError, SQLError
 from .gctools import without_gc
 from .shuffle import order_key_columns, order_key_name, ordered_permutation, pointer_order
-from .spec import MIX_COLUMNS, ORDER_COLUMN, Algorithm, Budget, Group, MixSpec, ScheduleStep, Shuffle
+from .spec import EOS_TOKENS, MIX_COLUMNS, ORDER_COLUMN, Algorithm, Budget, Group, MixSpec, ScheduleStep, Shuffle
 from .source_statements import RegistrationRequest, registration_request  # noqa: F401  (re-exported)
 
 # A chunk is a unit of composition, resume and distribution: 512 samples, or (unit = 'tokens')
@@ -921,7 +921,7 @@ def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = Tr
             raise _err(sql, f"unit = 'tokens' but n_tokens is NULL for {ntok.null_count} selected rows "
                             f"(source {src!r} has no token counts); register it with a tokenizer or use "
                             "unit = 'samples'", plan.unit_node)
-        tok = ntok.to_numpy(zero_copy_only=False).astype(np.float64)
+        tok = ntok.to_numpy(zero_copy_only=False).astype(np.float64) + EOS_TOKENS   # as packed
         leaf_tokens = np.bincount(group_ids, weights=tok, minlength=n_leaves) if len(tok) else np.zeros(n_leaves)
 
     if plan.natural:

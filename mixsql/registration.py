@@ -34,7 +34,15 @@ readers reach a row from the nearest frame. ``format``: ``jsonl``
 * ``tokens``: parquet ``list<int>`` column of token ids; ``n_tokens`` = its length. Such a
   source needs no text column (its ``n_bytes`` is then 0); readers fetch only the ids.
 * ``n_tokens``: a field / column holding a token count (a hint, used when no tokenizer is given).
-* ``tokenizer``: path to a HF ``tokenizer.json``; ``n_tokens`` is counted at registration.
+* ``tokenizer``: path to a HF ``tokenizer.json``, or ``'byte'`` (UTF-8 bytes, the reading side's
+  default: ``n_tokens`` = ``n_bytes``); ``n_tokens`` is counted at registration, without the EOS
+  the packer appends (the mixture counts that one: ``mixsql.spec.EOS_TOKENS``). The source records
+  which tokenizer counted (``sources.tokenizer``: a readable name, ``sources.tokenizer_fingerprint``:
+  a hash of its vocabulary and special tokens, :func:`mixsql.tokenize.tokenizer_record`), so
+  training with another tokenizer under ``unit = 'tokens'`` is noticed (``mixsql.torch``). Counts
+  from a hint or a tokens column, and sources registered before the record existed, have no
+  record (unknown tokenizer). A REFRESH that would count new files with a changed tokenizer.json
+  is an error (the source's counts would mix two vocabularies).
 * ``on_error``: ``fail`` (default) or ``skip`` (skip malformed records, count them in the summary).
 * ``required``: properties that must be present in every record (list or ``'a, b'``).
 * ``workers``: parallel scans (default: all cores); threads for JSONL and Parquet, processes for
@@ -191,7 +199,12 @@ def normalize_options(con: duckdb.DuckDBPyConnection, fmt: str, options: dict | 
     if text is None:
         text = "txt" if fmt == "webdataset" else "text"
     tokenizer = options.get("tokenizer")
-    if tokenizer:
+    if isinstance(tokenizer, str) and tokenizer.lower() in ("byte", "bytes"):
+        tokenizer = "byte"
+        if options.get("tokens"):
+            raise ProgrammingError("tokenizer = 'byte' counts the text's bytes; a pre-tokenized source "
+                                   "(tokens option) has its counts already: drop one of the two")
+    elif tokenizer:
         tp = Path(tokenizer).expanduser().resolve()
         if not tp.is_file():
             raise ProgrammingError(f"tokenizer file {tokenizer!r} not found (expected a HF tokenizer.json)")
@@ -518,10 +531,38 @@ def _cast_file_table(con, table: pa.Table, file_id: int, path: str, types: dict[
 
 # ----------------------------------------------------------------------------- core
 
+def counting_record(opts: dict) -> dict | None:
+    """``{"name", "fingerprint"}`` of the tokenizer that counts ``n_tokens`` (None: no tokenizer)."""
+    from .tokenize import ByteTokenizer, hf_record, _hf_name
+
+    tok = opts.get("tokenizer")
+    if tok is None:
+        return None
+    if tok == "byte":
+        return ByteTokenizer().record()
+    from tokenizers import Tokenizer
+
+    try:
+        hf = Tokenizer.from_file(tok)
+    except Exception as exc:  # noqa: BLE001 - a file tokenizers cannot read: say which, and why
+        raise ProgrammingError(f"tokenizer file {tok!r} is not a readable HF tokenizer.json ({exc})") from None
+    return hf_record(hf, _hf_name(hf, tok))
+
+
+def _byte_counts(results: list[dict]) -> None:
+    """``tokenizer = 'byte'``: every sample's n_tokens is its UTF-8 byte count."""
+    for r in results:
+        t = r["table"]
+        if t is not None:
+            r["table"] = t.set_column(t.column_names.index("n_tokens"), "n_tokens",
+                                      pc.cast(t.column("n_bytes"), pa.int64()))
+
+
 def _tasks(fmt: str, files: list[tuple[str, str]], opts: dict) -> list[formats.ScanTask]:
+    counter = None if opts["tokenizer"] == "byte" else opts["tokenizer"]   # bytes: from n_bytes
     return [formats.ScanTask(path=p, format=fmt, compression=c, text=opts["text"],
                              properties=dict(opts["properties"] or {}), auto=opts["properties"] is None,
-                             tokens=opts["tokens"], n_tokens=opts["n_tokens"], tokenizer=opts["tokenizer"],
+                             tokens=opts["tokens"], n_tokens=opts["n_tokens"], tokenizer=counter,
                              on_error=opts["on_error"], required=list(opts["required"]),
                              types=dict(opts["types"])) for p, c in files]
 
@@ -531,6 +572,8 @@ def _index_files(catalog: Catalog, fmt: str, files: list[tuple[str, str]], opts:
     """Scan ``files``; return (results, stats, types, skipped_columns) without touching the DB."""
     stats = _stats([p for p, _ in files])
     results = _scan_all(_tasks(fmt, files, opts), [st[0] for st in stats], opts, progress, label) if files else []
+    if opts["tokenizer"] == "byte":
+        _byte_counts(results)
     skipped_cols: list[str] = []
     if opts["properties"] is None:  # auto-discovery: names from the data, in first-seen order
         names: dict[str, None] = {}
@@ -656,6 +699,7 @@ def create_source(catalog: Catalog, name: str, pattern: str, format: str | None 
             raise ProgrammingError(f"unknown format {format!r}; use jsonl, parquet or webdataset")
     fmt, files = list_files(pattern, fmt)
     opts = normalize_options(catalog.con, fmt, options)
+    counted_by = counting_record(opts)
     explicit = opts["properties"] is not None
     results, stats, types, skipped_cols = _index_files(catalog, fmt, files, opts, progress, f"registering {name}")
     with _committing(catalog, f"CREATE SOURCE {name}") as w:
@@ -676,8 +720,10 @@ def create_source(catalog: Catalog, name: str, pattern: str, format: str | None 
         if now_taken:
             w.remove_source(now_taken["source_id"])
         w.put_source({"source_id": source_id, "name": name, "format": fmt, "pattern": absolute_pattern(pattern),
-                      "options": json.dumps(opts), "property_types": [[n, t] for n, t in types.items()]}, seg)
+                      "options": json.dumps(opts), "property_types": [[n, t] for n, t in types.items()],
+                      "tokenizer": counted_by}, seg)
     return _summary(name, fmt, results, files, t0, w.snapshot, types, skipped_cols, property_stats=prop_stats,
+                    tokenizer=counted_by and counted_by["name"],
                     new_files=len(files), changed_files=0, removed_files=0, unchanged_files=0,
                     replaced=bool(now_taken), **_engine_summary(opts, results))
 
@@ -711,6 +757,7 @@ def refresh_source(catalog: Catalog, name: str, progress: bool = True, engine: s
         opts.update(_engine_options({"engine": engine or "ray", "ray_address": ray_address}))
     types = dict(src["property_types"])
     opts["types"] = types
+    recorded = src.get("tokenizer")
     _, matched = list_files(pattern, fmt)
     known = {r[1]: r for r in catalog.con.execute(
         "SELECT file_id, path, size, mtime_ns, fingerprint FROM files WHERE source_id = ?", [source_id]).fetchall()}
@@ -734,6 +781,8 @@ def refresh_source(catalog: Catalog, name: str, progress: bool = True, engine: s
         if p not in matched_paths:
             gone.append(r[0])
             changes["removed"].append(p)
+    if todo and recorded and opts.get("tokenizer"):
+        _check_same_counter(sname, recorded, counting_record(opts))
     results, stats, types, _ = _index_files(catalog, fmt, todo, opts, progress, f"refreshing {sname}")
     before = int(src["n_samples"])
     with _committing(catalog, f"REFRESH SOURCE {sname}") as w:
@@ -753,6 +802,16 @@ def refresh_source(catalog: Catalog, name: str, progress: bool = True, engine: s
                     changed_files=len(changes["changed"]), removed_files=len(changes["removed"]),
                     unchanged_files=unchanged, samples_before=before, samples_after=after, changes=changes,
                     **_engine_summary(opts, results))
+
+
+def _check_same_counter(name: str, recorded: dict, now_: dict) -> None:
+    """REFRESH counts new files with the tokenizer that counted the rest, or not at all."""
+    if recorded["fingerprint"] != now_["fingerprint"]:
+        raise ProgrammingError(
+            f"source {name!r}: its n_tokens were counted with {recorded['name']} ({recorded['fingerprint']}), "
+            f"but the tokenizer file now holds {now_['name']} ({now_['fingerprint']}); refreshing would mix "
+            f"counts of two vocabularies. Recount everything with CREATE OR REPLACE SOURCE {name} ..., or "
+            "restore the tokenizer file")
 
 
 def register_source(catalog: Catalog, name: str, pattern: str, format: str | None = None,
@@ -787,10 +846,11 @@ def drop_source(catalog: Catalog, name: str) -> None:
 
 
 def show_sources(catalog: Catalog) -> pa.Table:
-    """One row per source: name, format, pattern, n_files, n_samples, n_bytes, n_tokens,
-    properties (JSON name -> type), options (JSON), registered_at, refreshed_at."""
+    """One row per source: name, format, pattern, n_files, n_samples, n_bytes, n_tokens, tokenizer
+    (what counted n_tokens; NULL: unknown), properties (JSON name -> type), options (JSON),
+    registered_at, refreshed_at."""
     return catalog.con.sql(
-        "SELECT name, format, pattern, n_files, n_samples, n_bytes, n_tokens, properties, options, "
+        "SELECT name, format, pattern, n_files, n_samples, n_bytes, n_tokens, tokenizer, properties, options, "
         "registered_at, refreshed_at FROM sources ORDER BY name").to_arrow_table()
 
 

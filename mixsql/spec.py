@@ -29,6 +29,11 @@ MIX_COLUMNS = (
     "__mix_n_bytes",   # BIGINT: UTF-8 bytes of the sample's text
     "__mix_n_tokens",  # BIGINT (nullable): tokens of the sample's text, when registered
 )
+# Tokens the packer adds to every document (the EOS after it). Every token measure of a mixture
+# (unit = 'tokens' shares and chunk sizes, LIMIT ... TOKENS, NATURAL token weights, EXPLAIN MIX
+# tokens) counts a sample as n_tokens + EOS_TOKENS: the tokens it occupies in packed sequences,
+# so the shares are those the packer delivers. n_tokens itself stays the text's own count.
+EOS_TOKENS = 1
 # With ORDER BY, the pointer table carries either the raw key columns
 # ``__mix_order_<i>_<asc|desc>_<nf|nl>`` (training path; ranked in numpy by shuffle.ordered_permutation)
 # or, after execute_plan(canonical=True), ``__mix_order``: the row's int64 rank inside its group.

@@ -33,6 +33,14 @@ Training-loop conventions
     follows ``set_step(step)`` (or ``feedback``); anywhere else iteration raises before data moves.
     ``persistent_workers=True``: workers keep their dataset copy (and the selection it opened)
     across epochs; each epoch's start state reaches them through a queue.
+    Tokenizers are checked when the dataset is built (packed mode): no EOS, an EOS outside the
+    vocabulary or a failing probe encode is an InterfaceError there, not in a worker
+    (``mixsql.tokenize.validate_tokenizer``). Under ``unit = 'tokens'`` (or ``LIMIT ... TOKENS``)
+    ``tokenizer_check`` compares the tokenizer with the one that counted the selected sources'
+    ``n_tokens`` (``mixsql.tokenizer_check``): ``'warn'`` (default) a TokenizerMismatchWarning
+    naming both, ``'error'`` a ProgrammingError before any data moves, ``'off'`` nothing. Token
+    shares count each document's EOS (``mixsql.spec.EOS_TOKENS``), so the tokens a group's
+    packed sequences carry are the tokens its share was computed on.
 
 Hot path (per chunk, no per-token Python)
     Consecutive small chunks are read together on the prefetch thread (one ``ChunkReader.read``);
@@ -87,6 +95,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -97,7 +106,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .errors import InterfaceError, ProgrammingError
 from .packing import MIXED, PackedBatch, Packer, cu_seqlens, document_positions
 from .readers import DEFAULT_CACHE_BYTES, ChunkReader
-from .tokenize import configure_worker_threads, encode_flat, get_tokenizer
+from .tokenizer_check import MODES as TOKENIZER_CHECKS, check_counting_tokenizer
+from .tokenize import configure_worker_threads, encode_flat, get_tokenizer, tokenizer_record, validate_tokenizer
 
 STATE_VERSION = 1
 
@@ -625,7 +635,8 @@ class MixDataset(IterableDataset):
                  eos_id: int | None = None, bos_id: int | None = None, pad_id: int | None = None,
                  columns: Sequence[str] = (), cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: int = 2,
                  even_end: str = "drop", boundaries: bool = False, batch_size: int | None = None,
-                 stream_factory: Callable[[], Any] | None = None, prefetch_ahead: int = PREFETCH_AHEAD):
+                 tokenizer_check: str = "warn", stream_factory: Callable[[], Any] | None = None,
+                 prefetch_ahead: int = PREFETCH_AHEAD):
         super().__init__()
         if sql is None and stream_factory is None:
             raise InterfaceError("MixDataset needs a MIX statement: MixDataset(sql, catalog=...)")
@@ -645,9 +656,10 @@ class MixDataset(IterableDataset):
         self.dp_rank, self.dp_world = int(dp_rank), int(dp_world)
         self.by_group, self.eos_id, self.bos_id, self.pad_id = by_group, eos_id, bos_id, pad_id
         self.eos: int | None = None   # the EOS id the packer appends (packed mode)
+        tok = None
         if seq_len is not None:   # tokenizer problems (no EOS, unreadable file) surface here, not in a worker
             tok = get_tokenizer(tokenizer, eos_id=eos_id, bos_id=bos_id)
-            self.eos = int(eos_id if eos_id is not None else tok.eos_id)
+            self.eos = validate_tokenizer(tok, eos_id)
         self.columns = tuple(columns)
         if even_end not in EVEN_ENDS:
             raise InterfaceError(f"even_end must be one of {', '.join(map(repr, EVEN_ENDS))}, got {even_end!r}")
@@ -678,6 +690,32 @@ class MixDataset(IterableDataset):
         self._worker_flag = _shared_flag()  # set by workers of a loader other than MixDataLoader
         self._step_size: int | None = None  # global step size that maps SCHEDULE steps (see set_step)
         self._epoch_states = None           # MixDataLoader with persistent workers: epoch start states
+        if tokenizer_check not in TOKENIZER_CHECKS:
+            raise InterfaceError(f"tokenizer_check must be one of {', '.join(map(repr, TOKENIZER_CHECKS))}, "
+                                 f"got {tokenizer_check!r}")
+        self.tokenizer_check = tokenizer_check
+        self._check_tokenizer(tok)
+
+    def _check_tokenizer(self, tok) -> None:
+        """The packing tokenizer against the one that counted the catalog's n_tokens
+        (:mod:`mixsql.tokenizer_check`), before any data moves. Local catalogs only (a server's
+        catalog is not read here); unpacked samples are tokenized by the user, not checked."""
+        from .catalog import Catalog
+        from .snapshots import Store
+
+        if tok is None or self._lease is None:
+            return
+        path = self.catalog.path if isinstance(self.catalog, Catalog) else Path(self.catalog).expanduser().resolve()
+        sources = (Store(path).read(self.snapshot) or {}).get("sources", [])
+
+        def selection():
+            stream = self._open()
+            self._stream = None   # workers map the node's cached selection themselves
+            spec = stream.spec
+            tokens = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
+            return tokens, set(stream.files.column("source").to_pylist())
+
+        check_counting_tokenizer(sources, tokenizer_record(tok), self.tokenizer_check, selection)
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mixsql.engine import CHUNK_COLUMNS, MixEngine, forecast, quota_counts, schedule_chunk
 from mixsql.gather import RunCache
-from mixsql.spec import Budget, Group, MixSpec, ScheduleStep, Shuffle
+from mixsql.spec import EOS_TOKENS, Budget, Group, MixSpec, ScheduleStep, Shuffle
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -191,10 +191,11 @@ def test_token_budget_overshoots_by_less_than_one_sample_with_more_groups_than_a
     spec = make_spec(np.ones(400), chunk_size=256 if unit == "tokens" else 16, unit=unit,
                      budget=Budget(budget, "tokens"), on_exhausted="repeat")
     chunks = stream(MixEngine(t, spec))
-    tok = np.concatenate([c.column("n_tokens").to_numpy() for c in chunks])
+    # a sample counts its text tokens plus the EOS the packer appends
+    tok = np.concatenate([c.column("n_tokens").to_numpy() for c in chunks]) + EOS_TOKENS
     assert tok.sum() >= budget and tok[:-1].sum() < budget   # the last sample reaches the budget
     fc = forecast(spec, [12] * 400, [int(x) for x in np.bincount(t.column("__mix_group").to_numpy(),
-                                                                 t.column("__mix_n_tokens").to_numpy())], t)
+                                                                 t.column("__mix_n_tokens").to_numpy() + EOS_TOKENS)], t)
     assert sum(f["tokens_needed"] for f in fc) == tok.sum()   # EXPLAIN MIX forecasts the cut too
 
 
@@ -368,7 +369,7 @@ def test_share_bound_tokens(w, chunk, seed, data):
         assert eng.total % chunk == 0  # chunks hold chunk_size nominal tokens (empty ones are skipped)
         over = eng.delivered() - wn * eng.total
         assert np.all(over >= -1e-6)
-        assert np.all(over < 50 + 1e-6)  # max tokens of one synthetic sample
+        assert np.all(over < 50 + EOS_TOKENS + 1e-6)  # max tokens of one synthetic sample, its EOS included
 
 
 @FAST
@@ -484,14 +485,14 @@ def test_forecast_equals_realised_stream(w, seed, data):
                      budget=Budget(amount, kind) if kind else None)
     ptrs = pointer_table(sizes)
     gid = ptrs.column("__mix_group").to_numpy()
-    tok = ptrs.column("__mix_n_tokens").to_numpy()
+    tok = ptrs.column("__mix_n_tokens").to_numpy() + EOS_TOKENS   # as packed (what EXPLAIN MIX passes)
     group_tokens = [int(tok[gid == g].sum()) for g in range(len(w))]
     fc = forecast(spec, sizes, group_tokens, ptrs)
     eng = MixEngine(ptrs, spec)
     chunks = list(eng)
     G = len(w)
     got_g = np.concatenate([c.column("group_id").to_numpy() for c in chunks]) if chunks else np.zeros(0, int)
-    got_t = np.concatenate([c.column("n_tokens").to_numpy() for c in chunks]) if chunks else np.zeros(0, int)
+    got_t = np.concatenate([c.column("n_tokens").to_numpy() for c in chunks]) + EOS_TOKENS if chunks else np.zeros(0, int)
     got_e = np.concatenate([c.column("epoch").to_numpy() for c in chunks]) if chunks else np.zeros(0, int)
     counts = np.bincount(got_g, minlength=G)
     assert [f["samples_needed"] for f in fc] == counts.tolist()

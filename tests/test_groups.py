@@ -9,6 +9,7 @@ from mixsql.catalog import Catalog
 from mixsql.errors import SQLError
 from mixsql.planner import execute_plan, explain, plan
 from mixsql.stream import MixStream
+from mixsql.spec import EOS_TOKENS
 
 from conftest import write_jsonl_catalog
 
@@ -214,13 +215,13 @@ def test_schedule_with_thousands_of_weights_and_tokens_unit(cat):
     stream = MixStream.open(cat, sql, user_columns=False)
     gid = stream.pointers.column("__mix_group").to_numpy()
     longest = np.zeros(len(spec.groups))
-    np.maximum.at(longest, gid, stream.pointers.column("__mix_n_tokens").to_numpy())
+    np.maximum.at(longest, gid, stream.pointers.column("__mix_n_tokens").to_numpy() + EOS_TOKENS)
     eng = stream.engine()
     chunks, tokens = 0, []
     while (chunk := eng.next_chunk()) is not None:   # each group within one sample's tokens of its target
         over = eng.delivered() - eng.targets()
         assert (over > -1e-6).all() and (over < longest).all()
-        tokens.append(chunk.column("n_tokens").to_numpy())
+        tokens.append(chunk.column("n_tokens").to_numpy() + EOS_TOKENS)   # as packed: + the EOS
         chunks += 1
     assert chunks >= 2   # the second step's weights were in force
     tokens = np.concatenate(tokens)   # the budget: reached by the last sample, not overshot by more

@@ -159,7 +159,8 @@ def test_natural_weights_samples_and_tokens(cat):
     assert {g.path: g.weight for g in spec.groups} == {"HTML": 0.3, "JavaScript": 0.5, "Python": 0.2}
     assert spec.weighting == "natural"
     _, t, spec = run(cat, "SELECT * FROM samples MIX BY language SETTINGS (unit = 'tokens')")
-    toks = cat.con.sql("SELECT language, sum(n_tokens) FROM samples GROUP BY 1").fetchall()
+    # tokens as packed: each sample's n_tokens plus the EOS the packer appends
+    toks = cat.con.sql("SELECT language, sum(n_tokens + 1) FROM samples GROUP BY 1").fetchall()
     total = sum(v for _, v in toks)
     assert {g.path: pytest.approx(g.weight) for g in spec.groups} == {k: v / total for k, v in toks}
 
@@ -208,7 +209,8 @@ def test_explain(cat):
     assert [r["group"] for r in rows] == ["JavaScript", "HTML,Python"]
     assert [r["rows"] for r in rows] == [50, 50]
     assert [r["weight"] for r in rows] == [0.5, 0.5]
-    assert rows[0]["tokens"] == cat.con.sql("SELECT sum(n_tokens) FROM samples WHERE language='JavaScript'").fetchall()[0][0]
+    assert rows[0]["tokens"] == cat.con.sql(   # as packed: n_tokens plus one EOS per sample
+        "SELECT sum(n_tokens + 1) FROM samples WHERE language='JavaScript'").fetchall()[0][0]
     assert {"samples_needed", "epochs_needed", "dry_at_chunk", "bytes", "tokens_needed"} <= set(t.column_names)
     assert rows[0]["samples_needed"] == 40 and rows[0]["epochs_needed"] == pytest.approx(0.8)
 
