@@ -34,10 +34,10 @@ if not (cat / "catalog.duckdb").exists() and not cat.exists():
         for i in range(6000):
             topic = rng.choice(list(vocab))
             text = " ".join(rng.choice(vocab[topic]) for _ in range(rng.randint(20, 400)))
-            lines.append(json.dumps({"text": text, "topic": topic, "quality": round(rng.random(), 3), "n_tok": len(text.encode()) + 1}))
+            lines.append(json.dumps({"text": text, "topic": topic, "quality": round(rng.random(), 3)}))
         (data / f"part{part}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
     with Catalog(cat) as c:
-        create_source(c, "tiny", str(data / "*.jsonl.zst"), options={"n_tokens": "n_tok"}, progress=False)
+        create_source(c, "tiny", str(data / "*.jsonl.zst"), options={"tokenizer": "byte"}, progress=False)
 reg_s = time.time() - t0
 
 SQL = """SELECT * FROM samples WHERE quality > 0.1

@@ -45,11 +45,10 @@ def make_corpus(catalog_dir: Path) -> None:
             for i in range(400):
                 topic = rng.choice(list(words))
                 text = " ".join(rng.choice(words[topic]) for _ in range(rng.randint(5, 60)))
-                rec = {"text": text, "topic": topic, "quality": round(rng.random(), 3),
-                       "n_tok": len(text.encode()) + 1}  # byte tokenizer: bytes + EOS
+                rec = {"text": text, "topic": topic, "quality": round(rng.random(), 3)}
                 f.write(json.dumps(rec) + "\n")
-    with Catalog(catalog_dir) as cat:
-        create_source(cat, "tiny", str(data / "*.jsonl"), options={"n_tokens": "n_tok"}, progress=False)
+    with Catalog(catalog_dir) as cat:   # n_tokens counted (and recorded) with the training tokenizer
+        create_source(cat, "tiny", str(data / "*.jsonl"), options={"tokenizer": "byte"}, progress=False)
 
 
 class TinyGPT(nn.Module):
