@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import formats
+from .formats import compressed
 from .errors import ProgrammingError, RegistrationError
 
 # option name -> what it does (the table the docs and error messages are generated from)
@@ -160,7 +161,7 @@ def _schema_paths(schema, out: set[str]) -> None:
 
 def _jsonl_records(path: str, compression: str):
     n = 0
-    for _, block in formats._blocks(path, compression):
+    for _, block in compressed.blocks(path, compression):
         for line in bytes(block).splitlines():
             if not line.strip():
                 continue

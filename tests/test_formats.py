@@ -14,6 +14,8 @@ import zstandard
 
 from mixsql import formats
 from mixsql.formats import ScanTask, scan_file
+from mixsql.formats import compressed
+from mixsql.formats.jsonl import JsonlScanner
 
 
 def _lines(n, start=0):
@@ -59,8 +61,8 @@ def test_jsonl_plain_offsets_blank_lines_and_no_trailing_newline(tmp_path):
 
 
 def test_jsonl_zst_multiframe_and_small_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(formats, "BLOCK_BYTES", 300)
-    monkeypatch.setattr(formats, "READ_BYTES", 64)
+    monkeypatch.setattr(compressed, "BLOCK_BYTES", 300)
+    monkeypatch.setattr(compressed, "READ_BYTES", 64)
     lines = _lines(50)
     raw = ("\n".join(lines) + "\n").encode()
     c = zstandard.ZstdCompressor()
@@ -216,7 +218,7 @@ def test_fast_path_n_bytes_exact_with_escapes(tmp_path, ensure_ascii):
     p.write_bytes(zstandard.ZstdCompressor().compress(raw))
     task = ScanTask(str(p), "jsonl", "zstd", "text", {"set": "meta.set", "q": "meta.q", "w": "meta.w",
                                                        "ok": "meta.ok", "nope": "meta.nope"})
-    sc = formats._JsonlScanner(task)
+    sc = JsonlScanner(task)
     t = sc.scan()
     assert sc.fast_fails == 0 and sc.fast_sql is not None  # the fast path did the work
     assert t.column("n_bytes").to_pylist() == [len(r["text"].encode()) for r in recs]
