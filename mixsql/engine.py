@@ -55,8 +55,8 @@ than one sample's tokens however many groups draw from the last chunk).
 
 Determinism: chunk k is a pure function of (pointer table, spec, weight changes recorded for
 chunks <= k): ``MixEngine.chunk(k)`` computes it directly, ``seek(k)`` positions the stream there.
-All randomness is ``numpy.random.Generator(PCG64)`` seeded from ``(spec.seed, group, epoch[,
-window])``. ``state_dict()`` holds the position, the weight segment in force (counts, tokens and
+All randomness is hash-keyed sorting (splitmix64 over ``(spec.seed, group, epoch[, window])``,
+see :mod:`mixsql.shuffle`). ``state_dict()`` holds the position, the weight segment in force (counts, tokens and
 targets at its start, dry flags, weights) and the *pending* weight changes: O(groups) numbers,
 restored in O(groups), never replayed.
 

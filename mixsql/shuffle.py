@@ -30,10 +30,14 @@ ordered groups), are consumed epoch by epoch:
 * **Ordered** (ORDER BY): the base order itself, identical in every epoch (a curriculum that
   repeats under ``on_exhausted = 'repeat'``).
 
-Everything is computed lazily per (epoch, shard window, sub-window) with numpy
-``Generator(PCG64)`` streams seeded from ``SeedSequence``; nothing touches global RNG state, and any
-position of any epoch is reached in O(shards + shard window / B + B*W) time without generating
-the positions before it (random access).
+Every permutation is a sort by keys ``splitmix64(index ^ salt)`` (a bijection of the index, so
+keys never tie), the salt a splitmix64 chain over ``(seed, kind, group id, epoch, shard window
+[, sub-window])``: no generator objects, no global RNG state, and the same keys whether one
+window or a whole epoch is computed. Large groups are computed lazily per (epoch, shard window,
+sub-window): any position of any epoch is reached in O(shards + shard window / B + B*W) time
+without generating the positions before it (random access). Groups of at most ``SMALL_GROUP``
+samples compute their whole epoch in one vectorised pass on first use (int32, one epoch kept),
+so a mixture of thousands of small groups pays a few numpy calls per group, not per window.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ import numpy as np
 from .spec import Shuffle
 
 ORDERED_WINDOW = 4096  # window size used to walk ordered groups (no shuffling)
+SMALL_GROUP = 4096     # shuffled groups up to this size keep their whole epoch order (int32) once drawn
 _BLOCK_PERM, _WINDOW_PERM, _SHARD_ORDER = 0, 1, 2
 _RUN_STEP = 1 << 24    # file-run detection works on pieces of this many samples (bounded temporaries)
 
@@ -70,15 +75,49 @@ def pointer_order(group: np.ndarray, key: np.ndarray) -> np.ndarray | None:
     return perm
 
 
-def _rng(*words: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([w % (1 << 64) for w in words])))
-
-
 def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 (a bijection; wraps modulo 2**64)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    """splitmix64's finaliser on a uint64 array (a bijection; wraps modulo 2**64: array arithmetic
+    never warns on overflow)."""
+    x = (x ^ (x >> _S30)) * _K1
+    x = (x ^ (x >> _S27)) * _K2
+    return x ^ (x >> _S31)
+
+
+_M64 = (1 << 64) - 1
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_K1, _K2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix_int(x: int) -> int:
+    """:func:`_mix64` on one Python int (same values, no numpy call)."""
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _salt(*words: int) -> int:
+    """A 64-bit key for a permutation, chained through :func:`_mix_int` over ``words``."""
+    h = 0x9E3779B97F4A7C15
+    for w in words:
+        h = _mix_int((h ^ (int(w) & _M64)) + 0x9E3779B97F4A7C15 & _M64)
+    return h
+
+
+def _salts(prefix: np.ndarray | int, words: np.ndarray) -> np.ndarray:
+    """``_salt(*prefix_words, w)`` for every ``w`` in ``words`` (``prefix = _salt(*prefix_words)``,
+    one per word or one for all), vectorised: the last link of the chain over an array."""
+    return _mix64((np.asarray(prefix, dtype=np.uint64) ^ words.astype(np.uint64)) + _GOLDEN)
+
+
+def _hash_keys(salt: np.ndarray | int, index: np.ndarray) -> np.ndarray:
+    """Sort keys that put ``index`` (distinct per salt) in a seeded order: a bijection of
+    ``index ^ salt``, so keys never tie within one salt."""
+    return _mix64(index.astype(np.uint64) ^ np.asarray(salt, dtype=np.uint64))
+
+
+def _permutation(salt: int, n: int) -> np.ndarray:
+    """Seeded uniform-looking permutation of ``range(n)``: ``argsort`` of :func:`_hash_keys`."""
+    return np.argsort(_hash_keys(salt, np.arange(n, dtype=np.uint64)), kind="stable")
 
 
 def shard_order(seed: int, epoch: int, files: np.ndarray) -> np.ndarray:
@@ -150,6 +189,8 @@ class GroupSequence:
         self.total_tokens = int(tokens.sum()) if tokens is not None else None
         self._shard_tok = np.add.reduceat(tokens, lo) if tokens is not None and n else None
         self._epochs, self._inner, self._windows = _Cache(2), _Cache(4), _Cache(8)
+        self._whole = _Cache(1)
+        self._small = self.shuffled and 0 < n <= SMALL_GROUP
 
     # --- per-epoch layout: shard windows ------------------------------------------------------
     def _layout(self, epoch: int):
@@ -193,7 +234,7 @@ class GroupSequence:
             local = np.concatenate([self.tokens[a:a + m] for a, m in zip(lo.tolist(), ln.tolist())])
             btok = np.add.reduceat(local, np.cumsum(blen) - blen)
         if self.shuffled and len(bstart) > 1:
-            p = _rng(self.seed, _BLOCK_PERM, self.group_id, epoch, j).permutation(len(bstart))
+            p = _permutation(_salt(self.seed, _BLOCK_PERM, self.group_id, epoch, j), len(bstart))
             bstart, blen = bstart[p], blen[p]
             btok = btok[p] if btok is not None else None
         cuts = np.arange(0, len(bstart), W)
@@ -213,8 +254,39 @@ class GroupSequence:
         offs = np.cumsum(lens) - lens
         pos = np.repeat(starts - offs, lens) + np.arange(int(lens.sum()), dtype=np.int64)
         if self.shuffled and len(pos) > 1:
-            pos = pos[_rng(self.seed, _WINDOW_PERM, self.group_id, epoch, j, w).permutation(len(pos))]
+            pos = pos[_permutation(_salt(self.seed, _WINDOW_PERM, self.group_id, epoch, j, w), len(pos))]
         return self._windows.put(key, pos)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The whole consumption order of ``epoch`` (int32 base-order positions) in one vectorised
+        pass: the same blocks, keys and sorts as :meth:`_blocks` and :meth:`_window` apply window by
+        window, so a small group costs a few numpy calls per epoch rather than a few per window."""
+        got = self._whole.get(epoch)
+        if got is not None:
+            return got
+        order, _, _ = self._layout(epoch)
+        B, W, S = self.block, self.window, self._per_window
+        lo, ln = self._shard_lo[order], self._shard_len[order]
+        nb = -(-ln // B)
+        which = np.repeat(np.arange(len(order)), nb)                       # shard (in epoch order) of each block
+        k = np.arange(int(nb.sum()), dtype=np.int64) - np.repeat(np.cumsum(nb) - nb, nb)
+        bstart, blen = lo[which] + k * B, np.minimum(B, ln[which] - k * B)
+        bwin = which // S                                                  # shard window of each block
+        wfirst = np.searchsorted(bwin, np.arange(int(bwin[-1]) + 1))       # first block of each window
+        bidx = np.arange(len(bwin)) - wfirst[bwin]                         # block's index in its window
+        bkey = _hash_keys(_salts(_salt(self.seed, _BLOCK_PERM, self.group_id, epoch), bwin), bidx)
+        p = np.lexsort((bkey, bwin))
+        bstart, blen, bwin = bstart[p], blen[p], bwin[p]
+        bsub = (np.arange(len(bwin)) - wfirst[bwin]) // W                  # sub-window: rank after the sort // W
+        offs = np.cumsum(blen) - blen
+        pos = np.repeat(bstart - offs, blen) + np.arange(int(blen.sum()), dtype=np.int64)
+        swin, ssub = np.repeat(bwin, blen), np.repeat(bsub, blen)
+        sub_id = np.concatenate([[0], np.cumsum((np.diff(swin) != 0) | (np.diff(ssub) != 0))])
+        sfirst = np.searchsorted(sub_id, np.arange(int(sub_id[-1]) + 1))
+        sidx = np.arange(len(pos)) - sfirst[sub_id]                        # sample's index in its sub-window
+        wsalt = _salts(_salts(_salt(self.seed, _WINDOW_PERM, self.group_id, epoch), swin), ssub)
+        pos = pos[np.lexsort((_hash_keys(wsalt, sidx), sub_id))]
+        return self._whole.put(epoch, pos.astype(np.int32))
 
     def _locate(self, epoch: int, pos: int) -> tuple[int, int, int]:
         """``(shard window, sub-window, sequence position where the sub-window starts)`` of ``pos``."""
@@ -227,6 +299,14 @@ class GroupSequence:
     # --- public ----------------------------------------------------------------------------
     def positions(self, epoch: int, start: int, stop: int) -> np.ndarray:
         """Base-order positions of sequence positions ``[start, stop)`` of ``epoch``."""
+        if self._small:
+            if stop > self.n:
+                raise IndexError(f"positions [{start}, {stop}) run past the group's {self.n} samples")
+            return self._epoch_order(epoch)[start:stop].astype(np.int64)
+        return self._windowed_positions(epoch, start, stop)
+
+    def _windowed_positions(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        """:meth:`positions` from the shard windows and sub-windows that hold them (random access)."""
         parts, pos = [], start
         while pos < stop:
             j, w, lo = self._locate(epoch, pos)

@@ -168,6 +168,32 @@ def test_shard_windows_permutation_random_access_and_tokens(sizes, block, window
                 assert cum[q] >= target and (q == 0 or cum[q - 1] < target)
 
 
+@settings(max_examples=80, deadline=None)
+@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=40), block=st.integers(1, 9),
+       window=st.integers(1, 6), shards=st.integers(0, 6), seed=st.integers(0, 2**62), epoch=st.integers(0, 5),
+       group=st.integers(0, 10**6))
+def test_small_groups_whole_epoch_order_equals_the_window_by_window_order(sizes, block, window, shards, seed,
+                                                                         epoch, group):
+    """A small group's epoch is computed in one vectorised pass; it must be exactly the order the
+    random-access path (one shard window and sub-window at a time) gives."""
+    files = _files(sizes)
+    seq = GroupSequence(range(len(files)), seed, group, Shuffle(block, window, shards), files=files)
+    assert seq._small
+    whole = seq._epoch_order(epoch)
+    assert whole.tolist() == seq._windowed_positions(epoch, 0, len(files)).tolist()
+    assert sorted(whole.tolist()) == list(range(len(files)))
+
+
+def test_permutations_use_no_global_rng_and_differ_by_every_key_word():
+    files = _files([30] * 20)
+    state = np.random.get_state()[1].copy()
+    base = GroupSequence(range(600), 7, 3, Shuffle(4, 4, 2), files=files).positions(0, 0, 600)
+    assert (np.random.get_state()[1] == state).all()
+    for seed, group, epoch in ((8, 3, 0), (7, 4, 0), (7, 3, 1)):
+        other = GroupSequence(range(600), seed, group, Shuffle(4, 4, 2), files=files).positions(epoch, 0, 600)
+        assert other.tolist() != base.tolist()
+
+
 def _files_per_chunk(n_files, per_file, shards, chunk=512, seed=3):
     files = _files([per_file] * n_files)
     seq = GroupSequence(np.arange(len(files), dtype=np.int64), seed, 0, Shuffle(16, 64, shards), files=files)
