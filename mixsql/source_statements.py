@@ -29,7 +29,7 @@ def option_value(node):
     """Python value of a ``WITH (...)`` option: the planner's literals, plus ``{'k': 'v'}`` maps."""
     if isinstance(node, exp.Struct):
         return {item.this.name: option_value(item.expression) for item in node.expressions}
-    from .planner import _pyvalue   # lazily: the planner imports this module
+    from .planner.values import pyvalue as _pyvalue   # lazily: the planner imports this module
 
     return _pyvalue(node)
 
