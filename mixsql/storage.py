@@ -5,7 +5,10 @@ or ``https://`` (read-only; no listing). Object stores are reached through fsspe
 adlfs: ``pip install 'mixsql[s3]'`` / ``[gcs]`` / ``[azure]``), configured the ecosystem's standard
 way: environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``,
 ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_ACCOUNT_NAME`` ...), profiles and instance
-roles. No secret is ever stored in the catalog: it stores the URI.
+roles. No secret is ever stored in the catalog: it stores the URI. A missing client package is
+an error naming the extra to install; a client that rejects its settings, one naming the URI and
+the settings its client reads (:data:`CLIENT_SETTINGS`). ``gs://`` / ``az://`` are tested only
+against an in-memory stand-in with gcsfs' / adlfs' metadata shapes, not against a server.
 
 * :func:`glob` lists the objects a pattern matches (``**`` recursive).
 * :func:`stat` gives an :class:`ObjectStat` (size, mtime_ns, ETag): REFRESH and read-time change
@@ -43,6 +46,14 @@ SCHEMES = {
     "abfss": ("abfs", "adlfs", "azure"),
     "http": ("http", "aiohttp", "http"),
     "https": ("http", "aiohttp", "http"),
+}
+# fsspec protocol -> the settings its client reads (named in errors about an unusable client)
+CLIENT_SETTINGS = {
+    "s3": "AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (AWS_ENDPOINT_URL for S3-compatible stores)",
+    "gcs": "GOOGLE_APPLICATION_CREDENTIALS (or `gcloud auth application-default login`)",
+    "abfs": "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN or "
+            "AZURE_STORAGE_CLIENT_ID/CLIENT_SECRET/TENANT_ID; or AZURE_STORAGE_CONNECTION_STRING",
+    "http": "nothing (public URLs)",
 }
 _URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _TRANSIENT_RE = re.compile(
@@ -120,6 +131,9 @@ def _filesystem(uri: str):
             except ImportError:
                 raise StorageError(uri, f"reading {sch}:// needs the {package} package",
                                    hint=f"pip install 'mixsql[{extra}]'") from None
+            except Exception as exc:  # noqa: BLE001 - each client rejects its settings its own way
+                raise StorageError(uri, f"cannot set up the {package} client ({type(exc).__name__}: {exc})",
+                                   hint=f"set {CLIENT_SETTINGS[proto]}") from None
             _FS[key] = fs
     return fs
 
@@ -308,5 +322,5 @@ def open_input(location: str, size: int | None = None, buffer_size: int = READ_B
     return io.BufferedReader(_RangedRaw(location, size), buffer_size=buffer_size)
 
 
-__all__ = ["ObjectStat", "StorageError", "SCHEMES", "call", "glob", "is_remote", "is_transient", "local_path",
+__all__ = ["CLIENT_SETTINGS", "ObjectStat", "StorageError", "SCHEMES", "call", "glob", "is_remote", "is_transient", "local_path",
            "open_input", "read_range", "scheme", "stat"]
