@@ -10,9 +10,9 @@ row in chunk order. Files may be local paths or object-store URIs (:mod:`mixsql.
   registration): a row is reached by decompressing from the nearest seek point, never from
   byte 0; decompressed segments live in the bounded in-RAM LRU (``cache_bytes``).
 * JSONL .zst / .gz without one (a single frame), and JSONL objects: the whole file is
-  decompressed (or fetched) once per node into the node cache (:mod:`mixsql.cache`); a read maps
-  the entry (no copy) and unmaps it when done: decompressed bytes live on disk, not in worker
-  RAM. While this process fills an entry, rows are served from its temporary file as soon as
+  decompressed (or fetched) once per node into the node cache (:mod:`mixsql.cache`), then read
+  like plain JSONL with positioned reads: decompressed bytes live on disk, not in worker RAM.
+  While this process fills an entry, rows are served from its temporary file as soon as
   the bytes they need are written (the first chunk does not wait for whole shards); the entry
   itself appears only when whole (atomic fills).
 * Text: one JSON parse per line (orjson), the chunk's texts gathered in chunk order into one
@@ -32,10 +32,8 @@ on the current one, and starts node-cache fills for the files of chunks further 
 from __future__ import annotations
 
 import collections
-import contextlib
 import gzip
 import json
-import mmap
 import os
 import shutil
 import threading
@@ -54,7 +52,8 @@ from .cache import NodeCache, entry_key, node_cache, payload_size
 from .errors import DataError, OperationalError, StaleFileError
 
 DEFAULT_CACHE_BYTES = 256 << 20
-_COALESCE_GAP = 64 << 10   # merge positioned reads whose gap is below this
+_COALESCE_GAP = 64 << 10   # merge ranged reads of an object whose gap is below this (one request)
+_LOCAL_GAP = 4 << 10       # ... and positioned reads of a local file (reading a gap costs less than a call)
 _OPEN_ENTRIES = 64         # node-cache entries a reader keeps open
 _FILL_THREADS = int(os.environ.get("MIXSQL_FILL_THREADS", "2"))
 _COPY_BYTES = 4 << 20
@@ -399,23 +398,18 @@ class ChunkReader:
 
     # -- JSONL ---------------------------------------------------------------------------------
     def _jsonl_lines(self, info, idx, offs, lens, rows, texts, pread) -> None:
-        """Lines through ``pread(start, n)``; runs of nearby lines coalesce into one read."""
-        for run, start, buf in _coalesced(idx, offs, lens, pread, info.path):
+        """Lines through ``pread(start, n)`` (a local file: a copy from the page cache); runs of
+        lines less than _LOCAL_GAP apart coalesce into one read."""
+        for run, start, buf in _coalesced(idx, offs, lens, pread, info.path, _LOCAL_GAP):
             o = offs[run].astype(np.int64) - start
             self._parse_lines(info, run, o, o + lens[run], memoryview(buf), rows, texts)
 
     def _jsonl_cached(self, info, idx, offs, lens, rows, texts) -> None:
-        """Lines of a node-cache entry: a whole entry is memory-mapped for this read (no copy;
-        unmapped afterwards, so the worker's RSS does not grow with the shard); an entry this
-        process is still filling is read as its bytes arrive."""
+        """Lines of a node-cache entry: one positioned read per run of nearby lines; an entry
+        this process is still filling is read as its bytes arrive."""
         src = self._open_or_filling(info)
-        if isinstance(src, _FillProgress):
-            self._jsonl_lines(info, idx, offs, lens, rows, texts, src.pread)
-            return
-        f, size = src
-        o = offs[idx].astype(np.int64)
-        with _mapped(f, size) as mv:
-            self._parse_lines(info, idx, o, o + lens[idx], mv, rows, texts)
+        pread = src.pread if isinstance(src, _FillProgress) else _pread(*src)
+        self._jsonl_lines(info, idx, offs, lens, rows, texts, pread)
 
     def _jsonl_seekable(self, info, idx, offs, lens, rows, texts) -> None:
         """Rows grouped by their nearest seek point; each group decompresses from its point."""
@@ -602,25 +596,6 @@ class _ProgressWriter:
         return n
 
 
-@contextlib.contextmanager
-def _mapped(f, size: int):
-    """The first ``size`` bytes of the open file ``f`` as a read-only memoryview, mapped for the
-    duration of the block (the pages leave this process' RSS when it ends)."""
-    if size <= 0:
-        yield memoryview(b"")
-        return
-    mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-    mv = memoryview(mm)
-    try:
-        yield mv
-    finally:
-        mv.release()
-        try:
-            mm.close()
-        except BufferError:   # a slice is still referenced (an exception's traceback): unmapped when freed
-            pass
-
-
 def _text_column(texts: list, py_rows: list, pieces: list, n: int) -> pa.Array:
     """The chunk's ``text`` column: ``texts`` (chunk order) for the rows ``py_rows`` that readers
     filled, plus Arrow ``pieces`` (Parquet); rows neither covers are null."""
@@ -639,22 +614,21 @@ def _pread(f, limit: int | None = None):
     return lambda start, n: os.pread(f.fileno(), max(0, min(n, limit - start)), start)
 
 
-def _coalesced(idx, offs, lens, pread, path):
-    """Yield ``(rows, start, bytes)``: runs of rows (sorted by offset) whose gaps are below
-    _COALESCE_GAP, each read with one ``pread(start, n)``."""
-    i, m = 0, len(idx)
-    while i < m:
-        start = int(offs[idx[i]])
-        end = start + int(lens[idx[i]])
-        j = i + 1
-        while j < m and int(offs[idx[j]]) - end < _COALESCE_GAP:
-            end = max(end, int(offs[idx[j]]) + int(lens[idx[j]]))
-            j += 1
+def _coalesced(idx, offs, lens, pread, path, gap: int = _COALESCE_GAP):
+    """Yield ``(rows, start, bytes)``: runs of rows (``idx``, sorted by offset) whose gaps are
+    below ``gap`` bytes, each read with one ``pread(start, n)``."""
+    if not len(idx):
+        return
+    o = offs[idx].astype(np.int64)
+    far = np.maximum.accumulate(o + lens[idx].astype(np.int64))   # furthest end so far
+    cut = np.flatnonzero(o[1:] - far[:-1] >= gap) + 1
+    bounds = np.concatenate([[0], cut, [len(o)]]).tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        start, end = int(o[a]), int(far[b - 1])
         buf = pread(start, end - start)
         if len(buf) < end - start:
             raise StaleFileError(path, f"file ends before byte {end} that the index points to")
-        yield idx[i:j], start, buf
-        i = j
+        yield idx[a:b], start, buf
 
 
 def _decompress_frames(info, raw: bytes) -> bytes:
