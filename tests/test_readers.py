@@ -305,3 +305,42 @@ def test_fill_failing_after_early_rows_leaves_no_entry(tmp_path, monkeypatch):
     assert not node.contains(reader.files[1].entry_key())
     assert os.listdir(node.tmp_dir) == []
     reader.close()
+
+
+def test_mixdataset_warms_its_future_chunks_files_without_changing_the_stream(tmp_path, monkeypatch):
+    """``MixDataset(prefetch_ahead=N)`` starts node-cache fills for the files of chunks beyond
+    those queued for reading (one shard per two chunks here) while the first is read; the samples
+    delivered are those of ``prefetch_ahead=0``, each once."""
+    import mixsql
+    from mixsql import readers, torch as mtorch
+
+    docs = {}
+    for s in range(6):
+        docs[s] = [f"shard {s} doc {i} " + "t" * (i % 13) for i in range(40)]
+        blob = b"".join(json.dumps({"text": d, "lang": "en"}).encode() + b"\n" for d in docs[s])
+        (tmp_path / f"s{s}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(blob))
+    with mixsql.connect(tmp_path / "cat") as con:
+        con.cursor().execute(f"CREATE SOURCE web FROM '{tmp_path}/s*.jsonl.zst' WITH (lang = 'lang')")
+    sql = ("SELECT * FROM samples MIX BY lang WITH (en 1.0) "
+           "SETTINGS (seed = 5, chunk_size = 20, shuffle_shards = 1)")
+    made = []
+
+    class Recording(readers.ChunkReader):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(mtorch, "ChunkReader", Recording)
+    streams, warmed = {}, {}
+    for ahead in (0, 64):
+        monkeypatch.setenv("MIXSQL_CACHE_DIR", str(tmp_path / f"cache{ahead}"))
+        it = iter(mtorch.MixDataset(sql, catalog=tmp_path / "cat", prefetch_ahead=ahead))
+        first = next(it)
+        reader = made[-1]
+        _fills_done(reader)   # the fills started while the first chunk was read
+        node = reader._cache()
+        warmed[ahead] = sum(node.contains(info.entry_key()) for info in reader.files.values())
+        streams[ahead] = [first["text"]] + [x["text"] for x in it]
+    assert warmed[0] < warmed[64]
+    assert streams[64] == streams[0]
+    assert sorted(streams[64]) == sorted(d for s in docs.values() for d in s)
