@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from .spec import MixSpec
 
-SELECTION_VERSION = 2
+SELECTION_VERSION = 3   # 3: NATURAL token weights count the EOS each packed document gets
 SORTED_KEY = b"mixsql.base_order"
 COMPACT_KEY = b"mixsql.compact"     # JSON: group_sizes, file_ids and file_source per file code, sources
 COMPACT_DERIVED = ("__mix_group", "__mix_source")   # recovered from COMPACT_KEY
