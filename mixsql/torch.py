@@ -351,6 +351,27 @@ def _items_of(pb: PackedBatch, names: dict, token, eos: int | None = None) -> It
         yield item
 
 
+def _unpacked_items(data: pa.Table, skip: int, names: dict, columns, token) -> Iterator[dict]:
+    """One item per row of a chunk's loaded data from row ``skip`` on: its text (or pre-tokenized
+    ids), group name and the user's columns; ``token(MIXED, 1)`` tags each with its position."""
+    cols = data.column_names
+    n_rows = data.num_rows
+    texts = data.column("text").to_pylist() if "text" in cols else [None] * n_rows
+    ids = data.column("tokens").to_pylist() if "tokens" in cols else None
+    gids = data.column("group_id").to_pylist()
+    extra = {c: data.column(c).to_pylist() for c in columns}
+    for i in range(skip, n_rows):
+        g = names.get(gids[i], str(gids[i]))
+        if texts[i] is None and ids is not None and ids[i] is not None:
+            item = {"tokens": torch.tensor(ids[i], dtype=torch.long), "group": g}   # pre-tokenized
+        else:
+            item = {"text": texts[i], "group": g}
+        for c in columns:
+            item[c] = extra[c][i]
+        item["_mix"] = token(MIXED, 1)
+        yield item
+
+
 def add_boundaries(batch: dict, eos_id: int) -> dict:
     """Add document boundaries to a packed batch (``input_ids`` [B, L], ``length``):
     ``position_ids`` [B, L] restarting at 0 at every document (HF flattening convention),
@@ -1011,25 +1032,8 @@ class MixDataset(IterableDataset):
                     return (w, t, key, n, i)
 
                 if not packed:
-                    skip = task["drop"].get(MIXED, 0)
-                    if data is None:
-                        continue
-                    cols = data.column_names
-                    n_rows = data.num_rows
-                    texts = data.column("text").to_pylist() if "text" in cols else [None] * n_rows
-                    ids = data.column("tokens").to_pylist() if "tokens" in cols else None
-                    gids = data.column("group_id").to_pylist()
-                    extra = {c: data.column(c).to_pylist() for c in self.columns}
-                    for i in range(skip, n_rows):
-                        g = names.get(gids[i], str(gids[i]))
-                        if texts[i] is None and ids is not None and ids[i] is not None:
-                            item = {"tokens": torch.tensor(ids[i], dtype=torch.long), "group": g}   # pre-tokenized
-                        else:
-                            item = {"text": texts[i], "group": g}
-                        for c in self.columns:
-                            item[c] = extra[c][i]
-                        item["_mix"] = token(MIXED, 1)
-                        yield item
+                    if data is not None:
+                        yield from _unpacked_items(data, task["drop"].get(MIXED, 0), names, self.columns, token)
                     continue
                 packer = Packer(self.seq_len, eos, bos, by_group=by_group, pad_id=self.pad_id, drop=task["drop"])
                 parts = [packer.load_carry_batch(carry_in)]
