@@ -91,7 +91,7 @@ def plan(catalog, sql: str, params=None) -> MixPlan:
     query = QueryBuilder(st, names, sources, base, keys, members).build()
     return MixPlan(
         sql=query.sql, params=params, spec=spec, statement=sql, user_columns=query.user_columns,
-        entry_columns=[f"__mix_e{d}" for d in members.entry_depths], n_entries=members.n_entries, root=root,
+        entry_columns=members.entry_columns, n_entries=members.n_entries, root=root,
         leaves=leaves, natural=natural, prior_natural=prior_natural, unit_node=unit_node,
         base_sql=base.sql("duckdb"), shared=query.shared, fetch_sql=query.fetch_sql, pointer_sql=query.pointer_sql,
         order_columns=query.order_columns,

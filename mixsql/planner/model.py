@@ -115,6 +115,11 @@ class Membership:
     depths: int
     entry_depths: list             # depths with a multi-value group (their entry column is fetched)
 
+    @property
+    def entry_columns(self) -> list[str]:
+        """The query's ``__mix_e<depth>`` column of each depth in ``entry_depths``."""
+        return [f"__mix_e{d}" for d in self.entry_depths]
+
 
 @dataclass
 class MixPlan:

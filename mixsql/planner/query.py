@@ -64,7 +64,7 @@ class QueryBuilder:
             for i, o in enumerate(self.order_keys):
                 self.internal.append(o.this.copy().as_(order_key_name(i, bool(o.args.get("desc")),
                                                                      bool(o.args.get("nulls_first")))))
-        self.entry_columns = [f"__mix_e{d}" for d in members.entry_depths]
+        self.entry_columns = members.entry_columns
         self.n_lead = 1 + len(self.entry_columns)   # __mix_group and the entry columns come first
         self.key_projection = keys.projection()
 
