@@ -133,3 +133,17 @@ def test_shared_packer_keeps_every_token_in_order():
     per_row = np.stack([np.bincount(expect_dom[i:i + 16], minlength=N_DOM) for i in range(0, len(flat), 16)])
     assert (np.concatenate(counts) == per_row).all()
     assert len(packer.ids) == len(expect_ids) - len(flat)
+
+
+def test_resumed_run_skips_only_recorded_benches(monkeypatch):
+    """``--run RUN_ID`` finishes an interrupted run: recorded benches are skipped, failed ones rerun."""
+    import bench.__main__ as bench_main
+    recorded = {"registration": "| bench_seconds | 5 |", "cluster": "- notes: FAILED: RuntimeError: boom"}
+    monkeypatch.setattr(results, "sections", lambda run_id: recorded if run_id == "2026-01-01T00:00Z" else {})
+    calls = []
+    monkeypatch.setattr(bench_main, "run_one", lambda name, quick, command, run_id: calls.append((name, command, run_id)) or {})
+    assert bench_main.main(["all", "--quick", "--run", "2026-01-01T00:00Z"]) == 0
+    expected = [n for n in bench_main.NAMES if n not in bench_main.NOT_IN_ALL and n != "registration"]
+    assert [c[0] for c in calls] == expected
+    assert calls[0][1] == "python -m bench all --quick  [cluster]"
+    assert {c[2] for c in calls} == {"2026-01-01T00:00Z"}
