@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import mmap
 import os
 import shutil
 import threading
@@ -339,7 +340,7 @@ class ChunkReader:
         return self._node_cache
 
     def _open_or_filling(self, info):
-        """The file's node-cache entry, ``(file, payload size)``, once it is whole; or, while
+        """The file's node-cache entry, ``(file, payload size, mapped payload)``, once it is whole; or, while
         this process fills it, the fill's :class:`_FillProgress` (rows are read from the
         temporary file as soon as the bytes they need are written)."""
         fid = info.file_id
@@ -354,12 +355,14 @@ class ChunkReader:
         return fut.result() if fut is not None else self._open_entry(fid)
 
     def _open_entry(self, file_id: int, progress: "_FillProgress | None" = None) -> tuple:
-        """Open (filling if needed) the file's node-cache entry and keep it open: ``(file, payload size)``."""
+        """Open (filling if needed) the file's node-cache entry and keep it open (and mapped):
+        ``(file, payload size, mapped payload)``."""
         error = None
         try:
             info = self._info(file_id)
             f = self._cache().get_or_fill(info.entry_key(), lambda out: self._fill(info, out, progress))
-            entry = (f, payload_size(f))
+            size = payload_size(f)
+            entry = (f, size, _mapped(f, size))
             with self._lock:
                 self._entries[file_id] = entry
                 while len(self._entries) > _OPEN_ENTRIES:   # closed when no reader holds it any more
@@ -405,11 +408,16 @@ class ChunkReader:
             self._parse_lines(info, run, o, o + lens[run], memoryview(buf), rows, texts)
 
     def _jsonl_cached(self, info, idx, offs, lens, rows, texts) -> None:
-        """Lines of a node-cache entry: one positioned read per run of nearby lines; an entry
-        this process is still filling is read as its bytes arrive."""
+        """Lines of a node-cache entry: a whole entry is memory-mapped (entries are immutable and
+        only ever unlinked, so a mapping never loses its pages) and every line of the file is
+        parsed in place in one pass; an entry this process is still filling is read with
+        positioned reads as its bytes arrive."""
         src = self._open_or_filling(info)
-        pread = src.pread if isinstance(src, _FillProgress) else _pread(*src)
-        self._jsonl_lines(info, idx, offs, lens, rows, texts, pread)
+        if isinstance(src, _FillProgress):
+            self._jsonl_lines(info, idx, offs, lens, rows, texts, src.pread)
+            return
+        o = offs[idx].astype(np.int64)
+        self._parse_lines(info, idx, o, o + lens[idx].astype(np.int64), src[2], rows, texts)
 
     def _jsonl_seekable(self, info, idx, offs, lens, rows, texts) -> None:
         """Rows grouped by their nearest seek point; each group decompresses from its point."""
@@ -605,6 +613,13 @@ def _text_column(texts: list, py_rows: list, pieces: list, n: int) -> pa.Array:
         idx = np.concatenate(py_rows)
         pieces = pieces + [(idx, pa.array([texts[k] for k in idx.tolist()], type=pa.string()))]
     return _assemble(pieces, n, pa.string())
+
+
+def _mapped(f, size: int | None) -> memoryview:
+    """The first ``size`` bytes of an immutable node-cache entry, memory-mapped read-only."""
+    if not size:
+        return memoryview(b"")
+    return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))[:size]
 
 
 def _pread(f, limit: int | None = None):
