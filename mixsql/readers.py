@@ -23,7 +23,10 @@ row in chunk order. Files may be local paths or object-store URIs (:mod:`mixsql.
   for objects.
 
 Every file is checked against the catalog (size, mtime_ns; objects also their ETag) when first
-opened; a changed or missing file raises :class:`mixsql.errors.StaleFileError`.
+opened; a changed or missing file raises :class:`mixsql.errors.StaleFileError`. An object read
+through a node-cache entry is checked when the entry is filled: an entry is keyed by the registered
+size, mtime and ETag, so it holds exactly the registered bytes, and a warm node cache serves an
+object without a request to the store (a rewrite is reported when the object is next fetched).
 :meth:`ChunkReader.prefetch` reads the next chunks on a background thread while the caller works
 on the current one, and starts node-cache fills for the files of chunks further ahead
 (:meth:`ChunkReader.warm`; with ``ahead=``, a second iterator over the stream's chunks, fills start
@@ -286,8 +289,8 @@ class ChunkReader:
                 f"chunk references file_id {file_id}, which is not in the reader's files table; "
                 "build the ChunkReader from Catalog.files_table() of the same catalog snapshot"
             )
-        if self.check_files and not info.checked:
-            self._check(info)
+        if self.check_files and not info.checked and not (info.remote and info.cached):
+            self._check(info)   # objects read through the node cache are checked when fetched
         return info
 
     def _check(self, info: _FileInfo) -> None:
@@ -360,7 +363,7 @@ class ChunkReader:
         error = None
         try:
             info = self._info(file_id)
-            f = self._cache().get_or_fill(info.entry_key(), lambda out: self._fill(info, out, progress))
+            f = self._cache().get_or_fill(info.entry_key(), lambda out: self._checked_fill(info, out, progress))
             size = payload_size(f)
             entry = (f, size, _mapped(f, size))
             with self._lock:
@@ -377,6 +380,14 @@ class ChunkReader:
                 self._progress.pop(file_id, None)
             if progress is not None:
                 progress.end(error)
+
+    def _checked_fill(self, info, out, progress: "_FillProgress | None") -> None:
+        """:meth:`_fill`, after checking the file against the catalog. A present entry is not
+        checked: its key holds the registered size, mtime and ETag, so it holds exactly the
+        registered bytes, and a warm node cache reads an object without contacting the store."""
+        if self.check_files and not info.checked:
+            self._check(info)
+        self._fill(info, out, progress)
 
     def _fill(self, info, out, progress: "_FillProgress | None" = None) -> None:
         """Write the file's decompressed (or fetched) bytes to ``out`` (the entry's temporary

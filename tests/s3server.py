@@ -13,11 +13,12 @@ SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>
 
 class FaultProxy:
     """Forwards to ``upstream``; GETs whose path contains ``match`` first get ``fail`` 503 SlowDown
-    answers (``fail=-1``: always), or stall ``stall`` seconds. ``hits`` counts matching GETs."""
+    answers (``fail=-1``: always), or stall ``stall`` seconds. ``hits`` counts matching GETs,
+    ``requests`` every request (any method, any path)."""
 
     def __init__(self, upstream: str):
         self.upstream = upstream.split("://", 1)[1]
-        self.match, self.fail, self.stall, self.hits = None, 0, 0.0, 0
+        self.match, self.fail, self.stall, self.hits, self.requests = None, 0, 0.0, 0, 0
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -28,6 +29,7 @@ class FaultProxy:
 
             def _forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests += 1
                 if self.command == "GET" and proxy.match and proxy.match in self.path:
                     proxy.hits += 1
                     if proxy.fail:

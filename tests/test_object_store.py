@@ -170,6 +170,28 @@ def test_refresh_after_adding_and_rewriting_objects(s3, tmp_path):
     assert sorted(texts) == sorted(_docs("x", 30) + _docs("y2", 25) + _docs("z", 5))
 
 
+def test_warm_node_cache_serves_the_registered_bytes_without_the_store(s3, tmp_path, monkeypatch):
+    client, proxy = s3["client"], s3["proxy"]
+    client.put_object(Bucket=BUCKET, Key="w/v.jsonl.zst", Body=_jsonl_zst(_docs("v1", 40), "en"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    cat = tmp_path / "cat"
+    with mixsql.connect(cat) as con:
+        con.cursor().execute(f"CREATE SOURCE w FROM 's3://{BUCKET}/w/*.jsonl.zst'")
+    files, rows = _all_rows(cat)
+    node = NodeCache(tmp_path / "node")
+    assert ChunkReader(files, node_cache=node).read(_chunk(rows)).column("text").to_pylist() == _docs("v1", 40)
+    time.sleep(1.1)   # S3's LastModified has one-second resolution; the ETag changes regardless
+    client.put_object(Bucket=BUCKET, Key="w/v.jsonl.zst", Body=_jsonl_zst(_docs("v2", 40), "en"))
+    proxy.requests = 0
+    # the entry is keyed by the registered ETag: it serves exactly the registered bytes, no request
+    assert ChunkReader(files, node_cache=node).read(_chunk(rows)).column("text").to_pylist() == _docs("v1", 40)
+    assert proxy.requests == 0
+    # without the entry the object is fetched, and the rewrite is reported, never mixed in
+    with pytest.raises(StaleFileError, match="v.jsonl.zst"):
+        ChunkReader(files, node_cache=NodeCache(tmp_path / "empty")).read(_chunk(rows))
+    assert proxy.requests >= 1
+
+
 MIX_SQL = ("SELECT * FROM samples MIX BY lang WITH (en 0.6, de 0.25, fr 0.15) "
            "SETTINGS (chunk_size = 16, on_exhausted = 'redistribute', seed = 3)")
 
