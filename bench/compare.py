@@ -127,8 +127,13 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
     corpus = corpus_mod.ensure_corpus(mb, seed=seed)
     work_root = corpus.parent / "work" / corpus.name
     convert_reps = reps if convert_reps is None else convert_reps
-    runs = {s: {f: [] for f in FIGURES} for s in systems}
-    errors = {s: [] for s in systems}
+    params = dict(mb=mb, batches=batches, pretok_batches=pretok_batches, batch_size=batch_size, seq_len=seq_len,
+                  steps=steps, reps=reps, convert_reps=convert_reps, configs=list(configs), seed=seed,
+                  systems=list(systems))
+    progress = Progress(work_root / "compare-progress.json", params, log)
+    runs = progress.state.setdefault("runs", {s: {f: [] for f in FIGURES} for s in systems})
+    errors = progress.state.setdefault("errors", {s: [] for s in systems})
+    t0 -= progress.state.get("seconds", 0.0)   # an interrupted run's time counts
     skipped = {}
     for s in systems:
         why = available(s)
@@ -145,16 +150,18 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
             return True
         return False
 
-    for r in range(convert_reps):                          # preparation, interleaved
+    for r in range(progress.state.get("converted", 0), convert_reps):   # preparation, interleaved
         for s in own_data[r % len(own_data):] + own_data[:r % len(own_data)]:
             res = _call(s, "convert", corpus, work_root, timeout, mode="text")
             if not note_error(s, "convert", res):
                 runs[s]["convert_s"].append(res["conversion_s"])
-    if convert_reps and ("pretok" in configs or "resume" in configs):   # the pre-tokenized copies
-        for s in own_data:
+        progress.save(t0, converted=r + 1)
+    if convert_reps and ("pretok" in configs or "resume" in configs) and not progress.state.get("tokens"):
+        for s in own_data:   # the pre-tokenized copies
             note_error(s, "convert tokens", _call(s, "convert", corpus, work_root, timeout, mode="tokens"))
-    done, t_round = 0, 0.0
-    for r in range(reps):                                  # streams and resumes, interleaved
+        progress.save(t0, tokens=True)
+    done, t_round = progress.state.get("rounds", 0), 0.0
+    for r in range(done, reps):                            # streams and resumes, interleaved
         if budget_s is not None and done and time.perf_counter() - t0 + t_round > budget_s:
             log(f"[compare] time budget: stopping after {done} of {reps} rounds")
             break
@@ -179,6 +186,7 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
                     if v is not None:
                         runs[s][fig].append(v)
         done, t_round = done + 1, time.perf_counter() - t_start
+        progress.save(t0, rounds=done)
         log(f"[compare] round {r + 1}/{reps} done ({time.perf_counter() - t0:.0f} s)")
     stats = {s: {f: spread(v) for f, v in runs[s].items() if v} for s in live}
     shown = [f for f in FIGURES if any(f in stats[s] for s in live)]
@@ -234,18 +242,51 @@ def compare(mb: float = 20, batches: int = 300, pretok_batches: int = 3000, batc
         figures["pretok_target_met"] = m >= TARGET_PRETOK_X_BEST_PEER * v
     if skipped:
         figures["not_run"] = skipped
+    if done == reps:
+        progress.finish()
     return {"_table": table, "_notes": notes, **figures, "_stats": stats}
+
+
+class Progress:
+    """What an interrupted comparison completed (conversions, rounds, their figures), kept in the
+    work directory after every step, so that running the same comparison again (``python -m bench
+    all --run RUN_ID``) continues from there instead of starting over; removed when it completes.
+    A file written for other parameters is ignored."""
+
+    def __init__(self, path: Path, params: dict, log=print):
+        self.path, self.params, self.state = path, params, {}
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if saved.get("params") == params:
+            self.state = saved["state"]
+            log(f"[compare] continuing an interrupted run: {self.state.get('converted', 0)} conversions and "
+                f"{self.state.get('rounds', 0)} rounds already done ({path})")
+
+    def save(self, t0: float, **done) -> None:
+        self.state.update(done, seconds=time.perf_counter() - t0)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"params": self.params, "state": self.state}))
+        tmp.replace(self.path)
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def run(quick: bool = False) -> dict:
     if quick:
         # preparation once: five conversions per system (mixsql's registration counts BPE tokens of
-        # every document) alone take ~45 min on the busy 2-core VM; the full run repeats it 5 times
+        # every document) alone take ~45 min on the busy 2-core VM
         out = compare(mb=20, batches=150, pretok_batches=1500, batch_size=8, seq_len=512, reps=5, convert_reps=1,
                       configs=("w1", "pretok", "resume"))
     else:
-        out = compare(mb=200, batches=1000, pretok_batches=10000, batch_size=8, seq_len=1024, reps=5, timeout=1800)
-        big = compare(mb=1000, batches=1000, pretok_batches=10000, batch_size=8, seq_len=1024, reps=5,
+        # several hours on 2 cores: an interrupted run continues where it stopped (Progress), so
+        # ``python -m bench all --run RUN_ID`` finishes it in a later sitting
+        out = compare(mb=200, batches=300, pretok_batches=3000, batch_size=8, seq_len=1024, reps=5, convert_reps=2,
+                      timeout=1800)
+        big = compare(mb=1000, batches=300, pretok_batches=3000, batch_size=8, seq_len=1024, reps=5,
                       convert_reps=1, configs=("w1",), timeout=3600)
         out["_table"] += "\n\n1 GB corpus (BPE on the fly, 1 worker, default caches):\n\n" + big["_table"]
         out["_notes"] += "\n\n" + big["_notes"]

@@ -147,3 +147,18 @@ def test_resumed_run_skips_only_recorded_benches(monkeypatch):
     assert [c[0] for c in calls] == expected
     assert calls[0][1] == "python -m bench all --quick  [cluster]"
     assert {c[2] for c in calls} == {"2026-01-01T00:00Z"}
+
+
+def test_compare_progress_continues_only_the_same_comparison(tmp_path):
+    """An interrupted comparison's completed steps are reused by the same parameters, never by others."""
+    from bench.compare import Progress
+
+    path = tmp_path / "compare-progress.json"
+    first = Progress(path, {"mb": 200, "reps": 5}, log=lambda *_: None)
+    first.state.setdefault("runs", {"mixsql": {"cpu_tok_s_w1": []}})["mixsql"]["cpu_tok_s_w1"].append(1.5)
+    first.save(0.0, rounds=2)
+    again = Progress(path, {"mb": 200, "reps": 5}, log=lambda *_: None)
+    assert again.state["rounds"] == 2 and again.state["runs"]["mixsql"]["cpu_tok_s_w1"] == [1.5]
+    assert Progress(path, {"mb": 1000, "reps": 5}, log=lambda *_: None).state == {}
+    again.finish()
+    assert not path.exists()
