@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("name", choices=NAMES + ("all",))
     ap.add_argument("--quick", action="store_true", help="small sizes (every figure still the median of 5 interleaved runs)")
-    ap.add_argument("--run", metavar="RUN_ID", help="append under an existing run id, skipping the benches it already records (finishes an interrupted run)")
+    ap.add_argument("--run", metavar="RUN_ID", help="append under an existing run id: with all, skip the benches it already records (finishes an interrupted run); a named bench runs again and its new section supersedes the old")
     a = ap.parse_args(argv)
     command = f"python -m bench {a.name}" + (" --quick" if a.quick else "")   # --run only resumes it
     names = [n for n in NAMES if n not in NOT_IN_ALL] if a.name == "all" else [a.name]
@@ -60,7 +60,10 @@ def main(argv=None) -> int:
     print(f"bench run {run_id}")
     t0 = time.perf_counter()
     failed = []
-    done = {n for n, text in sections(run_id).items() if "FAILED:" not in text and "not run:" not in text} if a.run else set()
+    # resuming ``all`` skips what the run recorded; a bench named on its own runs again (the
+    # run's latest section of a bench is the one README cites)
+    done = ({n for n, text in sections(run_id).items() if "FAILED:" not in text and "not run:" not in text}
+            if a.run and a.name == "all" else set())
     for n in names:
         if n in done:
             print(f"[bench {n}] already recorded under run {run_id}: skipped")

@@ -90,13 +90,28 @@ def fmt_spread(s: dict) -> str:
     return f"{fmt_num(s['median'])} ({fmt_num(s['min'])}..{fmt_num(s['max'])})"
 
 
+def code_version() -> str:
+    """The commit the benches ran at (``+changes`` when mixsql/ or bench/ differ from it), or ``?``."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mixsql", "bench", ":!bench/RESULTS.md"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (sha or "?") + ("+changes" if dirty else "")
+
+
 def new_run_id(when: _dt.datetime | None = None) -> str:
     when = when or _dt.datetime.now(_dt.timezone.utc)
     return when.strftime("%Y-%m-%dT%H:%MZ")
 
 
 def sections(run_id: str, path: Path = RESULTS) -> dict[str, str]:
-    """The sections of one run: bench name -> section text."""
+    """The sections of one run: bench name -> section text (a bench recorded twice: its latest)."""
     out = {}
     for part in re.split(r"\n(?=## )", Path(path).read_text()):
         if f"\n- run: {run_id}\n" in part + "\n":
@@ -110,7 +125,8 @@ def append(name: str, command: str, figures: dict | None = None, table: str | No
     """Append one section to the results file; returns the section's text."""
     when = when or _dt.datetime.now(_dt.timezone.utc)
     parts = [f"\n## {name} — {when.strftime('%Y-%m-%d %H:%M UTC')}\n",
-             f"- machine: {machine()}", f"- command: `{command}`", f"- run: {run or new_run_id(when)}", ""]
+             f"- machine: {machine()}", f"- command: `{command}`", f"- run: {run or new_run_id(when)}",
+             f"- code: {code_version()}", ""]
     if table:
         parts += [table, ""]
     if figures:

@@ -428,7 +428,12 @@ class ChunkReader:
             self._jsonl_lines(info, idx, offs, lens, rows, texts, src.pread)
             return
         o = offs[idx].astype(np.int64)
-        self._parse_lines(info, idx, o, o + lens[idx].astype(np.int64), src[2], rows, texts)
+        e = o + lens[idx].astype(np.int64)
+        mapped = src[2]
+        try:
+            self._parse_lines(info, idx, o, e, memoryview(mapped)[:src[1]], rows, texts)
+        finally:
+            _release(mapped, o, e)
 
     def _jsonl_seekable(self, info, idx, offs, lens, rows, texts) -> None:
         """Rows grouped by their nearest seek point; each group decompresses from its point."""
@@ -626,11 +631,23 @@ def _text_column(texts: list, py_rows: list, pieces: list, n: int) -> pa.Array:
     return _assemble(pieces, n, pa.string())
 
 
-def _mapped(f, size: int | None) -> memoryview:
-    """The first ``size`` bytes of an immutable node-cache entry, memory-mapped read-only."""
+def _mapped(f, size: int | None) -> "mmap.mmap | bytes":
+    """An immutable node-cache entry, memory-mapped read-only (``b""`` when empty)."""
     if not size:
-        return memoryview(b"")
-    return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))[:size]
+        return b""
+    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _release(mapped, starts: np.ndarray, ends: np.ndarray) -> None:
+    """Drop the pages of ``[min(starts), max(ends))`` from this process' mapping: they stay in the
+    page cache (shared by every process on the node), but not in this worker's resident set,
+    which stays bounded by the rows it is reading, whatever the size of the shards."""
+    if not isinstance(mapped, mmap.mmap) or not len(starts):
+        return
+    lo = int(starts.min()) // mmap.PAGESIZE * mmap.PAGESIZE
+    hi = min(int(ends.max()), len(mapped))
+    if hi > lo:
+        mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _pread(f, limit: int | None = None):
