@@ -38,9 +38,9 @@ WORK = DATA.parent / "cluster"
 @contextmanager
 def _scan_timer(acc: list):
     """Time registration's scan phase (everything before the head's type resolution and commit)."""
-    from mixsql import registration
+    from mixsql.registration import scan
 
-    real = registration._scan_all
+    real = scan._scan_all
 
     def timed(*args, **kwargs):
         t0 = time.perf_counter()
@@ -49,11 +49,11 @@ def _scan_timer(acc: list):
         finally:
             acc.append(time.perf_counter() - t0)
 
-    registration._scan_all = timed
+    scan._scan_all = timed
     try:
         yield
     finally:
-        registration._scan_all = real
+        scan._scan_all = real
 
 
 def _register(pattern: str, options: dict) -> dict:

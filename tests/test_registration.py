@@ -169,7 +169,7 @@ def test_parquet_pretokenized_and_fineweb_preset(cat, tmp_path):
 @pytest.mark.parametrize("pool", ["thread", "process"])
 def test_parallel_pool_path(cat, tmp_path, monkeypatch, pool):
     """Both pools; the process pool forks a parent that already used the scanners' DuckDB."""
-    monkeypatch.setattr(registration, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(registration.scan, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setenv("MIXSQL_SCAN_POOL", pool)
     warm = slim_dir(tmp_path / "warm", shards=1, per=3) / "chunk0" / "example_train_0.jsonl.zst"
     assert formats.scan_file(formats.ScanTask(str(warm), "jsonl", "zstd", "text",
