@@ -313,6 +313,7 @@ def test_mixdataset_warms_its_future_chunks_files_without_changing_the_stream(tm
     delivered are those of ``prefetch_ahead=0``, each once."""
     import mixsql
     from mixsql import readers, torch as mtorch
+    from mixsql.torch import dataset as mdataset   # where MixDataset looks up ChunkReader
 
     docs = {}
     for s in range(6):
@@ -330,7 +331,7 @@ def test_mixdataset_warms_its_future_chunks_files_without_changing_the_stream(tm
             super().__init__(*a, **k)
             made.append(self)
 
-    monkeypatch.setattr(mtorch, "ChunkReader", Recording)
+    monkeypatch.setattr(mdataset, "ChunkReader", Recording)
     streams, warmed = {}, {}
     for ahead in (0, 64):
         monkeypatch.setenv("MIXSQL_CACHE_DIR", str(tmp_path / f"cache{ahead}"))

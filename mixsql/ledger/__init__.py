@@ -153,7 +153,7 @@ class Ledger:
         """Token count of every document of a chunk with the run's tokenizer (read and encoded)."""
         from ..readers import ChunkReader
         from ..tokenize import get_tokenizer
-        from ..torch import _chunk_tokens
+        from ..torch.items import _chunk_tokens
 
         if self._tok is None:
             self._tok = get_tokenizer(self._tokenizer_spec, eos_id=self.run.eos_id, bos_id=self.run.bos_id)

@@ -20,7 +20,7 @@ class _SampleLane:
 
     def __init__(self, led: "Ledger", dp_world: int, workers: int, rank: int, worker: int, start: dict | None = None):
         from ..packing import MIXED
-        from ..torch import _explicit_tasks
+        from ..torch.tracker import _explicit_tasks
 
         self.led = led
         prefix, frontier = [], 0

@@ -28,7 +28,7 @@ class _Segment:
             return None
         if rank in self._starts:
             return self._starts[rank]
-        from ..torch import merge_rank_states
+        from ..torch.tracker import merge_rank_states
 
         where = (f"steps from {self.seg.step} on ran on {self.D} ranks x {self.W} workers, resumed from "
                  "other ranks' states")
