@@ -11,6 +11,11 @@
 Public functions: :func:`classify` (cheap, token based, never raises), :func:`parse` (raises
 only :class:`mixsql.errors.SQLError`) and :func:`generate` (round-trips ``parse``).
 The grammar is documented in ``grammar/GRAMMAR.md``.
+
+Why one module of this size: sqlglot's dialect pattern keeps a dialect's Tokenizer, Parser and
+Generator as nested classes of one ``Dialect`` subclass, with the declarative tables they share
+(keywords, statement parsers, generator transforms) beside them; splitting them across files
+would scatter one grammar over several places (sqlglot's own dialects are single modules too).
 """
 from __future__ import annotations
 

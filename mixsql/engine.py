@@ -64,6 +64,13 @@ Schedules: ``SCHEDULE (AT STEP s ...)`` maps to chunks with :func:`schedule_chun
 ``batch_size`` B (samples, or tokens when ``unit = 'tokens'``, per global step) and chunk size
 C, step s's weights take effect at chunk ``ceil(s * B / C)``, the first chunk that starts at
 or after the first sample of step s.
+
+Why one module of this size: ``MixEngine``'s state (position, weight segment, dry groups,
+pending weight changes, epochs) is read and advanced by every path above (direct ``chunk(k)``,
+``seek``, sequential ``next_chunk``, exhaustion forecasts, ``state_dict``), and those paths must
+agree sample for sample; the arithmetic they share lives apart already (:mod:`mixsql.composition`,
+:mod:`mixsql.shuffle`, :mod:`mixsql.gather`, :mod:`mixsql.topology`), and what remains is the one
+state machine, kept in one place so its invariants can be read together.
 """
 from __future__ import annotations
 

@@ -43,10 +43,11 @@ def owner(chunk: int, dp_world: int, num_workers: int) -> tuple[int, int]:
     return chunk % dp_world, (chunk // dp_world) % num_workers
 
 
-def owned_chunks(topology: Topology, start: int = 0) -> Iterator[int]:
-    """Chunk indices owned by ``topology``, ascending, from the first one >= ``start``."""
+def owned_chunks(topology: Topology, start: int = 0, stop: int | None = None) -> Iterator[int]:
+    """Chunk indices owned by ``topology``, ascending, from the first one >= ``start`` (and
+    below ``stop``)."""
     p, s = topology.period, topology.slot
     k = start + ((s - start) % p)
-    while True:
+    while stop is None or k < stop:
         yield k
         k += p

@@ -5,28 +5,26 @@ with their packed carry, the holes (chunks below the frontier nobody started), t
 engine state to seek from and the end of the stream, for one data-parallel rank. ``_Tracker``
 builds it from the resume tokens of the items handed to the training loop;
 ``merge_rank_states`` redistributes every old rank's state over a new number of ranks. Which
-(rank, worker) owns chunk *k*: ``_owner_worker`` / ``_suffix``.
+(rank, worker) owns chunk *k*: :mod:`mixsql.topology` (the one formula), through ``_owner_worker`` / ``_suffix``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import InterfaceError, ProgrammingError
+from ..topology import Topology, owned_chunks, owner
 
 STATE_VERSION = 1
 
 
 def _owner_worker(k: int, dp_world: int, num_workers: int) -> int:
-    return (k // dp_world) % num_workers
+    """The DataLoader worker that reads chunk ``k`` (:func:`mixsql.topology.owner`)."""
+    return owner(k, dp_world, num_workers)[1]
 
 
 def _suffix(start: int, dp_rank: int, dp_world: int, num_workers: int, worker: int, stop: int | None = None):
-    """Chunks >= start (and < stop) owned by (dp_rank, worker)."""
-    k = start + ((dp_rank - start) % dp_world)
-    while stop is None or k < stop:
-        if _owner_worker(k, dp_world, num_workers) == worker:
-            yield k
-        k += dp_world
+    """Chunks >= start (and < stop) owned by (dp_rank, worker) (:func:`mixsql.topology.owned_chunks`)."""
+    return owned_chunks(Topology(dp_rank, dp_world, worker, num_workers), start, stop)
 
 
 def initial_state(dp_rank: int = 0, dp_world: int = 1, engine_state: dict | None = None) -> dict:
