@@ -409,20 +409,25 @@ def _file_dictionaries(pointers: pa.Table, N: int, compact: dict | None = None):
         return codes, paths, file_source, scol.dictionary.cast(pa.string())
     if not N:
         return np.zeros(0, np.int32), pa.array([], pa.string()), np.zeros(0, np.int32), pa.array([], pa.string())
-    fid = _to_numpy(pointers.column("__mix_file_id"), np.int64)
-    lo = int(fid.min())
-    seen = np.zeros(int(fid.max()) - lo + 1, bool)
-    seen[fid - lo] = True
-    ids = np.flatnonzero(seen)
-    lut = np.zeros(len(seen), np.int32)
-    lut[ids] = np.arange(len(ids), dtype=np.int32)
-    codes = lut[fid - lo]
+    ids, codes = dense_codes(_to_numpy(pointers.column("__mix_file_id"), np.int64))
     first = np.zeros(len(ids), np.int64)
     first[codes[::-1]] = np.arange(N - 1, -1, -1)   # first row of each file
     first_rows = pa.array(first, pa.int64())
     paths = fcol.take(first_rows).cast(pa.string())
     src = scol.take(first_rows).cast(pa.string()).dictionary_encode()
     return codes, paths, src.indices.to_numpy(zero_copy_only=False).astype(np.int32), src.dictionary
+
+
+def dense_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct, codes)`` of non-empty integer ``values`` (e.g. file ids) without a sort:
+    ``distinct`` ascending, ``values == distinct[codes]``; O(N + max - min)."""
+    lo = int(values.min())
+    seen = np.zeros(int(values.max()) - lo + 1, bool)
+    seen[values - lo] = True
+    ids = np.flatnonzero(seen)
+    lut = np.zeros(len(seen), np.int32)
+    lut[ids] = np.arange(len(ids), dtype=np.int32)
+    return ids + lo, lut[values - lo]
 
 
 def _member(seq: GroupSequence, index: int) -> bool:

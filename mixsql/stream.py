@@ -15,11 +15,10 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 
 from .catalog import Catalog
-from .engine import MixEngine
+from .engine import MixEngine, dense_codes
 from .spec import MixSpec
 from .topology import Topology, owned_chunks
 
@@ -109,7 +108,4 @@ def _used_file_ids(pointers: pa.Table) -> list[int]:
         return []
     fid = pointers.column("__mix_file_id")
     fid = (fid.combine_chunks() if isinstance(fid, pa.ChunkedArray) else fid).to_numpy(zero_copy_only=False)
-    lo = int(fid.min())
-    seen = np.zeros(int(fid.max()) - lo + 1, bool)
-    seen[fid - lo] = True
-    return (np.flatnonzero(seen) + lo).tolist()
+    return dense_codes(fid)[0].tolist()
