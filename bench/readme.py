@@ -1,6 +1,7 @@
 """Regenerate README's Performance section from one run in ``bench/RESULTS.md``.
 
-    python -m bench.readme [RUN_ID]     # default: the latest run with a compare section
+    python -m bench.readme [RUN_ID]     # default: the latest run with a compare section; a run
+                                        # without one quotes the latest comparison, citing its run
 
 Every number the section prints is copied from that run's sections (figures are parsed back
 from their ``figure | value`` tables), so tests/test_readme_figures.py can check that nothing
@@ -55,9 +56,12 @@ def parse_figures(section: str) -> dict[str, str]:
     return out
 
 
-def latest_run(path: Path = RESULTS) -> str:
+def latest_run(path: Path = RESULTS, required: bool = True) -> str | None:
+    """The newest run with a compare section (None, or an exit when ``required``, if none)."""
     runs = re.findall(r"^## compare — .*?\n(?:.*\n)*?- run: (\S+)", Path(path).read_text(), flags=re.M)
     if not runs:
+        if not required:
+            return None
         raise SystemExit("bench/RESULTS.md has no compare run with a run id")
     return runs[-1]
 
@@ -78,23 +82,32 @@ def render(run: str, path: Path = RESULTS) -> str:
     figs = {name: parse_figures(text) for name, text in secs.items()}
     any_sec = next(iter(secs.values()))
     cmd = _first_line(any_sec, "command").split("  [")[0].strip("` ")
+    compare_from = None
+    if "compare" not in figs:   # e.g. a full run whose comparison has not finished: quote the last one, cited
+        other = latest_run(path, required=False)
+        if other:
+            figs["compare"] = parse_figures(sections(other, path)["compare"])
+            compare_from = (other, _first_line(sections(other, path)["compare"], "command").split("  [")[0].strip("` "))
     out = [BEGIN, "",
            f"Run `{run}` of `{cmd}` on {_first_line(any_sec, 'machine')}; every figure below is copied from "
            "that run's sections of [`bench/RESULTS.md`](bench/RESULTS.md) (tests/test_readme_figures.py checks "
            "it). A cell reads *median (min..max)* over interleaved repeated runs. The machine was shared with "
            "other jobs while it ran: the spreads show that noise, so read medians and ratios, not single values.",
            ""]
-    out += _compare(figs.get("compare"))
+    out += _compare(figs.get("compare"), compare_from)
     out += _targets(figs)
+    out += _storage(figs.get("storage"))
     out += _scale(latest_scale_run(path), path)
     out += ["", END]
     return "\n".join(out)
 
 
-def _compare(f: dict | None) -> list[str]:
+def _compare(f: dict | None, source: tuple[str, str] | None = None) -> list[str]:
     if not f:
         return ["The comparison with peers (`bench compare`) is not in this run.", ""]
-    lines = [f"**Side by side** (`bench compare`: {f.get('reps', '?')} interleaved rounds per system; a "
+    origin = (f"; this run has no comparison yet, so these figures are from Run `{source[0]}` of `{source[1]}`"
+              if source else "")
+    lines = [f"**Side by side** (`bench compare`{origin}: {f.get('reps', '?')} interleaved rounds per system; a "
              f"{f.get('corpus_mb', '?')} MB SlimPajama-shaped corpus, {f.get('corpus_compressed_mb', '?')} MB of "
              ".jsonl.zst; peers read their own recommended way and then share one tokenizer call, packer and "
              "collation with the `mixsql + shared harness` row, see bench/README.md):", "",
@@ -207,6 +220,51 @@ def _targets(figs: dict) -> list[str]:
     return lines
 
 
+TARGET_TABLE = ("| target | measured | goal | met |", "|---|---|---|---|")
+# (figure, label, the run's target figure, ">=" or "<", the target when the run did not record it)
+STORAGE_ROWS = (
+    ("local_warm_vs_sequential", "shuffled mixture text from local .jsonl.zst, warm node cache, vs a sequential "
+     "decompress + parse (wall)", "targets.stream_vs_sequential", ">=", 0.7),
+    ("local_cold_vs_sequential", "the same, cold node cache (every shard decompressed once, a first epoch)",
+     "targets.stream_vs_sequential", ">=", 0.7),
+    ("first_sample_s.local_cold.median", "first sample after the plan, cold node cache (s)",
+     "targets.first_sample_s", "<", 0.2),
+    ("first_sample_s.local_warm.median", "first sample after the plan, warm node cache (s)",
+     "targets.first_sample_s", "<", 0.2),
+    ("torch.worker_peak_rss_mb", "peak RSS of a DataLoader worker (MB; 2 workers)", "targets.worker_rss_mb", "<", 512),
+    ("s3_warm_vs_local", "streaming from an S3 bucket through a warm node cache vs local disk",
+     "targets.s3_warm_vs_local", ">=", 0.9),
+)
+
+
+def _storage_met(f: dict, key: str, target_key: str, op: str, default: float) -> bool:
+    target = float(f[target_key]) if target_key in f else default
+    return median_of(f[key]) >= target if op == ">=" else median_of(f[key]) < target
+
+
+def _storage(f: dict | None) -> list[str]:
+    """The read-path targets from ``bench storage`` (local .jsonl.zst, the node cache, S3)."""
+    if not f:
+        return []
+    lines = ["", f"**Read path** (`bench storage`: {f.get('corpus_mb', '?')} MB of text in {f.get('shards', '?')} "
+             f"single-frame .jsonl.zst shards, medians of {f.get('rounds', '?')} interleaved rounds, 1-minute load "
+             f"average per round {f.get('load_average_1min_per_round', '?')} on 2 cores; a sequential decompress + "
+             f"parse runs at {f.get('sequential_mb_s.median', '?')} MB/s of text):", "",
+             *TARGET_TABLE]
+    verdicts = [(label, f[key], _storage_met(f, key, target_key, op, default),
+                 f"{op} {f[target_key]}" if target_key in f else "BRIEF.md")
+                for key, label, target_key, op, default in STORAGE_ROWS if key in f]
+    lines += [f"| {label} | {value} | {goal} | {'yes' if met else '**no**'} |" for label, value, met, goal in verdicts]
+    not_met = [label for label, _, met, _ in verdicts if not met]
+    if "local_cold_vs_sequential_cpu" in f:
+        lines += ["", f"CPU per byte, sequential / stream: {f['local_warm_vs_sequential_cpu']} warm, "
+                  f"{f['local_cold_vs_sequential_cpu']} cold (the cold stream also decompresses every shard into the "
+                  "node cache on background threads; wall-clock ratios under load depend on how many threads each "
+                  "side runs)."]
+    lines += ["", "**Read-path targets not met in this run:** " + ("; ".join(not_met) if not_met else "none") + "."]
+    return lines
+
+
 SCALE_ROWS = (   # (figure, label, goal, the bench's own verdict figure, or a bound the median must stay below)
     ("chunk_1e7_fresh_engine_ms", "chunk 10,000,000 computed directly, fresh engine (ms)", "< 10",
      "chunk_1e7_target_met", None),
@@ -231,7 +289,7 @@ def _scale(run: str | None, path: Path = RESULTS) -> list[str]:
              f"chunk k directly (ms) {f.get('chunk_k_direct_ms.k=0', '?')} at k = 0 and "
              f"{f.get('chunk_k_direct_ms.k=10,000,000', '?')} at k = 10,000,000 (flat in k: "
              f"{f.get('flat_in_k', '?')}).", "",
-             "| target | measured | goal | met |", "|---|---|---|---|"]
+             *TARGET_TABLE]
     not_met = []
     for key, label, goal, met_key, below in SCALE_ROWS:
         if key not in f:
@@ -306,6 +364,6 @@ def update_readme(run: str, readme: Path = README, path: Path = RESULTS) -> None
 
 
 if __name__ == "__main__":
-    run_id = sys.argv[1] if len(sys.argv) > 1 else latest_run()
+    run_id = sys.argv[1] if len(sys.argv) > 1 else latest_run()   # or a run without compare: its last one is quoted
     update_readme(run_id)
     print(f"README.md Performance section regenerated from run {run_id}")

@@ -67,6 +67,9 @@ ROUNDS = 5
 MIX = ("SELECT * FROM samples MIX BY domain WITH NATURAL "
        "SETTINGS (seed = {seed}, on_exhausted = 'stop', shuffle_shards = {shards})")
 DEFAULT_SHARDS = 4
+# issue 13's read-path targets: stream >= 70% of a sequential decompress + parse, first sample within
+# 0.2 s of the plan, each worker's RSS under 512 MB, a warm bucket >= 90% of local disk
+TARGETS = {"stream_vs_sequential": 0.7, "first_sample_s": 0.2, "worker_rss_mb": 512, "s3_warm_vs_local": 0.9}
 
 
 def mix_sql(seed: int = 1, shards: int = DEFAULT_SHARDS) -> str:
@@ -406,6 +409,7 @@ def run(quick: bool = False) -> dict:
         f"random_row_{big_mb}mb_cold_s": _median(cold), f"random_row_{big_mb}mb_cached_s": _median(cached),
         "shuffle_quality": shuffle_quality(),
         "peers": {**peers, "mixsql_s3_cold_mb_s": med("s3_cold"), "mixsql_s3_warm_mb_s": med("s3_warm")},
+        "targets": TARGETS,
     }
     out["_notes"] = ("Shared 2-core machine under other helpers' load (1-minute load averages per round above): "
                      "absolute figures are noisy; medians [min, max] of 5 interleaved rounds (registration and the "

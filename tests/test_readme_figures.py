@@ -72,3 +72,22 @@ def test_the_scale_run_is_rendered_and_its_numbers_are_checked_against_it(tmp_pa
     text = f"# x\n\n## Performance\n\n{body}\n\n## Layout\n"
     assert readme.stray_numbers(text, path) == ("R1", [])
     assert readme.stray_numbers(text.replace("150.5", "151.5"), path)[1] == ["151.5"]
+
+
+def test_a_run_without_a_comparison_quotes_the_last_one_and_its_read_path_targets(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    results.append("compare", "python -m bench all --quick  [compare]", path=path, run="Q1",
+                   figures={"reps": 5, "systems": {"mixsql": {"cpu_tok_s_w1": "3 (2..4)"}}})
+    results.append("storage", "python -m bench all  [storage]", path=path, run="F1",
+                   figures={"corpus_mb": 500, "local_warm_vs_sequential": 1.16, "local_cold_vs_sequential": 0.58,
+                            "first_sample_s": {"local_cold": {"median": 0.231}}, "s3_warm_vs_local": 1.08,
+                            "torch": {"worker_peak_rss_mb": 400.4},
+                            "targets": {"stream_vs_sequential": 0.7, "first_sample_s": 0.2, "worker_rss_mb": 512,
+                                        "s3_warm_vs_local": 0.9}})
+    body = readme.render("F1", path)
+    assert "Run `F1`" in body and "from Run `Q1` of `python -m bench all --quick`" in body and "| 3 (2..4) |" in body
+    assert "| 1.16 | >= 0.7 | yes |" in body and "| 0.58 | >= 0.7 | **no** |" in body
+    assert "| 0.231 | < 0.2 | **no** |" in body and "| 400.4 | < 512 | yes |" in body
+    assert "**Read-path targets not met in this run:** the same, cold node cache" in body
+    text = f"# x\n\n## Performance\n\n{body}\n\n## Layout\n"
+    assert readme.stray_numbers(text, path) == ("F1", [])
