@@ -158,8 +158,18 @@ class NodeCache:
     # -- housekeeping -------------------------------------------------------------------------
     def usage(self) -> int:
         """Bytes held by entries and in-progress fills."""
-        return sum(size for _, size, _ in self._entries()) + sum(
-            e.stat().st_size for e in os.scandir(self.tmp_dir) if e.is_file())
+        return sum(size for _, size, _ in self._entries()) + self._filling_bytes()
+
+    def _filling_bytes(self) -> int:
+        """Bytes of in-progress fills (a temporary file renamed into place meanwhile counts as 0)."""
+        total = 0
+        for e in os.scandir(self.tmp_dir):
+            try:
+                if e.is_file():
+                    total += e.stat().st_size
+            except FileNotFoundError:   # a concurrent fill finished (renamed) or was cleaned up
+                continue
+        return total
 
     def _entries(self) -> list[tuple[str, int, float]]:
         out = []
@@ -178,8 +188,7 @@ class NodeCache:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 entries = sorted(self._entries(), key=lambda x: x[2])
-                total = sum(s for _, s, _ in entries) + sum(
-                    e.stat().st_size for e in os.scandir(self.tmp_dir) if e.is_file())
+                total = sum(s for _, s, _ in entries) + self._filling_bytes()
                 gone = []
                 for name, size, _ in entries:
                     if total <= self.limit:

@@ -142,3 +142,29 @@ def test_entry_cut_short_is_not_trusted(tmp_path):
         f.truncate(3000)
     assert cache.open("k") is None and not cache.contains("k")
     assert _read(cache.get_or_fill("k", lambda out: out.write(b"z" * 10))) == b"z" * 10
+
+
+def test_a_fill_finishing_during_a_scan_is_not_an_error(tmp_path, monkeypatch):
+    """A temporary file renamed into place (or cleaned up) between listing and stat: counted as 0."""
+    import mixsql.cache as cache_mod
+
+    cache = NodeCache(tmp_path / "c", limit=1000)
+    cache.get_or_fill("a", lambda out: out.write(b"x" * 8)).close()
+
+    class Vanished:
+        name, path = "b.1.ff.tmp", str(tmp_path / "gone")
+
+        def is_file(self):
+            return True
+
+        def stat(self):
+            raise FileNotFoundError(self.path)
+
+    real = os.scandir
+
+    def scandir(path):
+        return iter([*real(path), Vanished()]) if str(path) == str(cache.tmp_dir) else real(path)
+
+    monkeypatch.setattr(cache_mod.os, "scandir", scandir)
+    assert cache.usage() == os.path.getsize(cache.path("a"))
+    assert cache.evict() == []
