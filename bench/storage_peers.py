@@ -7,7 +7,7 @@ cold pass left (warm):
 
 * Mosaic Streaming: ``MDSWriter(out=(local, 's3://bucket/mds'), columns={'text': 'str'},
   compression='zstd')`` (default 64 MB shards, uploaded by the writer);
-  ``StreamingDataset(remote='s3://bucket/mds', local=cache, shuffle=True, batch_size=1)``. The
+  ``StreamingDataset(remote='s3://bucket/mds', local=cache, shuffle=True, batch_size=64)``. The
   endpoint comes from ``S3_ENDPOINT_URL`` (Mosaic's documented variable for S3-compatible stores).
 * LitData: ``optimize(fn, inputs=shards, output_dir=local, chunk_bytes='64MB', compression='zstd')``,
   the directory uploaded to ``s3://bucket/litdata`` (LitData's own upload goes through obstore, which
@@ -86,7 +86,9 @@ def read(peer: str, remote: str, cache: str) -> dict:
         from streaming.base.util import clean_stale_shared_memory
         clean_stale_shared_memory()
         t0 = time.perf_counter()
-        ds = StreamingDataset(remote=remote, local=cache, shuffle=True, shuffle_seed=1, batch_size=1)
+        # batch_size: the per-device batch Mosaic partitions and prefetches by (8 x batch_size ahead);
+        # 64, the batches mixsql's torch figure reads (batch_size=1 leaves its reader waiting on ticks)
+        ds = StreamingDataset(remote=remote, local=cache, shuffle=True, shuffle_seed=1, batch_size=64)
     else:
         from litdata import StreamingDataset
         from litdata.streaming import downloader
