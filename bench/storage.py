@@ -308,7 +308,8 @@ def run(quick: bool = False) -> dict:
     from . import storage_peers
     from .s3server import CREDENTIALS, MotoServer
 
-    mb, big_mb, reg_rounds, peer_rounds = (60, 100, 3, 2) if quick else (500, 1000, 3, 1)
+    mb, big_mb = (60, 100) if quick else (500, 1000)
+    reg_rounds = peer_rounds = ROUNDS   # every figure a median of 5 interleaved rounds
     data = ROOT / f"corpus-{mb}mb"
     if not (data / "manifest.json").exists():
         corpus_mod.generate(data, mb=mb, seed=0, parquet=False, shard_mb=mb / 16)
@@ -363,9 +364,9 @@ def run(quick: bool = False) -> dict:
             torch_workers(r + 1)   # warm: after the local warm pass of the round (its cache is filled)
         cache = ROOT / "cache-big"
         cold, cached = [], []
-        for r in range(3):
+        for r in range(ROUNDS):
             shutil.rmtree(cache, ignore_errors=True)
-            where = (0.37, 0.71, 0.93)[r]
+            where = (0.37, 0.71, 0.93, 0.18, 0.55)[r]
             cold.append(_child("random_row", cats["big"], cache, where, env=env)["seconds"])
             cached.append(_child("random_row", cats["big"], cache, where / 2, env=env)["seconds"])
         peers = _peers(storage_peers, shards, server.url, peer_rounds, env)
@@ -411,12 +412,12 @@ def run(quick: bool = False) -> dict:
         "peers": {**peers, "mixsql_s3_cold_mb_s": med("s3_cold"), "mixsql_s3_warm_mb_s": med("s3_warm")},
         "targets": TARGETS,
     }
-    out["_notes"] = ("Shared 2-core machine under other helpers' load (1-minute load averages per round above): "
-                     "absolute figures are noisy; medians [min, max] of 5 interleaved rounds (registration and the "
-                     "random row: 3; peers: %d). Text MB/s = millions of characters/s (ASCII corpus), from the end "
+    out["_notes"] = ("Shared 2-core machine (1-minute load averages per round above): absolute figures are "
+                     "noisy; medians [min, max] of %d interleaved rounds (registration, the random row and the "
+                     "peers too). Text MB/s = millions of characters/s (ASCII corpus), from the end "
                      "of planning (mixsql) or the dataset's construction (peers) to the last sample. "
                      "Peers read in one process with shuffle on; mixsql_s3_* are the matching mixsql figures."
-                     % peer_rounds)
+                     % ROUNDS)
     return out
 
 
