@@ -10,8 +10,10 @@ row in chunk order. Files may be local paths or object-store URIs (:mod:`mixsql.
   registration): a row is reached by decompressing from the nearest seek point, never from
   byte 0; decompressed segments live in the bounded in-RAM LRU (``cache_bytes``).
 * JSONL .zst / .gz without one (a single frame), and JSONL objects: the whole file is
-  decompressed (or fetched) once per node into the node cache (:mod:`mixsql.cache`), then read
-  like plain JSONL with positioned reads: decompressed bytes live on disk, not in worker RAM.
+  decompressed (or fetched) once per node into the node cache (:mod:`mixsql.cache`); a whole
+  entry is memory-mapped and a chunk's rows of it are parsed in place in one pass, after which
+  their pages leave the worker's resident set (``MADV_DONTNEED``; they stay in the node's page
+  cache): decompressed bytes live on disk and in the shared page cache, not in worker RAM.
   While this process fills an entry, rows are served from its temporary file as soon as
   the bytes they need are written (the first chunk does not wait for whole shards); the entry
   itself appears only when whole (atomic fills).
