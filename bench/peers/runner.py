@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -125,3 +127,9 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+    # the result is written: leave now. A peer's multiprocessing finalizers can block at exit (a
+    # queue feeder thread writing to a worker that is gone: seen with torchdata.nodes), which would
+    # hold the comparison until its timeout
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
