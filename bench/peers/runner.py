@@ -125,11 +125,23 @@ def main(argv=None) -> None:
     write_json_result(res)
 
 
-if __name__ == "__main__":
-    main()
-    # the result is written: leave now. A peer's multiprocessing finalizers can block at exit (a
-    # queue feeder thread writing to a worker that is gone: seen with torchdata.nodes), which would
-    # hold the comparison until its timeout
+def _leave() -> None:
+    """The result is written: stop this process' children (a peer's worker processes), then leave
+    without running exit handlers. A peer's multiprocessing finalizers can block at exit (a queue
+    feeder thread writing to a worker that is gone: seen with torchdata.nodes), and a worker left
+    running would hold the result pipe open: either holds the comparison until its timeout."""
     sys.stdout.flush()
     sys.stderr.flush()
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
     os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
+    _leave()
