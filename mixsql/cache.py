@@ -28,7 +28,7 @@ import struct
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, Iterator
 
 DEFAULT_LIMIT = 64 << 30
 STALE_TMP_SECONDS = 3600      # a temporary older than this is abandoned whatever its pid
@@ -161,25 +161,11 @@ class NodeCache:
         return sum(size for _, size, _ in self._entries()) + self._filling_bytes()
 
     def _filling_bytes(self) -> int:
-        """Bytes of in-progress fills (a temporary file renamed into place meanwhile counts as 0)."""
-        total = 0
-        for e in os.scandir(self.tmp_dir):
-            try:
-                if e.is_file():
-                    total += e.stat().st_size
-            except FileNotFoundError:   # a concurrent fill finished (renamed) or was cleaned up
-                continue
-        return total
+        """Bytes of in-progress fills."""
+        return sum(size for _, size, _ in _files(self.tmp_dir))
 
     def _entries(self) -> list[tuple[str, int, float]]:
-        out = []
-        for e in os.scandir(self.data_dir):
-            try:
-                st = e.stat()
-            except FileNotFoundError:
-                continue
-            out.append((e.name, st.st_size, st.st_mtime))
-        return out
+        return list(_files(self.data_dir))
 
     def evict(self, keep: str | None = None) -> list[str]:
         """Remove least recently used entries until the directory fits the limit; returns their keys."""
@@ -229,6 +215,18 @@ def payload_size(f) -> int | None:
         return None
     magic, n = _FOOTER.unpack(os.pread(f.fileno(), _FOOTER.size, size - _FOOTER.size))
     return n if magic == _MAGIC and n == size - _FOOTER.size else None
+
+
+def _files(directory: str) -> Iterator[tuple[str, int, float]]:
+    """``(name, size, mtime)`` of the files in ``directory``; one renamed or removed by another
+    process or thread between the listing and its stat (a fill finishing, an eviction) is skipped."""
+    for e in os.scandir(directory):
+        try:
+            if e.is_file():
+                st = e.stat()
+                yield e.name, st.st_size, st.st_mtime
+        except FileNotFoundError:
+            continue
 
 
 def _alive(pid: int) -> bool:
