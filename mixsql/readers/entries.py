@@ -56,7 +56,7 @@ class _NodeCacheEntries:
         return self._node_cache
 
     def _open_or_filling(self, info):
-        """The file's node-cache entry, ``(file, payload size, mapped payload)``, once it is whole; or, while
+        """The file's node-cache entry, ``(payload size, mapping)``, once it is whole; or, while
         this process fills it, the fill's :class:`_FillProgress` (rows are read from the
         temporary file as soon as the bytes they need are written)."""
         fid = info.file_id
@@ -71,17 +71,18 @@ class _NodeCacheEntries:
         return fut.result() if fut is not None else self._open_entry(fid)
 
     def _open_entry(self, file_id: int, progress: "_FillProgress | None" = None) -> tuple:
-        """Open (filling if needed) the file's node-cache entry and keep it open (and mapped):
-        ``(file, payload size, mapped payload)``."""
+        """Open (filling if needed) the file's node-cache entry and keep it mapped:
+        ``(payload size, mapping)`` (the mapping holds the file; its descriptor is closed)."""
         error = None
         try:
             info = self._info(file_id)
-            f = self._cache().get_or_fill(info.entry_key(), lambda out: self._checked_fill(info, out, progress))
-            size = payload_size(f)
-            entry = (f, size, _mapped(f, size))
+            with self._cache().get_or_fill(info.entry_key(),
+                                           lambda out: self._checked_fill(info, out, progress)) as f:
+                size = payload_size(f)
+                entry = (size, _mapped(f, size))
             with self._lock:
                 self._entries[file_id] = entry
-                while len(self._entries) > _OPEN_ENTRIES:   # closed when no reader holds it any more
+                while len(self._entries) > _OPEN_ENTRIES:   # unmapped when no reader holds it any more
                     self._entries.popitem(last=False)
             return entry
         except BaseException as exc:

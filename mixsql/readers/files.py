@@ -92,11 +92,9 @@ class _FileInfo:
 
 
 
-def _pread(f, limit: int | None = None):
-    """``(start, n) -> bytes`` positioned reads of ``f`` (kept open by the closure), never past ``limit``."""
-    if limit is None:
-        return lambda start, n: os.pread(f.fileno(), n, start)
-    return lambda start, n: os.pread(f.fileno(), max(0, min(n, limit - start)), start)
+def _pread(f):
+    """``(start, n) -> bytes`` positioned reads of ``f`` (kept open by the closure)."""
+    return lambda start, n: os.pread(f.fileno(), n, start)
 
 
 def _coalesced(idx, offs, lens, pread, path, gap: int = _COALESCE_GAP):

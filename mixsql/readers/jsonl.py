@@ -36,11 +36,11 @@ class _JsonlReading:
         if isinstance(src, _FillProgress):
             self._jsonl_lines(info, idx, offs, lens, rows, texts, src.pread)
             return
+        size, mapped = src
         o = offs[idx].astype(np.int64)
         e = o + lens[idx].astype(np.int64)
-        mapped = src[2]
         try:
-            self._parse_lines(info, idx, o, e, memoryview(mapped)[:src[1]], rows, texts)
+            self._parse_lines(info, idx, o, e, memoryview(mapped)[:size], rows, texts)
         finally:
             _release(mapped, o, e)
 
