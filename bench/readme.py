@@ -154,6 +154,9 @@ def _goal(figs, sec, key, fmt):
     return fmt.format(v) if v is not None else "see BRIEF.md"
 
 
+TARGET_TABLE = ("| target | measured | goal | met |", "|---|---|---|---|")
+
+
 def _targets(figs: dict) -> list[str]:
     named = [
         ("registration rate", "registration"), ("sample index size", "registration"),
@@ -179,8 +182,7 @@ def _targets(figs: dict) -> list[str]:
     ]
     unmeasured = [f"{name} ({sec})" for (name, sec), r in zip(named, rows) if r is None]
     rows = [r for r in rows if r is not None] + _group_rows(figs.get("planner", {}))
-    lines = ["**mixsql's own targets** (BRIEF.md), same run:", "", "| target | measured | goal | met |",
-             "|---|---|---|---|", *rows]
+    lines = ["**mixsql's own targets** (BRIEF.md), same run:", "", *TARGET_TABLE, *rows]
     srv = figs.get("server", {})
     if "p99_crosses_50ms_at_chunks_per_s" in srv:
         lines += ["", f"Server: 256 ranks in 16 client processes; p99 per chunk crosses 50 ms at "
@@ -220,7 +222,6 @@ def _targets(figs: dict) -> list[str]:
     return lines
 
 
-TARGET_TABLE = ("| target | measured | goal | met |", "|---|---|---|---|")
 # (figure, label, the run's target figure, ">=" or "<", the target when the run did not record it)
 STORAGE_ROWS = (
     ("local_warm_vs_sequential", "shuffled mixture text from local .jsonl.zst, warm node cache, vs a sequential "
