@@ -24,7 +24,8 @@ CTRL_C = "\x03"
 
 def run_repl(catalog, keys: str | list[str], history=None, on_start=None, pace: float = 0.3, **kw) -> str:
     """Run a Repl on piped keys. A list of pieces is typed piece by piece, ``pace`` seconds
-    apart, like a person waiting for Tab completion to appear."""
+    apart, and after a piece ending in Tab until the completion has replaced what it typed (at
+    most 10 s), like a person waiting for Tab completion to appear."""
     out = io.StringIO()
     with create_pipe_input() as inp:
         repl = Repl(catalog=catalog, input=inp, output=DummyOutput(), stdout=out,
@@ -34,9 +35,15 @@ def run_repl(catalog, keys: str | list[str], history=None, on_start=None, pace: 
             inp.send_text(keys)
         else:
             def feed():
+                buffer = repl.session.default_buffer
                 for piece in keys:
                     inp.send_text(piece)
                     time.sleep(pace)
+                    if piece.endswith("\t"):   # a person waits until the completion appears
+                        typed = piece[:-1]
+                        deadline = time.monotonic() + 10
+                        while buffer.text.endswith(typed) and time.monotonic() < deadline:
+                            time.sleep(0.02)
             threading.Thread(target=feed, daemon=True).start()
         if on_start:
             on_start(repl)
