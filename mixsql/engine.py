@@ -85,6 +85,7 @@ import pyarrow as pa
 from .composition import Composer
 from .gather import LazySequences, RunCache
 from .gctools import without_gc
+from .packed import PackedSelection
 from .errors import ProgrammingError
 from .selection import COMPACT_DERIVED, COMPACT_KEY, SORTED_KEY
 from .shuffle import ORDER_KEY_PREFIX, GroupSequence, order_key_columns, ordered_permutation, pointer_order
@@ -446,8 +447,52 @@ class MixEngine:
     schedule with :meth:`apply_schedule_for_step`.
     """
 
-    def __init__(self, pointers: pa.Table, spec: MixSpec, state: dict | None = None, *,
+    def __init__(self, pointers: pa.Table | PackedSelection, spec: MixSpec, state: dict | None = None, *,
                  batch_size: int | None = None):
+        if spec.chunk_size <= 0:
+            raise ProgrammingError(f"SETTINGS chunk_size must be positive, got {spec.chunk_size}")
+        if spec.on_exhausted not in ("stop", "redistribute", "repeat"):
+            raise ProgrammingError(f"unknown on_exhausted {spec.on_exhausted!r}: use stop, redistribute or repeat")
+        self.spec = spec
+        self.n_groups = len(spec.groups)
+        self._paths = pa.array([g.path for g in spec.groups], pa.string())
+        self._packed = pointers if isinstance(pointers, PackedSelection) else None
+        if self._packed is not None:
+            counts = self._init_packed(self._packed)
+        else:
+            counts = self._init_table(pointers)
+        self._seq = LazySequences(self.n_groups, self._sequence)
+        self._runs = RunCache(self._n)
+        self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
+        self._names = [*CHUNK_HEAD, *self.user_columns, *CHUNK_TAIL]
+        self._chunk_schema = None
+        self._file_paths_py = self._file_paths.to_pylist()
+        self._inter_cache: dict = {}
+        self._positions = np.arange(max(1, spec.chunk_size if spec.unit == "samples" else 1024), dtype=np.int32)
+        self._fingerprint_of = (self.n_rows, counts)
+        self._fingerprint_memo = None
+        self._reset(batch_size or spec.batch_size)
+        if state is not None:
+            self.load_state_dict(state)
+
+    def _init_packed(self, sel: PackedSelection) -> np.ndarray:
+        """Fields of an engine over a packed selection (:mod:`mixsql.packed`): nothing per sample."""
+        if len(sel.group_sizes) != self.n_groups:
+            raise ProgrammingError(f"the packed selection has {len(sel.group_sizes)} groups, the spec {self.n_groups}")
+        self.n_rows = sel.num_rows
+        self._n, self._bounds, self._order = sel.group_sizes.copy(), sel.bounds, None
+        self._tokens_needed = False
+        self._group_tokens = self._group_files = None
+        self.user_columns, self._user = [], None
+        self._file_paths = pa.array(sel.rows.paths, pa.string())
+        self._file_source, self._sources = sel.rows.file_source, sel.rows.sources
+        self._file_id_by_code = sel.rows.file_ids
+        self._ntok_nulls = True   # per chunk: a mask where the row index has no count
+        return sel.group_sizes
+
+    def _init_table(self, pointers: pa.Table) -> np.ndarray:
+        """Fields of an engine over a pointer table (planned here, or a cached selection's)."""
+        spec = self.spec
         meta = pointers.schema.metadata or {}
         stored = meta.get(SORTED_KEY) == b"1"   # a cached selection: rows already in base order
         compact = json.loads(meta[COMPACT_KEY]) if stored and COMPACT_KEY in meta else None
@@ -458,14 +503,8 @@ class MixEngine:
             missing.append(f"{ORDER_COLUMN} (or {ORDER_KEY_PREFIX}<i>_<asc|desc>_<nf|nl> key columns)")
         if missing:
             raise ProgrammingError(f"pointer table lacks the planner columns {missing}")
-        if spec.chunk_size <= 0:
-            raise ProgrammingError(f"SETTINGS chunk_size must be positive, got {spec.chunk_size}")
-        if spec.on_exhausted not in ("stop", "redistribute", "repeat"):
-            raise ProgrammingError(f"unknown on_exhausted {spec.on_exhausted!r}: use stop, redistribute or repeat")
-        self.spec = spec
-        self.n_groups = G = len(spec.groups)
+        G = self.n_groups
         self.n_rows = N = pointers.num_rows
-        self._paths = pa.array([g.path for g in spec.groups], pa.string())
         if compact is not None:   # group sizes from the metadata: no column is read
             gid, counts = None, np.asarray(compact["group_sizes"], np.int64)
             if len(counts) != G or int(counts.sum()) != N:
@@ -495,9 +534,6 @@ class MixEngine:
         # file of every row: the shuffle's shard windows (ORDER BY groups read in their order)
         self._group_files = (_to_numpy(pointers.column("__mix_file_id"), np.int32)
                              if N and not spec.ordered else None)
-        self._seq = LazySequences(G, self._sequence)
-        self._runs = RunCache(self._n)
-        self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
         # output projection: numpy pointer columns + per-file dictionaries; user columns via take
         user = [c for c in pointers.column_names
                 if not c.startswith("__mix_") and c not in CHUNK_COLUMNS]
@@ -515,16 +551,7 @@ class MixEngine:
                                       (_to_numpy(ntok, np.int64) if not self._ntok_nulls and N else np.zeros(N, np.int64)))
         self._file_code, self._file_paths, self._file_source, self._sources = _file_dictionaries(pointers, N, compact)
         self._file_id_by_code = None if compact is None else np.asarray(compact["file_ids"], np.int32)
-        self._names = [*CHUNK_HEAD, *user, *CHUNK_TAIL]
-        self._chunk_schema = None
-        self._file_paths_py = self._file_paths.to_pylist()
-        self._inter_cache: dict = {}
-        self._positions = np.arange(max(1, spec.chunk_size if spec.unit == "samples" else 1024), dtype=np.int32)
-        self._fingerprint_of = (N, counts)
-        self._fingerprint_memo = None
-        self._reset(batch_size or spec.batch_size)
-        if state is not None:
-            self.load_state_dict(state)
+        return counts
 
     # --- construction helpers ---------------------------------------------------------------
     @staticmethod
@@ -579,7 +606,8 @@ class MixEngine:
         tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members]) + EOS_TOKENS
         files = None if fids is None else (fids[lo:hi] if order is None else fids[members])
         shuffle = None if self.spec.ordered else self.spec.shuffle
-        return GroupSequence(members, self.spec.seed, g, shuffle, tok, files)
+        runs = self._packed.shard_runs(g) if self._packed is not None else None
+        return GroupSequence(members, self.spec.seed, g, shuffle, tok, files, runs)
 
     @property
     def _fingerprint(self) -> str | None:
@@ -794,8 +822,8 @@ class MixEngine:
         """One chunk table: a gather per pointer column, dictionaries compacted to the chunk's
         files and sources (sorted by code: deterministic); no type inference, no Python loops."""
         n = len(idx)
-        P = self._np
-        code = self._file_code[idx]
+        cols = self._gather(idx)
+        code = cols["code"]
         srt = np.sort(code)
         ucode = srt[np.concatenate(([True], srt[1:] != srt[:-1]))] if n else srt
         inv = np.searchsorted(ucode, code).astype(np.int32)
@@ -808,10 +836,6 @@ class MixEngine:
             usrc = np.unique(fsrc)
             sinv = np.searchsorted(usrc, fsrc).astype(np.int32)
             source = pa.DictionaryArray.from_arrays(sinv[inv], self._sources.take(usrc))
-        if self._ntok_nulls:
-            ntok = self._ntok_col.take(idx)
-        else:
-            ntok = _arr(P["__mix_n_tokens"][idx], pa.int64())
         user = self._user.take(idx).columns if self._user is not None else []
         gid32 = gids.astype(np.int32, copy=False)
         if len(self._positions) < n:
@@ -822,18 +846,32 @@ class MixEngine:
             pa.DictionaryArray.from_arrays(gid32, self._paths),
             source,
             files,
-            _arr(P["__mix_row"][idx].astype(np.int64, copy=False), pa.int64()),
+            _arr(cols["row"].astype(np.int64, copy=False), pa.int64()),
             *user,
             _arr(gid32, pa.int32()),
-            _arr(self._file_id_by_code[code] if self._file_id_by_code is not None else P["__mix_file_id"][idx],
-                 pa.int32()),
-            _arr(P["__mix_offset"][idx].astype(np.int64, copy=False), pa.int64()),
-            _arr(P["__mix_length"][idx].astype(np.int32, copy=False), pa.int32()),
-            _arr(P["__mix_n_bytes"][idx].astype(np.int64, copy=False), pa.int64()),
-            ntok,
+            _arr(cols["file_id"].astype(np.int32, copy=False), pa.int32()),
+            _arr(cols["offset"].astype(np.int64, copy=False), pa.int64()),
+            _arr(cols["length"].astype(np.int32, copy=False), pa.int32()),
+            _arr(cols["n_bytes"].astype(np.int64, copy=False), pa.int64()),
+            cols["n_tokens"],
             _arr(epochs.astype(np.int32, copy=False), pa.int32()),
         ]
         return pa.Table.from_arrays(arrays, schema=self._schema(arrays))
+
+    def _gather(self, idx: np.ndarray) -> dict:
+        """Pointer columns of base-order rows ``idx`` (numpy; ``n_tokens`` an Arrow array)."""
+        if self._packed is not None:
+            c = self._packed.take(idx)
+            tok = c["n_tokens"].astype(np.int64)
+            c["n_tokens"] = pa.array(tok, pa.int64(), mask=tok < 0) if (tok < 0).any() else _arr(tok, pa.int64())
+            c["file_id"] = self._file_id_by_code[c["code"]]
+            return c
+        P = self._np
+        code = self._file_code[idx]
+        fid = self._file_id_by_code[code] if self._file_id_by_code is not None else P["__mix_file_id"][idx]
+        ntok = self._ntok_col.take(idx) if self._ntok_nulls else _arr(P["__mix_n_tokens"][idx], pa.int64())
+        return {"code": code, "row": P["__mix_row"][idx], "file_id": fid, "offset": P["__mix_offset"][idx],
+                "length": P["__mix_length"][idx], "n_bytes": P["__mix_n_bytes"][idx], "n_tokens": ntok}
 
     def _schema(self, arrays) -> pa.Schema:
         if self._chunk_schema is None:
@@ -868,6 +906,13 @@ class MixEngine:
         last = getattr(self, "_located", None)
         if last is not None and last[0] == (file, int(row)):
             return last[1]
+        if self._packed is not None:
+            fid = int(self._file_id_by_code[code])
+            if not 0 <= int(row) < int(self._packed.rows.starts[code + 1] - self._packed.rows.starts[code]):
+                return None
+            found = self._packed.position_of(int(self._packed.rows.gidx(np.array([fid]), np.array([int(row)]))[0]))
+            self._located = ((file, int(row)), found)
+            return found
         rows = self._np["__mix_row"]
         if file_id is not None and not self.spec.ordered and all(isinstance(q.members, range) for q in self._seq):
             fids, found = self._np["__mix_file_id"], None
@@ -935,11 +980,11 @@ class MixEngine:
 
     def pointer(self, index: int) -> dict:
         """Group, source, file, row and token count of pointer-table row ``index``."""
-        code = int(self._file_code[index])
+        c = self._gather(np.array([index], np.int64))
+        code = int(c["code"][0])
         group = next(gi for gi, seq in enumerate(self._seq) if _member(seq, index))
         return {"group": self._paths[group].as_py(), "source": self._sources[int(self._file_source[code])].as_py(),
-                "file": self._file_paths_py[code], "row": int(self._np["__mix_row"][index]),
-                "n_tokens": None if self._ntok_nulls else int(self._np["__mix_n_tokens"][index])}
+                "file": self._file_paths_py[code], "row": int(c["row"][0]), "n_tokens": c["n_tokens"][0].as_py()}
 
     # --- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -30,13 +30,14 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
 from .spec import MixSpec
 
-SELECTION_VERSION = 3   # 3: NATURAL token weights count the EOS each packed document gets
+SELECTION_VERSION = 4   # 4: packed selections (mixsql.packed); 3: NATURAL token weights count EOS
 SORTED_KEY = b"mixsql.base_order"
 COMPACT_KEY = b"mixsql.compact"     # JSON: group_sizes, file_ids and file_source per file code, sources
 COMPACT_DERIVED = ("__mix_group", "__mix_source")   # recovered from COMPACT_KEY
@@ -103,35 +104,33 @@ def compact(pointers: pa.Table, n_groups: int) -> pa.Table:
 
 def _load(d: Path):
     meta = json.loads((d / "meta.json").read_text())
+    if meta.get("kind") == "packed":
+        from .packed import PackedSelection
+        sel = PackedSelection.open(d)
+        return sel, sel.spec, sel.rows.files
     return _read_arrow(d / "pointers.arrow"), MixSpec.from_json(meta["spec"]), _read_arrow(d / "files.arrow")
 
 
-def cached(catalog_path: str, snapshot: int, sql: str, params, build):
-    """The node's selection for ``sql``: mapped when published, else built once under the lock.
-
-    ``build()`` returns ``(pointers in base order, spec, files)``. Returns ``(pointers, spec,
-    files, built)`` where ``built`` tells whether this call planned the statement."""
-    root = cache_root()
+def publish_once(root: Path, key: str, build: Callable[[Path], Any]) -> tuple[Path, Any, bool]:
+    """The published directory ``root/key``, built once per node: ``(directory, build's result
+    or None, built)``. The first caller takes ``flock(<key>.lock)``, runs ``build(tmp)`` into
+    ``<key>.tmp-<pid>`` and publishes it with one atomic ``rename``; concurrent callers wait on
+    the lock and then use the published directory. A builder that dies leaves only a ``.tmp-``
+    directory, never read and removed by the next builder."""
     root.mkdir(parents=True, exist_ok=True)
-    key = selection_key(catalog_path, snapshot, sql, params)
     final = root / key
     if final.is_dir():
-        return (*_load(final), False)
+        return final, None, False
     with open(root / f"{key}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if final.is_dir():   # another process published it while we waited
-                return (*_load(final), False)
+                return final, None, False
             for stale in root.glob(f"{key}.tmp-*"):   # left by a builder that died
                 shutil.rmtree(stale, ignore_errors=True)
-            pointers, spec, files = build()
             tmp = root / f"{key}.tmp-{os.getpid()}"
             tmp.mkdir()
-            _write_arrow(tmp / "pointers.arrow", compact(pointers, len(spec.groups)))
-            _write_arrow(tmp / "files.arrow", files)
-            (tmp / "meta.json").write_text(json.dumps({"version": SELECTION_VERSION, "spec": spec.to_json(),
-                                                       "snapshot": int(snapshot), "statement": sql,
-                                                       "rows": pointers.num_rows}))
+            result = build(tmp)
             delay = float(os.environ.get("MIXSQL_SELECTION_PUBLISH_DELAY", "0") or 0)
             if delay:   # lets tests kill a builder between writing and publishing
                 time.sleep(delay)
@@ -139,6 +138,31 @@ def cached(catalog_path: str, snapshot: int, sql: str, params, build):
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
             os.rename(tmp, final)
-            return (*_load(final), True)
+            return final, result, True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def cached(catalog_path: str, snapshot: int, sql: str, params, build):
+    """The node's selection for ``sql``: mapped when published, else built once under the lock.
+
+    ``build(directory)`` either writes a packed selection into ``directory`` itself
+    (:mod:`mixsql.packed`) and returns ``None``, or returns ``(pointers in base order, spec,
+    files)`` to be stored here in the table form. Returns ``(pointers, spec, files, built)``
+    where ``built`` tells whether this call planned the statement; ``pointers`` is a
+    :class:`~mixsql.packed.PackedSelection` for a packed selection."""
+    key = selection_key(catalog_path, snapshot, sql, params)
+
+    def write(tmp: Path):
+        out = build(tmp)
+        if out is None:
+            return
+        pointers, spec, files = out
+        _write_arrow(tmp / "pointers.arrow", compact(pointers, len(spec.groups)))
+        _write_arrow(tmp / "files.arrow", files)
+        (tmp / "meta.json").write_text(json.dumps({"version": SELECTION_VERSION, "spec": spec.to_json(),
+                                                   "snapshot": int(snapshot), "statement": sql,
+                                                   "rows": pointers.num_rows}))
+
+    final, _, built = publish_once(cache_root(), key, write)
+    return (*_load(final), built)

@@ -158,11 +158,14 @@ class GroupSequence:
     ``range`` when they are contiguous (a selection stored in base order: no index array).
     ``tokens``: per-member token counts (same order) or ``None`` when not needed.
     ``files``: per-member file ids (same order; shards are their runs) or ``None`` (one shard).
+    ``runs``: ``(first positions, file ids)`` of the runs ``files`` would have, when known
+    without a per-member array (a packed selection).
     ``shuffle=None`` means ordered (base order in every epoch).
     """
 
     def __init__(self, members: np.ndarray, seed: int, group_id: int, shuffle: Shuffle | None,
-                 tokens: np.ndarray | None = None, files: np.ndarray | None = None):
+                 tokens: np.ndarray | None = None, files: np.ndarray | None = None,
+                 runs: tuple[np.ndarray, np.ndarray] | None = None):
         self.members = members
         self._start = members.start if isinstance(members, range) else None
         self.n = n = int(len(members))
@@ -175,7 +178,9 @@ class GroupSequence:
             self.block, self.window, self.shards = int(shuffle.block), int(shuffle.window), int(shuffle.shards)
         else:
             self.block, self.window, self.shards = ORDERED_WINDOW, 1, 0
-        if files is not None and self.shuffled and n:
+        if runs is not None and self.shuffled and n:
+            lo, self._shard_file = np.asarray(runs[0], np.int64), np.asarray(runs[1], np.int64)
+        elif files is not None and self.shuffled and n:
             lo = _run_starts(np.asarray(files))
             self._shard_file = np.asarray(files)[lo].astype(np.int64)
         else:

@@ -69,7 +69,7 @@ class MixStream:
         """Like :meth:`open` (pointers only), through the node's selection cache
         (:mod:`mixsql.selection`): the first process plans and publishes the selection, every
         other process (and every later restart) memory-maps it instead of planning."""
-        from . import planner
+        from . import packed, planner
         from .selection import cached
         from .source_statements import split_snapshot
 
@@ -77,11 +77,15 @@ class MixStream:
         with Catalog(catalog, read_only=True, snapshot=pin if snapshot is None else snapshot) as cat:
             snapshot = cat.snapshot
 
-        def build():
-            with Catalog(catalog, read_only=True, snapshot=snapshot) as cat, cat.lock:
-                plan = planner.plan(cat, sql, params)
-                pointers, spec = planner.execute_plan(cat, plan, user_columns=False, canonical=True)
-                return pointers, spec, cat.files_table(_used_file_ids(pointers))
+        def build(directory):
+            with Catalog(catalog, read_only=True, snapshot=snapshot) as cat:
+                with cat.lock:
+                    plan = planner.plan(cat, sql, params)
+                if packed.eligible(plan.spec):   # about a byte a sample, built streaming
+                    return packed.build(cat, plan, directory, str(catalog), snapshot, sql)
+                with cat.lock:
+                    pointers, spec = planner.execute_plan(cat, plan, user_columns=False, canonical=True)
+                    return pointers, spec, cat.files_table(_used_file_ids(pointers))
 
         pointers, spec, files, built = cached(str(catalog), snapshot, sql, params, build)
         stream = cls(pointers, spec, files, snapshot, sql, batch_size)

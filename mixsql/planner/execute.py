@@ -82,13 +82,29 @@ def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = Tr
         tok = ntok.to_numpy(zero_copy_only=False).astype(np.float64) + EOS_TOKENS   # as packed
         leaf_tokens = np.bincount(group_ids, weights=tok, minlength=n_leaves) if len(tok) else np.zeros(n_leaves)
 
+    return table, resolve_natural(plan, leaf_rows, leaf_tokens)
+
+
+def resolve_natural(plan: MixPlan, leaf_rows: np.ndarray, leaf_tokens: np.ndarray | None) -> MixSpec:
+    """The plan's final spec: NATURAL weights resolved from rows (or tokens) per leaf."""
+    spec = plan.spec
     if plan.natural:
         measure = leaf_tokens if spec.unit == "tokens" else leaf_rows.astype(np.float64)
-        weights = np.zeros(n_leaves)
+        weights = np.zeros(len(plan.leaves))
         natural_weights(plan.root, 1.0, measure, weights, force=plan.prior_natural)
         groups = tuple(Group(g.id, g.path, w, g.values) for g, w in zip(spec.groups, weights.tolist()))
         spec = MixSpec(**{**spec.__dict__, "groups": groups})
-    return table, spec
+    return spec
+
+
+def run_query(catalog, plan: MixPlan, columns: list[str], batch_rows: int = 1 << 20):
+    """Record batches of the plan's query projected on ``columns``, streamed (never one table)."""
+    cols = ", ".join(f'"{c}"' for c in columns)
+    try:
+        reader = catalog.con.sql(f"SELECT {cols} FROM ({plan.sql})", params=plan.params).to_arrow_reader(batch_rows)
+        yield from reader
+    except duckdb.Error as exc:
+        raise SQLError(f"DuckDB failed running the MIX query: {str(exc).splitlines()[0]}", plan.statement) from None
 
 
 FILLED = ("__mix_source", "__mix_file")
