@@ -28,6 +28,8 @@ PACKED_VERSION = 1
 BLOCK = 128
 SLAB = 1 << 24          # row numbers per pass step (bounded memory)
 _WIDTHS = (1, 2, 4, 8)
+DUPLICATE = ("the MIX query returns some samples more than once (a join that duplicates rows?); a training "
+             "selection holds each sample once: filter with WHERE EXISTS (...) or IN (...) instead of a join")
 
 
 def eligible(spec: MixSpec) -> bool:
@@ -140,9 +142,8 @@ def build(catalog, plan, tmp: Path, catalog_path: str, snapshot: int, sql: str) 
             g = batch.column(0).to_numpy().astype(np.int64)
             gx = rows.gidx(batch.column(len(cols) - 2).to_numpy().astype(np.int64),
                            batch.column(len(cols) - 1).to_numpy())
-            if (codes[gx] != sentinel).any() or len(np.unique(gx)) != len(gx):
-                raise ProgrammingError("the MIX query returned a sample twice (a join duplicating rows?): "
-                                       "a selection holds each sample at most once")
+            if (codes[gx] != sentinel).any():   # twice in one batch: the count check in _group_major
+                raise ProgrammingError(DUPLICATE)
             codes[gx] = g
             leaf_rows += np.bincount(g, minlength=n_leaves)
             for i, name in enumerate(plan.entry_columns, start=1):
@@ -183,6 +184,8 @@ def _group_major(codes: np.ndarray, leaf_rows: np.ndarray, sentinel, tmp: Path, 
         out[dest] = lo + sel[order]
         cursor += counts
         status.show(f"mixsql: ordering the selection by group ({min(lo + SLAB, len(codes)):,} / {len(codes):,} rows)")
+    if (cursor != np.cumsum(leaf_rows)).any():   # fewer rows than the query returned: one came twice
+        raise ProgrammingError(DUPLICATE)
     out.flush()
     return path
 

@@ -108,6 +108,14 @@ def test_data_errors_are_the_planners(catalog, cache):
     assert not any(p.is_dir() and ".tmp-" not in p.name for p in (cache / "selections").iterdir())
 
 
+def test_a_query_returning_a_sample_twice_is_refused(catalog, cache):
+    sql = ("SELECT samples.* FROM samples JOIN (SELECT 1 AS x UNION ALL SELECT 2) t ON true "
+           "MIX BY source WITH (web 0.5, code 0.5) SETTINGS (chunk_size = 10)")
+    with pytest.raises(ProgrammingError, match="more than once"):
+        MixStream.open_cached(catalog, sql)
+    assert not [p for p in (cache / "selections").iterdir() if p.is_dir() and ".tmp-" not in p.name]
+
+
 def _codec(tmp_path, groups: list[np.ndarray]) -> PackedSelection:
     """A PackedSelection over given sorted row numbers per group (one file: runs are groups)."""
     sizes = np.array([len(g) for g in groups], np.int64)
