@@ -18,6 +18,10 @@ between a client and the server's files, network and configuration:
    ``lock_configuration = true`` (no ``SET`` can undo it). Memory and threads are capped, and a
    timer interrupts a statement that runs past the query time limit.
 
+What a statement selects is published to the node's selection cache (:mod:`mixsql.selection`)
+and memory-mapped by every later job of the same statement, parameters and catalog snapshot:
+layer 1 checks every statement, layer 2 plans it only when the node has not published it yet.
+
 Errors raised here name the client's own SQL (position and caret), never data from outside
 the catalog: with external access off no outside data can enter a query, and unexpected
 failures are reported by kind only.
@@ -169,12 +173,18 @@ class Sandbox:
             timer.cancel()
 
     def open_stream(self, statement: str, params=None):
-        """Check ``statement``, then plan and execute it here: a pointers-only MixStream."""
-        from .stream import MixStream
+        """Check ``statement``, then its pointers-only MixStream from the node's selection cache
+        (:meth:`~mixsql.stream.MixStream.from_cache`): mapped when this node published it already
+        (no planning), else planned here, within the query time limit, and published."""
+        from .stream import MixStream, plan_selection
 
         check_statement(statement, parse_client_statement(statement, self.limits), self.tables)
-        with self.deadline():
-            return MixStream.open(self.catalog, statement, params, user_columns=False)
+
+        def build(directory):
+            with self.deadline():
+                return plan_selection(self.catalog, statement, params, directory, self.catalog.path, self.snapshot)
+
+        return MixStream.from_cache(self.catalog.path, self.snapshot, statement, params, build)
 
     def close(self) -> None:
         self.catalog.close()

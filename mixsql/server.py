@@ -9,13 +9,14 @@ Wire protocol (JSON bodies only; nothing is ever unpickled or executed):
     ``feedback``      {job, step, loss_sums: [..], token_counts: [..]} -> {step, weights, at_chunk, duplicate}
     ``checkpoint``    {job} -> the job's state (JSON)
     ``restore``       {job, state} -> {job}  (a checkpoint of this job or of the same statement)
-    ``job_info``      {job} -> weights, weight log, frontier, per-rank consumption
+    ``job_info``      {job} -> weights, weight log, chunks served, end (when known), per-rank consumption
     ``ledger``        {job} -> statement, params, catalog snapshot, stream fingerprint and every
                       weight change since chunk 0: what :mod:`mixsql.ledger` needs (see ``Job.ledger``)
     ``drop_job``      {job} -> {job, dropped}  (deletes the job's files; frees a job slot)
     ``ping``          {} -> {ok: true}
 ``do_get`` (ticket: JSON {job, chunk, rank?, worker?} or {job, files: true})
-    Chunk ``chunk`` as Arrow record batches (the engine's chunk table). Past the end of the
+    Chunk ``chunk`` as Arrow record batches (the engine's chunk table), computed directly: any
+    index, in any order (see :mod:`mixsql.jobs.job`). Past the end of the
     stream: an empty stream whose schema metadata has ``mixsql.end = "true"``. With
     ``rank`` and ``worker`` the server checks that the chunk belongs to that rank and worker
     under the job's topology (``topology.owner``); ``rank`` records the rank's consumption.
@@ -62,7 +63,7 @@ ACTIONS = {
     "feedback": "per-group losses of one training step: {job, step, loss_sums, token_counts}",
     "checkpoint": "the job's resumable state: {job} -> state",
     "restore": "reset a job to a checkpoint: {job, state}",
-    "job_info": "weights, weight log, frontier and consumption of a job: {job}",
+    "job_info": "weights, weight log, chunks served, end and consumption of a job: {job}",
     "ledger": "what the data ledger needs to recompute a job's chunks: {job}",
     "drop_job": "delete a job and its files: {job}",
     "ping": "liveness check: {} -> {ok: true}",
@@ -160,7 +161,7 @@ class MixServer(flight.FlightServerBase):
     ``token``: one token or a list of tokens (each its own tenant). Off loopback the server
     needs TLS and a token unless ``insecure=True``. Other keyword options are the fields of
     :class:`~mixsql.jobs.ServerLimits` and :class:`~mixsql.sandbox.SandboxLimits`, and the
-    job's cache/snapshot settings (``window``, ``snapshot_every``, ...)."""
+    job's served-chunk cache size (``window``)."""
 
     def __init__(self, catalog: str | os.PathLike, host: str = "127.0.0.1", port: int = 0,
                  token: str | list[str] | None = None, tls_cert: str | os.PathLike | None = None,

@@ -9,6 +9,10 @@ yields this process's chunks for a :class:`~mixsql.topology.Topology`; each is c
 (default; the DB-API's MIX result rows show the user's projection), ``False`` (pointers only:
 what training reads, and by far the cheapest to open), or a sequence of user column names
 (e.g. torch's ``columns=``). Chunks always carry the pointer columns either way.
+
+``MixStream.open_cached`` (and :meth:`MixStream.from_cache`, for a caller that plans on its own
+catalog handle, e.g. the server's sandbox) go through the node's selection cache instead: planned
+once per node by :func:`plan_selection`, memory-mapped by every other opener.
 """
 from __future__ import annotations
 
@@ -69,8 +73,6 @@ class MixStream:
         """Like :meth:`open` (pointers only), through the node's selection cache
         (:mod:`mixsql.selection`): the first process plans and publishes the selection, every
         other process (and every later restart) memory-maps it instead of planning."""
-        from . import packed, planner
-        from .selection import cached
         from .source_statements import split_snapshot
 
         sql, pin = split_snapshot(sql)
@@ -79,15 +81,19 @@ class MixStream:
 
         def build(directory):
             with Catalog(catalog, read_only=True, snapshot=snapshot) as cat:
-                with cat.lock:
-                    plan = planner.plan(cat, sql, params)
-                if packed.eligible(plan.spec):   # about a byte a sample, built streaming
-                    return packed.build(cat, plan, directory, str(catalog), snapshot, sql)
-                with cat.lock:
-                    pointers, spec = planner.execute_plan(cat, plan, user_columns=False, canonical=True)
-                    return pointers, spec, cat.files_table(_used_file_ids(pointers))
+                return plan_selection(cat, sql, params, directory, str(catalog), snapshot)
 
-        pointers, spec, files, built = cached(str(catalog), snapshot, sql, params, build)
+        return cls.from_cache(str(catalog), snapshot, sql, params, build, batch_size=batch_size)
+
+    @classmethod
+    def from_cache(cls, catalog_path: str | os.PathLike, snapshot: int, sql: str, params, build, *,
+                   batch_size: int | None = None) -> "MixStream":
+        """The stream of the node's selection of ``sql`` on catalog snapshot ``snapshot``: mapped
+        when published, else built once by ``build(directory)`` (:func:`plan_selection` on some
+        catalog handle) and published. ``stream.built`` tells whether this call planned the statement."""
+        from .selection import cached
+
+        pointers, spec, files, built = cached(str(catalog_path), snapshot, sql, params, build)
         stream = cls(pointers, spec, files, snapshot, sql, batch_size)
         stream.built = built
         return stream
@@ -104,6 +110,22 @@ class MixStream:
             if t is None:
                 return
             yield t
+
+
+def plan_selection(cat: Catalog, sql: str, params, directory, catalog_path: str, snapshot: int):
+    """What the node's selection cache stores for ``sql`` planned on ``cat`` (pointers only,
+    :func:`mixsql.selection.cached`): a packed selection written into ``directory`` (returns
+    None; :mod:`mixsql.packed`, about a byte a sample, built streaming) when the statement
+    allows it, else ``(pointers in base order, spec, files)``."""
+    from . import packed, planner
+
+    with cat.lock:
+        plan = planner.plan(cat, sql, params)
+    if packed.eligible(plan.spec):
+        return packed.build(cat, plan, directory, catalog_path, snapshot, sql)
+    with cat.lock:
+        pointers, spec = planner.execute_plan(cat, plan, user_columns=False, canonical=True)
+        return pointers, spec, cat.files_table(_used_file_ids(pointers))
 
 
 def _used_file_ids(pointers: pa.Table) -> list[int]:

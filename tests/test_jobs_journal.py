@@ -49,8 +49,8 @@ def _new_job(catalog, steps: int):
 
 
 def _state_bytes(job) -> int:
-    """Size of the job file without its weight log (which holds the changes not yet behind the
-    regeneration window: bounded by that window, whatever the number of steps)."""
+    """Size of the job file without its weight log (the newest ``LOG_KEEP`` changes: bounded,
+    whatever the number of steps)."""
     doc = json.loads(job.path.read_bytes())
     doc.pop("weight_log")
     return len(json.dumps(doc))

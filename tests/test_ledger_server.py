@@ -112,22 +112,27 @@ def test_server_ledger_over_another_catalog_is_refused(cat, server, tmp_path):
         Ledger(old, catalog=cat)
 
 
-def test_job_weight_history_is_journaled_whole_and_survives_reload(cat):
+def test_job_weight_history_is_journaled_whole_and_survives_reload(cat, monkeypatch):
     from test_jobs_journal import _losses as journal_losses
 
+    import mixsql.jobs.job as job_module
+
+    monkeypatch.setattr(job_module, "LOG_KEEP", 2)   # the job file's weight log keeps the newest 2
     sql = ADO_SQL.replace("update_every = 4", "update_every = 2").replace("batch_size = 12", "batch_size = 4")
-    jm = JobManager(cat, snapshot_every=1, keep_snapshots=2)
+    jm = JobManager(cat)
     jid = jm.register(sql)["job"]
     job = jm.get(jid)
     for step in range(40):
         job.feedback(step, [x / 100 for x in journal_losses(step)[0]] + [2.0], [1.0, 1.0, 1.0])
-        job.chunk(step)   # generating chunks moves the snapshots on, and prunes the weight log
+        job.chunk(step)
     record = job.ledger()
     changes = record["weight_changes"]
-    assert len(changes) > 5 and changes[0][0] < min(e[0] for e in job.doc["weight_log"])
+    assert len(changes) > 5 and len(job.doc["weight_log"]) == 2
+    assert changes[0][0] < min(e[0] for e in job.doc["weight_log"])
     assert [at for at, _ in changes] == sorted({at for at, _ in changes})
     assert json.loads(job.path.read_bytes())["weight_history"] == []   # in the journal, not the job file
-    back = JobManager(cat, snapshot_every=1, keep_snapshots=2).get(jid)
+    back = JobManager(cat).get(jid)
     assert back.ledger() == record
+    assert all(back.chunk(k).equals(job.chunk(k)) for k in range(0, 40, 3))   # the whole history re-applied
     jm.close()
     back.close()

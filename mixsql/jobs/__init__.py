@@ -1,13 +1,15 @@
 """Server-side jobs: one MIX statement executed once, its chunks served to many ranks.
 
-A :class:`Job` owns the statement's :class:`~mixsql.stream.MixStream`, a *frontier* engine
-that generates chunks strictly in order, a bounded cache of generated chunks, and the job's
-dynamic state: weight log, mixing algorithm, last feedback step, per-rank consumption.
+A :class:`Job` owns the statement's :class:`~mixsql.stream.MixStream` (the node's memory-mapped
+selection), an engine that computes any chunk directly, a bounded cache of served chunks, and
+the job's dynamic state: weight history, mixing algorithm, last feedback step, per-rank
+consumption.
 
-:class:`JobManager` (this module) holds the jobs of one catalog: it plans each statement in a
-sandbox, admits it against the server's limits and loads it back from its file. Determinism,
-regeneration, feedback and checkpoints: :mod:`.job`; the job file and its journal:
-:mod:`.journal`.
+:class:`JobManager` (this module) holds the jobs of one catalog: it opens each statement's
+selection through a sandbox (planned there and published to the node's selection cache when no
+process on the node has, else mapped), admits it against the server's limits and loads it back
+from its file. Determinism, feedback and checkpoints: :mod:`.job`; the job file and its
+journal: :mod:`.journal`.
 """
 from __future__ import annotations
 
@@ -93,8 +95,9 @@ class JobManager:
             self.planning.release()
 
     def _open(self, statement: str, params: Any, expect_snapshot: int | None = None):
-        """(snapshot, stream) of ``statement`` planned in a fresh sandbox, on ``expect_snapshot``
-        when given (a job keeps reading the snapshot it was registered on)."""
+        """(snapshot, stream) of ``statement`` through a fresh sandbox, on ``expect_snapshot`` when
+        given (a job keeps reading the snapshot it was registered on): the node's cached selection,
+        planned in the sandbox only when no process on the node published it yet."""
         with self._plan_slot(), Sandbox(self.catalog, self.sandbox_limits, snapshot=expect_snapshot) as box:
             return box.snapshot, box.open_stream(statement, params)
 
@@ -155,8 +158,8 @@ class JobManager:
             _check_dynamic(stream.spec)
             doc = {"format": JOB_FORMAT, "job": jid, "tenant": tenant, "statement": statement,
                    "params": params, "catalog_snapshot": snapshot, "topology": top,
-                   "feedback_lag": int(self.limits.feedback_lag), "snapshots": {}, "weight_log": [],
-                   "lease": 0, "end": None, "algorithm_state": None, "last_step": None,
+                   "feedback_lag": int(self.limits.feedback_lag), "weight_log": [],
+                   "algorithm_state": None, "last_step": None,
                    "consumption": {}, "weights": list(stream.spec.weights()), "weight_history": []}
             job = Job(jid, self.dir / f"{jid}.json", stream, doc, limits=self.limits, **self.job_options)
             job.save()

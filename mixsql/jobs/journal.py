@@ -2,15 +2,14 @@
 
 Persistence
     ``<catalog>/jobs/<job>.json`` is rewritten atomically (temp file + ``os.replace``) after
-    every change of the dynamic state (registration, feedback, restore) and whenever the
-    lease advances (every ``lease_ahead`` chunks; the file then holds a snapshot at the
-    frontier). Per-rank consumption is saved with those writes. After ``kill -9`` the job
+    every change of the dynamic state (registration, feedback, restore, checkpoint) and every
+    ``SAVE_EVERY`` chunks served to ranks; per-rank consumption is saved with those writes. After ``kill -9`` the job
     reloads from that file: feedback already acknowledged is never lost (clients resend
     unacknowledged feedback; a step at or below the last one is ignored as a duplicate).
     The algorithm's append-only lists (ADO's per-step loss history, see
     ``MixingAlgorithm.append_only``) and the job's whole weight history (every ``[at_chunk,
-    weights]`` change since chunk 0, which the data ledger re-applies; the weight log itself is
-    pruned with the snapshots) live in ``<job>.journal`` instead: each save appends only the new
+    weights]`` change since chunk 0, which the engine and the data ledger re-apply; the job
+    file's weight log keeps only the newest ``LOG_KEEP`` changes with their reasons) live in ``<job>.journal`` instead: each save appends only the new
     items, then the job file records how many are committed, so a feedback call writes
     O(groups) bytes however long training has run. Journal lines beyond the committed counts
     (a crash between the two writes) are ignored and cleaned up on reload.
