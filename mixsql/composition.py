@@ -26,6 +26,8 @@ monotone counts (O(groups x log) each), lazily, as far as the requested chunk.
 """
 from __future__ import annotations
 
+import bisect
+
 import math
 
 import numpy as np
@@ -295,7 +297,8 @@ class Composer:
         cut = b is not None and b.kind != "chunks" and ((b.kind == "tokens") != self.tokens_unit or self.tokens_unit)
         self.other_budget = b if cut else None
         self.w0 = np.asarray(initial_weights, np.float64)
-        self.log: list[list] = []
+        self.log: list[list] = []     # [at_chunk, weights], sorted by chunk
+        self._log_at: list[int] = []  # the log's chunks (bisect)
         self.dry_at: dict[int, int] = {}
         self._reset([self._initial()])
 
@@ -320,8 +323,12 @@ class Composer:
         return w / s if s > 0 else w
 
     def set_weights(self, w: np.ndarray, at: int) -> None:
-        self.log = [e for e in self.log if e[0] != at] + [[int(at), w]]
-        self.log.sort(key=lambda e: e[0])
+        i = bisect.bisect_left(self._log_at, at)   # O(log) to find; appending is the usual case
+        if i < len(self._log_at) and self._log_at[i] == at:
+            self.log[i] = [int(at), w]
+        else:
+            self.log.insert(i, [int(at), w])
+            self._log_at.insert(i, int(at))
         self.invalidate(at)
 
     def invalidate(self, at: int) -> None:
@@ -407,10 +414,8 @@ class Composer:
         return segs[lo]
 
     def _pending_change(self, after: int):
-        for at, w in self.log:
-            if at >= after:
-                return at, w
-        return None
+        i = bisect.bisect_left(self._log_at, after)
+        return (self.log[i][0], self.log[i][1]) if i < len(self.log) else None
 
     def resolve(self, upto: int) -> None:
         """Find weight changes, exhaustion points and the end up to chunk ``upto`` (inclusive)."""
@@ -458,7 +463,10 @@ class Composer:
             tok = np.zeros(self.G, np.int64)
         weights = np.asarray(w, np.float64)
         S0 = int(tok.sum()) if self.tokens_unit else int(c.sum())
-        self.segs.append(Segment(k, c, tok, S0, weights, self.effective(weights, s.dry), s.dry.copy()))
+        ns = Segment(k, c, tok, S0, weights, self.effective(weights, s.dry), s.dry.copy())
+        self.segs.append(ns)
+        if not (ns.weff > 0).any():   # the new weights fall on dry groups only: nothing is left to draw
+            self.end = self.scanned = k
 
     def _handle_event(self, s: Segment, j: int) -> None:
         M = self.start_total(j + 1)
@@ -569,7 +577,8 @@ class Composer:
                 "end": None if self.end is None else [self.end, sorted(self.trunc.items()), self.cut_chunk]}
 
     def load(self, d: dict) -> None:
-        self.log = [[int(a), np.asarray(w, np.float64)] for a, w in d["log"]]
+        self.log = sorted(([int(a), np.asarray(w, np.float64)] for a, w in d["log"]), key=lambda e: e[0])
+        self._log_at = [a for a, _ in self.log]
         self.dry_at = {int(g): int(k) for g, k in d["dry_at"]}
         self._reset([Segment.from_json(x, self.G) for x in d["segments"]])
         self.scanned = int(d["scanned"])

@@ -4,6 +4,11 @@
 for a MIX statement. The selection lives in ``$MIXSQL_CACHE_DIR/selections/<key>`` (default
 ``~/.cache/mixsql``), ``key = sha256(catalog path, catalog snapshot, statement, parameters)``:
 
+A statement without ORDER BY composed in samples (most training mixtures) is stored *packed*
+(:mod:`mixsql.packed`: each group's sorted catalog row numbers, block-coded, about a byte a
+sample, over the node's row index of the catalog snapshot, :mod:`mixsql.rowindex`); ``meta.json``
+then says ``"kind": "packed"``. Any other statement is stored as a table:
+
 * ``pointers.arrow``: the selection in the engine's base order (by group, then ORDER BY rank or
   (file, row)), one uncompressed Arrow IPC record batch, so opening it is a memory map: every
   process on the node shares the same page-cache pages and no process copies the selection.

@@ -1,6 +1,8 @@
 """Random-access composition: chunk k computed directly equals chunk k of the sequential stream."""
 from __future__ import annotations
 
+import itertools
+
 import json
 
 import numpy as np
@@ -73,7 +75,8 @@ def test_chunk_k_directly_equals_chunk_k_of_the_sequential_stream(w, chunk, seed
             e.set_weights(nw, at_chunk=at)
         return e
 
-    seq = list(engine())
+    seq = list(itertools.islice(engine(), 5000))   # every stream here ends well before (<= 720 samples)
+    assert len(seq) < 5000, "the stream did not end"
     for k in data.draw(st.lists(st.integers(0, len(seq) + 3), min_size=1, max_size=6)):
         direct = engine().chunk(k)
         if k >= len(seq):
@@ -101,3 +104,15 @@ def test_chunk_ten_million_is_reached_without_composing_the_ones_before():
     target = np.array([.5, .3, .2]) * 5_000_000 * 512 + np.array([.2, .3, .5]) * 5_000_000 * 512
     assert samples.sum() == T and (np.abs(samples - target) < 1).all()
     assert len(e._comp.segs) == 2
+
+
+def test_weights_moved_onto_dry_groups_only_end_the_stream():
+    """Under redistribute, a change that puts all weight on groups already dry leaves nothing to
+    draw: the stream ends there (it used to emit empty chunks forever; found by the test above)."""
+    sched = (ScheduleStep(0, (0.0, 0.0, 0.0, 0.0, 1.0)), ScheduleStep(1, (0.2,) * 5))
+    spec = make_spec([0, 0, 0, 0, 1], chunk_size=1, seed=40076893, on_exhausted="redistribute",
+                     schedule=sched, weighting="schedule")
+    e = MixEngine(pointer_table([0, 0, 0, 0, 3]), spec, batch_size=2)
+    e.set_weights([0, 0, 0, 1, 0], at_chunk=3)
+    chunks = list(itertools.islice(e, 10))
+    assert [c.num_rows for c in chunks] == [1, 1, 1] and e.stream_end() == 3
