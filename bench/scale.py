@@ -20,9 +20,12 @@ cache, memory-map it). Measured, each in a fresh process unless said otherwise:
   DataLoader forks its workers), each composing and materialising 64 of its own chunks: PSS
   summed over the node's processes (shared pages counted once), against the same 9 processes
   running the same statement restricted to 1/500 of the rows (``"row" < 20``: same imports,
-  catalog handles and code paths) as baseline; ``selection_ram_bytes_per_sample`` = (node PSS -
-  baseline PSS) / (selected samples - baseline's selected samples): what each selected sample
-  adds. The selection is a file mapping: pages are resident once read, so over a whole epoch it
+  catalog handles and code paths) as baseline; PSS is split by mapping (``/proc/<pid>/smaps``):
+  anonymous, the selection file's, the row index's, the rest (code, libraries);
+  ``selection_ram_bytes_per_sample`` = (anonymous + selection-file PSS - the baseline's) /
+  (selected samples - baseline's selected samples): what each selected sample adds. The row
+  index's resident pages depend on which rows the chunks read, not on the selection's size
+  (``node_pss_row_index_pages_mb``). The selection is a file mapping: pages are resident once read, so over a whole epoch it
   grows towards the file's size, which ``selection_file_bytes_per_sample`` reports (page cache,
   shared by every process of the node). The catalog's row index (locations, 20 B per catalog row,
   shared by every statement over the snapshot) is reported on its own: its pages are read per
@@ -113,10 +116,21 @@ _NODE = _PRELUDE + """
 import multiprocessing
 W = int(sys.argv[3])
 
-def pss_kb(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        kb = {l.split()[0]: int(l.split()[1]) for l in f if l.startswith("Pss")}
-    return [kb["Pss:"], kb["Pss_Anon:"]]
+def pss_kb(pid):   # [total PSS, anonymous PSS, the row index mapping's PSS, the selection's] in kB
+    out, where = [0, 0, 0, 0], None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if not head[0].endswith(":"):          # a mapping's header line: range perms ... [path]
+                path = head[5] if len(head) > 5 else ""
+                where = 2 if "/rowindex/" in path else 3 if "/selections/" in path else None
+            elif head[0] == "Pss:":
+                out[0] += int(head[1])
+                if where is not None:
+                    out[where] += int(head[1])
+            elif head[0] == "Pss_Anon:":
+                out[1] += int(head[1])
+    return out
 
 eng = MixStream.open_cached(cat, sql).engine()
 
@@ -185,11 +199,14 @@ print(json.dumps(eng.state_dict()))""", cat, SQL, env=env)
     selected = cold["selected"]
     ms = {f"k={int(k):,}": _spread(v) for k, v in ck["times"].items()}
     med = {k: statistics.median(v) for k, v in ck["times"].items()}
-    node_mb, anon_mb = (statistics.median(sum(kb[i] for kb in run) for run in nodes[SQL]) / 1024 for i in (0, 1))
-    base_mb, base_anon_mb = (statistics.median(sum(kb[i] for kb in run) for run in nodes[SQL_TINY]) / 1024
-                             for i in (0, 1))
+    node_mb, anon_mb, index_mb, sel_mb = (statistics.median(sum(kb[i] for kb in run) for run in nodes[SQL]) / 1024
+                                          for i in range(4))
+    base_mb, base_anon_mb, base_index_mb, base_sel_mb = (
+        statistics.median(sum(kb[i] for kb in run) for run in nodes[SQL_TINY]) / 1024 for i in range(4))
     per_worker = [kb[0] for run in nodes[SQL] for kb in run[1:]]
-    sel_bytes = (node_mb - base_mb) * 2**20 / (selected - tiny)
+    # what the selection adds: anonymous memory and the selection file's resident pages (the row
+    # index's pages depend on which rows the chunks read, not on the selection's size: apart)
+    sel_bytes = ((anon_mb + sel_mb) - (base_anon_mb + base_sel_mb)) * 2**20 / (selected - tiny)
     anon_bytes = (anon_mb - base_anon_mb) * 2**20 / (selected - tiny)
     epoch_bytes = max(anon_bytes, 0) + file_bytes / selected   # every page of the selection resident
     warm_s = [w["s"] for w in warm]
@@ -210,6 +227,8 @@ print(json.dumps(eng.state_dict()))""", cat, SQL, env=env)
         "flat_in_k": med[str(KS[-1])] < 3 * max(med[str(KS[0])], 1e-3),
         "node_pss_1rank_8workers_mb": round(node_mb, 1),
         "node_pss_same_statement_1_500th_of_the_rows_mb": round(base_mb, 1),
+        "node_pss_row_index_pages_mb": round(index_mb, 1),
+        "node_pss_selection_pages_mb": round(sel_mb, 1),
         "target_node_pss_mb_at_1B": 8000,
         "pss_per_worker_mb_median": round(statistics.median(per_worker) / 1024, 1),
         "target_pss_per_worker_mb": 200,
