@@ -88,7 +88,7 @@ from .gctools import without_gc
 from .packed import PackedSelection
 from .errors import ProgrammingError
 from .selection import COMPACT_DERIVED, COMPACT_KEY, SORTED_KEY
-from .shuffle import ORDER_KEY_PREFIX, GroupSequence, order_key_columns, ordered_permutation, pointer_order
+from .shuffle import ORDER_KEY_PREFIX, GroupSequence, ShardOrders, order_key_columns, ordered_permutation, pointer_order
 from .spec import EOS_TOKENS, MIX_COLUMNS, ORDER_COLUMN, MixSpec
 
 
@@ -461,6 +461,7 @@ class MixEngine:
             counts = self._init_packed(self._packed)
         else:
             counts = self._init_table(pointers)
+        self._shard_orders = ShardOrders()   # groups over the same files share an epoch's shard order
         self._seq = LazySequences(self.n_groups, self._sequence)
         self._runs = RunCache(self._n)
         self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
@@ -607,7 +608,7 @@ class MixEngine:
         files = None if fids is None else (fids[lo:hi] if order is None else fids[members])
         shuffle = None if self.spec.ordered else self.spec.shuffle
         runs = self._packed.shard_runs(g) if self._packed is not None else None
-        return GroupSequence(members, self.spec.seed, g, shuffle, tok, files, runs)
+        return GroupSequence(members, self.spec.seed, g, shuffle, tok, files, runs, self._shard_orders)
 
     @property
     def _fingerprint(self) -> str | None:

@@ -41,6 +41,8 @@ so a mixture of thousands of small groups pays a few numpy calls per group, not 
 """
 from __future__ import annotations
 
+import hashlib
+
 import re
 
 import numpy as np
@@ -124,7 +126,27 @@ def shard_order(seed: int, epoch: int, files: np.ndarray) -> np.ndarray:
     """Seeded order of shards (indices into ``files``, their file ids) for ``epoch``: sorted by a
     hash of ``(seed, epoch, file_id)``, so every group ranks a given file the same way."""
     salt = np.random.SeedSequence([seed % (1 << 64), _SHARD_ORDER, epoch]).generate_state(1, np.uint64)[0]
-    return np.argsort(_mix64(files.astype(np.uint64) ^ salt), kind="stable")
+    return _argsort_u64(_mix64(files.astype(np.uint64) ^ salt))
+
+
+def _argsort_u64(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` of uint64 keys. Long arrays go through stable passes
+    over 16-bit digits (NumPy radix-sorts 16-bit keys), least significant first: the top 32 bits
+    alone when they already tell every key apart (then they order the keys as the whole keys
+    do), all four digits otherwise."""
+    if len(keys) < 4096:
+        return np.argsort(keys, kind="stable")
+    digits = np.ascontiguousarray(keys, dtype="<u8").view("<u2").reshape(-1, 4)   # column 0: low digit
+
+    def passes(cols):
+        idx = np.argsort(digits[:, cols[0]], kind="stable")
+        for c in cols[1:]:
+            idx = idx[np.argsort(digits[idx, c], kind="stable")]
+        return idx
+
+    idx = passes((2, 3))
+    top = keys[idx] >> np.uint64(32)
+    return idx if (top[1:] != top[:-1]).all() else passes((0, 1, 2, 3))
 
 
 def _run_starts(values: np.ndarray) -> np.ndarray:
@@ -151,6 +173,19 @@ class _Cache(dict):
         return value
 
 
+class ShardOrders:
+    """:func:`shard_order` remembered for the last few (seed, epoch, shard files): an engine's
+    groups that read the same files get the same order without sorting again."""
+
+    def __init__(self, size: int = 16):
+        self._cache = _Cache(size)
+
+    def get(self, seed: int, epoch: int, files: np.ndarray) -> np.ndarray:
+        key = (seed, epoch, len(files), hashlib.blake2b(files.tobytes(), digest_size=16).digest())
+        got = self._cache.get(key)
+        return got if got is not None else self._cache.put(key, shard_order(seed, epoch, files))
+
+
 class GroupSequence:
     """Consumption order of one group.
 
@@ -160,12 +195,14 @@ class GroupSequence:
     ``files``: per-member file ids (same order; shards are their runs) or ``None`` (one shard).
     ``runs``: ``(first positions, file ids)`` of the runs ``files`` would have, when known
     without a per-member array (a packed selection).
+    ``shared_orders``: a :class:`ShardOrders` the engine's groups share: groups over the same
+    files (nested groups under one source) sort their epoch's shard order once.
     ``shuffle=None`` means ordered (base order in every epoch).
     """
 
     def __init__(self, members: np.ndarray, seed: int, group_id: int, shuffle: Shuffle | None,
                  tokens: np.ndarray | None = None, files: np.ndarray | None = None,
-                 runs: tuple[np.ndarray, np.ndarray] | None = None):
+                 runs: tuple[np.ndarray, np.ndarray] | None = None, shared_orders: "ShardOrders | None" = None):
         self.members = members
         self._start = members.start if isinstance(members, range) else None
         self.n = n = int(len(members))
@@ -194,6 +231,7 @@ class GroupSequence:
         self.total_tokens = int(tokens.sum()) if tokens is not None else None
         self._shard_tok = np.add.reduceat(tokens, lo) if tokens is not None and n else None
         self._epochs, self._inner, self._windows = _Cache(2), _Cache(4), _Cache(8)
+        self._orders = shared_orders if shared_orders is not None else ShardOrders()
         self._whole = _Cache(1)
         self._small = self.shuffled and 0 < n <= SMALL_GROUP
 
@@ -204,7 +242,7 @@ class GroupSequence:
         if lay is None:
             S = self._per_window
             if self.shuffled and self.n_shards > S:
-                order = shard_order(self.seed, epoch, self._shard_file)
+                order = self._orders.get(self.seed, epoch, self._shard_file)
             else:
                 order = np.arange(self.n_shards)
             cuts = np.arange(0, self.n_shards, S)

@@ -261,3 +261,16 @@ def test_engine_chunks_read_a_bounded_number_of_files():
         assert max(touched) <= 3 * 2 * 4        # per group: one shard window, two at a crossing
         assert np.median(touched) <= 2 * 4      # groups over the same files read the same window
     assert np.median(_engine_files_per_chunk(400, shards=0)) > 40
+
+
+def test_the_radix_argsort_is_the_stable_argsort():
+    from mixsql.shuffle import _argsort_u64
+
+    rng = np.random.default_rng(4)
+    for n in (0, 1, 4095, 4096, 30_000):
+        keys = rng.integers(0, 2**64, n, dtype=np.uint64)
+        assert np.array_equal(_argsort_u64(keys), np.argsort(keys, kind="stable"))
+        keys[: n // 3] = keys[n // 3: 2 * (n // 3)]   # ties keep their index order
+        assert np.array_equal(_argsort_u64(keys), np.argsort(keys, kind="stable"))
+        keys = (keys & np.uint64(0xFFFF)) | (rng.integers(0, 2**30, n, dtype=np.uint64) << np.uint64(34))
+        assert np.array_equal(_argsort_u64(keys), np.argsort(keys, kind="stable"))   # top bits tie, low differ
