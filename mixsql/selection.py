@@ -120,8 +120,9 @@ def publish_once(root: Path, key: str, build: Callable[[Path], Any]) -> tuple[Pa
     """The published directory ``root/key``, built once per node: ``(directory, build's result
     or None, built)``. The first caller takes ``flock(<key>.lock)``, runs ``build(tmp)`` into
     ``<key>.tmp-<pid>`` and publishes it with one atomic ``rename``; concurrent callers wait on
-    the lock and then use the published directory. A builder that dies leaves only a ``.tmp-``
-    directory, never read and removed by the next builder."""
+    the lock and then use the published directory. A build that raises removes its directory; a
+    builder that is killed leaves only a ``.tmp-`` directory, never read and removed by the next
+    builder."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
     if final.is_dir():
@@ -135,7 +136,11 @@ def publish_once(root: Path, key: str, build: Callable[[Path], Any]) -> tuple[Pa
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = root / f"{key}.tmp-{os.getpid()}"
             tmp.mkdir()
-            result = build(tmp)
+            try:
+                result = build(tmp)
+            except BaseException:   # a failed build (a data error, Ctrl-C) leaves nothing behind
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             delay = float(os.environ.get("MIXSQL_SELECTION_PUBLISH_DELAY", "0") or 0)
             if delay:   # lets tests kill a builder between writing and publishing
                 time.sleep(delay)
