@@ -431,6 +431,12 @@ def dense_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids + lo, lut[values - lo]
 
 
+def _no_token_counts(count: int) -> ProgrammingError:
+    return ProgrammingError(f"unit = 'tokens' (or LIMIT ... TOKENS) needs token counts, but {count} selected "
+                            "samples have none: register the source with a tokenizer (WITH (tokenizer = ...)) "
+                            "or use unit = 'samples'")
+
+
 def _member(seq: GroupSequence, index: int) -> bool:
     try:
         seq.base_position(index)
@@ -482,8 +488,16 @@ class MixEngine:
             raise ProgrammingError(f"the packed selection has {len(sel.group_sizes)} groups, the spec {self.n_groups}")
         self.n_rows = sel.num_rows
         self._n, self._bounds, self._order = sel.group_sizes.copy(), sel.bounds, None
-        self._tokens_needed = False
-        self._group_tokens = self._group_files = None
+        spec = self.spec
+        self._tokens_needed = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
+        if self._tokens_needed and sel.tokens is None:
+            raise ProgrammingError(f"the packed selection {sel.directory} has no token counts: remove it and "
+                                   "open the statement again")
+        if self._tokens_needed and sel.token_nulls:
+            raise _no_token_counts(sel.token_nulls)
+        self._group_tokens = sel.tokens if self._tokens_needed else None   # mapped, base order
+        self._np = {"__mix_n_tokens": self._group_tokens}
+        self._group_files = None
         self.user_columns, self._user = [], None
         self._file_paths = pa.array(sel.rows.paths, pa.string())
         self._file_source, self._sources = sel.rows.file_source, sel.rows.sources
@@ -520,11 +534,7 @@ class MixEngine:
         if self._tokens_needed:
             col = pointers.column("__mix_n_tokens")
             if col.null_count:
-                raise ProgrammingError(
-                    "unit = 'tokens' (or LIMIT ... TOKENS) needs token counts, but "
-                    f"{col.null_count} selected samples have none: register the source with a "
-                    "tokenizer (WITH (tokenizer = ...)) or use unit = 'samples'"
-                )
+                raise _no_token_counts(col.null_count)
             tokens = _to_numpy(col, np.int64)
         order = None if stored else self._base_order(pointers, gid)
         bounds = np.concatenate([[0], np.cumsum(counts)])
@@ -603,12 +613,14 @@ class MixEngine:
         lo, hi = int(self._bounds[g]), int(self._bounds[g + 1])
         order, tokens, fids = self._order, self._group_tokens, self._group_files
         members = range(lo, hi) if order is None else order[lo:hi]
-        # a sample occupies its text's tokens plus the EOS the packer appends (spec.EOS_TOKENS)
-        tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members]) + EOS_TOKENS
+        # a sample occupies its text's tokens plus the EOS the packer appends (spec.EOS_TOKENS,
+        # added by GroupSequence: a stored selection's mapped column is used without a copy)
+        tok = None if tokens is None else (tokens[lo:hi] if order is None else tokens[members])
         files = None if fids is None else (fids[lo:hi] if order is None else fids[members])
         shuffle = None if self.spec.ordered else self.spec.shuffle
         runs = self._packed.shard_runs(g) if self._packed is not None else None
-        return GroupSequence(members, self.spec.seed, g, shuffle, tok, files, runs, self._shard_orders)
+        return GroupSequence(members, self.spec.seed, g, shuffle, tok, files, runs, self._shard_orders,
+                             EOS_TOKENS)
 
     @property
     def _fingerprint(self) -> str | None:

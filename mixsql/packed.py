@@ -1,12 +1,14 @@
 """Packed selections: a planned statement in about one byte per selected sample.
 
-A statement without ORDER BY, composed in samples, consumes each group in (file, row) order
+A statement without ORDER BY consumes each group in (file, row) order
 permuted by the shuffle; that base order is the order of the catalog's global row numbers
 (:mod:`mixsql.rowindex`). So a group is stored as its sorted row numbers, in blocks of
 ``BLOCK``: per block the first number (``base``), a byte width (0, 1, 2, 4 or 8) and the gaps
 minus one at that width (0 bytes for a contiguous run). Chunk rows are decoded from their
 blocks only; file, row and location come from the row index. The shuffle's shards (runs of one
-file within a group) are stored as ``(first position, file id)`` pairs, O(files x groups).
+file within a group) are stored as ``(first position, file id)`` pairs, O(files x groups). A
+statement composed in tokens (or with a token budget) also stores every sample's token count in
+base order (``tokens.npy``, int32, -1 where the catalog has none), mapped by every process.
 
 Built streaming (:func:`build`), in bounded memory at any size: DuckDB's result batches scatter
 each row's leaf group into a per-row code array (a temporary file); a pass over it in row order
@@ -33,10 +35,12 @@ DUPLICATE = ("the MIX query returns some samples more than once (a join that dup
 
 
 def eligible(spec: MixSpec) -> bool:
-    """Whether a statement's selection can be packed: no ORDER BY (its order is the rows'),
-    composed in samples with no token budget (no per-sample token arrays needed)."""
-    return (not spec.ordered and spec.unit == "samples"
-            and (spec.budget is None or spec.budget.kind == "samples"))
+    """Whether a statement's selection can be packed: no ORDER BY (its order is the rows')."""
+    return not spec.ordered
+
+
+def _needs_tokens(spec: MixSpec) -> bool:
+    return spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
 
 
 class PackedSelection:
@@ -57,6 +61,9 @@ class PackedSelection:
         self.runs_start = np.searchsorted(self.runs_pos, self.bounds).astype(np.int64)
         size = (directory / "deltas.bin").stat().st_size
         self.deltas = np.memmap(directory / "deltas.bin", np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        # token-unit statements: every sample's token count in base order (int32, -1: none)
+        self.tokens = np.load(directory / "tokens.npy", mmap_mode="r") if meta.get("tokens") else None
+        self.token_nulls = int(meta.get("token_nulls", 0))
 
     @classmethod
     def open(cls, directory: Path) -> "PackedSelection":
@@ -96,6 +103,12 @@ class PackedSelection:
         return {"code": fp, "row": gx - np.asarray(self.rows.starts, np.int64)[fp], "offset": rec["offset"],
                 "length": rec["length"], "n_bytes": rec["n_bytes"], "n_tokens": rec["n_tokens"]}
 
+    def used_files(self):
+        """The row index's ``files`` rows of the files the selection points into (every file
+        starts a run in each group that reads it)."""
+        ids = np.unique(np.asarray(self.runs_file, np.int64))
+        return self.rows.files.take(np.searchsorted(self.rows.file_ids, ids))
+
     def shard_runs(self, g: int) -> tuple[np.ndarray, np.ndarray]:
         """``(first positions within group g, file ids)`` of g's runs of one file."""
         a, b = int(self.runs_start[g]), int(self.runs_start[g + 1])
@@ -125,7 +138,7 @@ class PackedSelection:
 def build(catalog, plan, tmp: Path, catalog_path: str, snapshot: int, sql: str) -> None:
     """Run ``plan`` over ``catalog`` and write its packed selection into ``tmp`` (the selection
     cache's build directory); raises the planner's data errors (empty groups, unknown values)."""
-    from .planner.execute import check_rows, resolve_natural, run_query
+    from .planner.execute import check_rows, null_tokens_error, resolve_natural, run_query
 
     rows = RowIndex.open_or_build(catalog, catalog_path, snapshot)
     status = StatusLine()
@@ -151,18 +164,21 @@ def build(catalog, plan, tmp: Path, catalog_path: str, snapshot: int, sql: str) 
                 entry_rows[name] += np.bincount(e, minlength=plan.n_entries)
             status.show(f"mixsql: selecting {int(leaf_rows.sum()):,} samples")
     check_rows(catalog, plan, leaf_rows, entry_rows)
-    spec = resolve_natural(plan, leaf_rows, None)
     sorted_path = _group_major(codes, leaf_rows, sentinel, tmp, status)
     del codes
     (tmp / "codes.tmp").unlink()
-    _write_blocks(np.memmap(sorted_path, np.int64, mode="r") if leaf_rows.sum() else np.zeros(0, np.int64),
-                  leaf_rows, rows, tmp, status)
+    tokens = _needs_tokens(plan.spec)
+    stats = _write_blocks(np.memmap(sorted_path, np.int64, mode="r") if leaf_rows.sum() else np.zeros(0, np.int64),
+                          leaf_rows, rows, tmp, status, tokens)
     sorted_path.unlink()
     status.clear()
+    if tokens and plan.spec.unit == "tokens" and stats["nulls"]:
+        raise null_tokens_error(plan, stats["nulls"], stats["first_null_source"])
+    spec = resolve_natural(plan, leaf_rows, stats["leaf_tokens"] if plan.spec.unit == "tokens" else None)
     (tmp / "meta.json").write_text(json.dumps({
         "kind": "packed", "version": PACKED_VERSION, "spec": spec.to_json(), "group_sizes": leaf_rows.tolist(),
         "rowindex": index_key(catalog_path, snapshot), "snapshot": int(snapshot), "statement": sql,
-        "rows": int(leaf_rows.sum())}))
+        "rows": int(leaf_rows.sum()), "tokens": tokens, "token_nulls": stats["nulls"]}))
 
 
 def _group_major(codes: np.ndarray, leaf_rows: np.ndarray, sentinel, tmp: Path, status) -> Path:
@@ -190,8 +206,20 @@ def _group_major(codes: np.ndarray, leaf_rows: np.ndarray, sentinel, tmp: Path, 
     return path
 
 
-def _write_blocks(srt: np.ndarray, leaf_rows: np.ndarray, rows: RowIndex, tmp: Path, status) -> None:
-    """Blocks (base, width, byte offset, gaps) and shard runs of the group-major row numbers."""
+def _write_blocks(srt: np.ndarray, leaf_rows: np.ndarray, rows: RowIndex, tmp: Path, status,
+                  tokens: bool = False) -> dict:
+    """Blocks (base, width, byte offset, gaps) and shard runs of the group-major row numbers;
+    with ``tokens``, every sample's token count in the same order (``tokens.npy``). Returns the
+    token statistics: ``leaf_tokens`` (EOS included, as packed), ``nulls``, ``first_null_source``."""
+    from .spec import EOS_TOKENS
+
+    stats = {"leaf_tokens": np.zeros(len(leaf_rows)), "nulls": 0, "first_null_source": None}
+    tok_out = None
+    if tokens and int(leaf_rows.sum()):
+        tok_out = np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=np.int32,
+                                            shape=(int(leaf_rows.sum()),))
+    elif tokens:
+        np.save(tmp / "tokens.npy", np.zeros(0, np.int32))
     nblocks = -(-leaf_rows // BLOCK)
     block_start = np.concatenate([[0], np.cumsum(nblocks)]).astype(np.int64)
     bounds = np.concatenate([[0], np.cumsum(leaf_rows)]).astype(np.int64)
@@ -231,6 +259,17 @@ def _write_blocks(srt: np.ndarray, leaf_rows: np.ndarray, rows: RowIndex, tmp: P
             if prev_file is not None and len(flat):
                 new[0] = fid[0] != prev_file
             new |= np.isin(flat_pos, bounds[:-1])
+            if tok_out is not None and len(flat):
+                tk = np.asarray(rows.loc["n_tokens"][flat], np.int32)
+                tok_out[flat_pos] = tk
+                nul = tk < 0
+                if nul.any() and not stats["nulls"]:
+                    fp = int(rows.file_pos(flat[nul][:1])[0])
+                    stats["first_null_source"] = rows.sources[int(rows.file_source[fp])].as_py()
+                stats["nulls"] += int(nul.sum())
+                gid = np.searchsorted(bounds, flat_pos, side="right") - 1
+                stats["leaf_tokens"] += np.bincount(gid, weights=np.where(nul, 0, tk) + float(EOS_TOKENS),
+                                                    minlength=len(leaf_rows))
             runs_pos.append(flat_pos[new])
             runs_file.append(fid[new])
             prev_file = fid[-1] if len(flat) else prev_file
@@ -240,3 +279,7 @@ def _write_blocks(srt: np.ndarray, leaf_rows: np.ndarray, rows: RowIndex, tmp: P
     np.save(tmp / "width.npy", width)
     np.save(tmp / "runs_pos.npy", np.concatenate(runs_pos) if runs_pos else np.zeros(0, np.int64))
     np.save(tmp / "runs_file.npy", np.concatenate(runs_file).astype(np.int64) if runs_file else np.zeros(0, np.int64))
+    if tok_out is not None:
+        tok_out.flush()
+        del tok_out
+    return stats

@@ -4,10 +4,10 @@
 for a MIX statement. The selection lives in ``$MIXSQL_CACHE_DIR/selections/<key>`` (default
 ``~/.cache/mixsql``), ``key = sha256(catalog path, catalog snapshot, statement, parameters)``:
 
-A statement without ORDER BY composed in samples (most training mixtures) is stored *packed*
-(:mod:`mixsql.packed`: each group's sorted catalog row numbers, block-coded, about a byte a
-sample, over the node's row index of the catalog snapshot, :mod:`mixsql.rowindex`); ``meta.json``
-then says ``"kind": "packed"``. Any other statement is stored as a table:
+A statement without ORDER BY is stored *packed* (:mod:`mixsql.packed`: each group's sorted
+catalog row numbers, block-coded, about a byte a sample, plus token counts when it is composed
+in tokens, over the node's row index of the catalog snapshot, :mod:`mixsql.rowindex`);
+``meta.json`` then says ``"kind": "packed"``. An ORDER BY statement is stored as a table:
 
 * ``pointers.arrow``: the selection in the engine's base order (by group, then ORDER BY rank or
   (file, row)), one uncompressed Arrow IPC record batch, so opening it is a memory map: every
@@ -112,7 +112,7 @@ def _load(d: Path):
     if meta.get("kind") == "packed":
         from .packed import PackedSelection
         sel = PackedSelection.open(d)
-        return sel, sel.spec, sel.rows.files
+        return sel, sel.spec, sel.used_files()
     return _read_arrow(d / "pointers.arrow"), MixSpec.from_json(meta["spec"]), _read_arrow(d / "files.arrow")
 
 

@@ -191,7 +191,8 @@ class GroupSequence:
 
     ``members``: pointer-table row indices of the group's samples in base order, or a
     ``range`` when they are contiguous (a selection stored in base order: no index array).
-    ``tokens``: per-member token counts (same order) or ``None`` when not needed.
+    ``tokens``: per-member token counts (same order) or ``None`` when not needed; each member
+    counts ``token_extra`` more (the EOS a packed document gets), so a mapped column serves as is.
     ``files``: per-member file ids (same order; shards are their runs) or ``None`` (one shard).
     ``runs``: ``(first positions, file ids)`` of the runs ``files`` would have, when known
     without a per-member array (a packed selection).
@@ -202,7 +203,8 @@ class GroupSequence:
 
     def __init__(self, members: np.ndarray, seed: int, group_id: int, shuffle: Shuffle | None,
                  tokens: np.ndarray | None = None, files: np.ndarray | None = None,
-                 runs: tuple[np.ndarray, np.ndarray] | None = None, shared_orders: "ShardOrders | None" = None):
+                 runs: tuple[np.ndarray, np.ndarray] | None = None, shared_orders: "ShardOrders | None" = None,
+                 token_extra: int = 0):
         self.members = members
         self._start = members.start if isinstance(members, range) else None
         self.n = n = int(len(members))
@@ -227,9 +229,10 @@ class GroupSequence:
         self._shard_len = np.diff(np.append(lo, n))
         self.n_shards = len(lo)
         self._per_window = self.shards if 0 < self.shards < self.n_shards else max(1, self.n_shards)
-        self.tokens = tokens
-        self.total_tokens = int(tokens.sum()) if tokens is not None else None
-        self._shard_tok = np.add.reduceat(tokens, lo) if tokens is not None and n else None
+        self.tokens, self._extra = tokens, int(token_extra)
+        self.total_tokens = int(tokens.sum(dtype=np.int64)) + n * self._extra if tokens is not None else None
+        self._shard_tok = (np.add.reduceat(tokens, lo, dtype=np.int64) + self._shard_len * self._extra
+                           if tokens is not None and n else None)
         self._epochs, self._inner, self._windows = _Cache(2), _Cache(4), _Cache(8)
         self._orders = shared_orders if shared_orders is not None else ShardOrders()
         self._whole = _Cache(1)
@@ -274,7 +277,8 @@ class GroupSequence:
         blen = np.minimum(B, ln[which] - k * B)
         btok = None
         if self.tokens is not None and len(bstart):   # the window's tokens, its blocks in order: O(window)
-            local = np.concatenate([self.tokens[a:a + m] for a, m in zip(lo.tolist(), ln.tolist())])
+            local = np.concatenate([self.tokens[a:a + m] for a, m in zip(lo.tolist(), ln.tolist())]
+                                   ).astype(np.int64) + self._extra
             btok = np.add.reduceat(local, np.cumsum(blen) - blen)
         if self.shuffled and len(bstart) > 1:
             p = _permutation(_salt(self.seed, _BLOCK_PERM, self.group_id, epoch, j), len(bstart))
@@ -401,7 +405,8 @@ class GroupSequence:
         j, w, lo = self._locate(epoch, pos)
         _, _, wtok = self._layout(epoch)
         stok = self._blocks(epoch, j)[3]
-        return int(wtok[j]) + int(stok[w]) + int(self.tokens[self._window(epoch, j, w)[:pos - lo]].sum())
+        part = self._window(epoch, j, w)[:pos - lo]
+        return int(wtok[j]) + int(stok[w]) + int(self.tokens[part].sum(dtype=np.int64)) + len(part) * self._extra
 
     def find_tokens(self, epoch: int, target: int) -> int | None:
         """Smallest ``pos`` with ``token_prefix(epoch, pos) >= target`` (None if past the epoch)."""
@@ -414,7 +419,7 @@ class GroupSequence:
         _, _, sstart, stok = self._blocks(epoch, j)
         rest = target - int(wtok[j])
         w = int(np.searchsorted(stok, rest, side="left")) - 1
-        cum = np.cumsum(self.tokens[self._window(epoch, j, w)])
+        cum = np.cumsum(self.tokens[self._window(epoch, j, w)].astype(np.int64) + self._extra)
         k = int(np.searchsorted(cum, rest - int(stok[w]), side="left"))
         return int(wstart[j]) + int(sstart[w]) + k + 1
 

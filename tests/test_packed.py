@@ -16,6 +16,14 @@ from mixsql.errors import ProgrammingError
 from mixsql.packed import BLOCK, PackedSelection
 from mixsql.stream import MixStream
 
+TOKEN_STATEMENTS = [
+    # composed in tokens, NATURAL weights from token counts (books has none: excluded)
+    "SELECT * FROM samples WHERE source <> 'books' MIX BY lang WITH NATURAL SETTINGS (chunk_size = 400, "
+    "unit = 'tokens', on_exhausted = 'redistribute', seed = 3)",
+    # samples with a token budget
+    "SELECT * FROM samples WHERE source <> 'books' MIX BY source WITH (web 0.7, code 0.3) LIMIT 20000 TOKENS "
+    "SETTINGS (chunk_size = 40, on_exhausted = 'repeat', seed = 6)",
+]
 STATEMENTS = [
     # nested groups, repeat with an epoch limit
     "SELECT * FROM samples WHERE quality > 2 MIX BY source WITH (web 0.5, code 0.3 MIX BY lang WITH "
@@ -58,10 +66,33 @@ def test_a_packed_selection_streams_what_planning_streams(catalog, cache, sql):
     for a, b in zip(got, exp):
         assert a.equals(b), a.column_names
     assert MixStream.open_cached(catalog, sql).built is False   # the second open maps it
+    assert s.files.column("file_id").to_pylist() == ref.files.column("file_id").to_pylist()   # only used files
     # chunk k computed directly on a fresh engine equals the stream's chunk k
     rng = np.random.default_rng(1)
     for k in rng.integers(0, len(exp), 6).tolist():
         assert s.engine().chunk(k).equals(exp[k])
+
+
+@pytest.mark.parametrize("sql", TOKEN_STATEMENTS)
+def test_token_composed_statements_are_packed_with_their_token_counts(catalog, cache, sql):
+    s = MixStream.open_cached(catalog, sql)
+    assert s.built and isinstance(s.pointers, PackedSelection) and s.pointers.tokens is not None
+    ref = MixStream.open(catalog, sql, user_columns=False)
+    assert s.spec == ref.spec   # NATURAL weights resolved from the same token counts
+    got, exp = list(s.chunks()), list(ref.chunks())
+    assert len(got) == len(exp) > 5 and all(a.equals(b) for a, b in zip(got, exp))
+    for k in np.random.default_rng(2).integers(0, len(exp), 4).tolist():
+        assert s.engine().chunk(k).equals(exp[k])
+
+
+def test_token_errors_are_the_table_paths(catalog, cache):
+    for sql in ("SELECT * FROM samples MIX BY source WITH (web 0.5, books 0.5) SETTINGS (unit = 'tokens')",
+                "SELECT * FROM samples MIX BY source WITH (web 0.5, books 0.5) LIMIT 500 TOKENS"):
+        with pytest.raises(Exception) as packed_err:
+            MixStream.open_cached(catalog, sql).engine()
+        with pytest.raises(Exception) as table_err:
+            MixStream.open(catalog, sql, user_columns=False).engine()
+        assert str(packed_err.value) == str(table_err.value) and "token" in str(packed_err.value)
 
 
 def test_null_token_counts_and_locations_survive_packing(catalog, cache):

@@ -76,13 +76,17 @@ def execute_plan(catalog, plan: MixPlan, user_columns=True, canonical: bool = Tr
     if spec.unit == "tokens":
         if ntok.null_count:
             src = table.filter(ntok.is_null()).column("__mix_source")[0].as_py()
-            raise err(sql, f"unit = 'tokens' but n_tokens is NULL for {ntok.null_count} selected rows "
-                            f"(source {src!r} has no token counts); register it with a tokenizer or use "
-                            "unit = 'samples'", plan.unit_node)
+            raise null_tokens_error(plan, ntok.null_count, src)
         tok = ntok.to_numpy(zero_copy_only=False).astype(np.float64) + EOS_TOKENS   # as packed
         leaf_tokens = np.bincount(group_ids, weights=tok, minlength=n_leaves) if len(tok) else np.zeros(n_leaves)
 
     return table, resolve_natural(plan, leaf_rows, leaf_tokens)
+
+
+def null_tokens_error(plan: MixPlan, count: int, source: str) -> SQLError:
+    return err(plan.statement, f"unit = 'tokens' but n_tokens is NULL for {count} selected rows (source "
+                               f"{source!r} has no token counts); register it with a tokenizer or use "
+                               "unit = 'samples'", plan.unit_node)
 
 
 def resolve_natural(plan: MixPlan, leaf_rows: np.ndarray, leaf_tokens: np.ndarray | None) -> MixSpec:
