@@ -27,7 +27,6 @@ monotone counts (O(groups x log) each), lazily, as far as the requested chunk.
 from __future__ import annotations
 
 import bisect
-
 import math
 
 import numpy as np

@@ -119,7 +119,7 @@ def forecast(spec: MixSpec, group_samples: list[int], group_tokens: list[int | N
     n = len(spec.groups)
     if len(group_samples) != n or len(group_tokens) != n:
         raise ValueError(f"forecast: expected {n} group sizes, got {len(group_samples)} / {len(group_tokens)}")
-    needs_tokens = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
+    needs_tokens = spec.counts_tokens
     unbounded = spec.budget is None and spec.on_exhausted == "repeat" and spec.max_epochs is None
     if unbounded or (needs_tokens and pointers is None):
         return fluid_forecast(spec, group_samples, group_tokens)
@@ -473,7 +473,6 @@ class MixEngine:
         self._passes = 1 if spec.on_exhausted != "repeat" else spec.max_epochs  # None = unbounded
         self._names = [*CHUNK_HEAD, *self.user_columns, *CHUNK_TAIL]
         self._chunk_schema = None
-        self._file_paths_py = self._file_paths.to_pylist()
         self._inter_cache: dict = {}
         self._positions = np.arange(max(1, spec.chunk_size if spec.unit == "samples" else 1024), dtype=np.int32)
         self._fingerprint_of = (self.n_rows, counts)
@@ -489,7 +488,7 @@ class MixEngine:
         self.n_rows = sel.num_rows
         self._n, self._bounds, self._order = sel.group_sizes.copy(), sel.bounds, None
         spec = self.spec
-        self._tokens_needed = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
+        self._tokens_needed = spec.counts_tokens
         if self._tokens_needed and sel.tokens is None:
             raise ProgrammingError(f"the packed selection {sel.directory} has no token counts: remove it and "
                                    "open the statement again")
@@ -499,10 +498,9 @@ class MixEngine:
         self._np = {"__mix_n_tokens": self._group_tokens}
         self._group_files = None
         self.user_columns, self._user = [], None
-        self._file_paths = pa.array(sel.rows.paths, pa.string())
+        self._file_paths_py = sel.rows.paths
         self._file_source, self._sources = sel.rows.file_source, sel.rows.sources
         self._file_id_by_code = sel.rows.file_ids
-        self._ntok_nulls = True   # per chunk: a mask where the row index has no count
         return sel.group_sizes
 
     def _init_table(self, pointers: pa.Table) -> np.ndarray:
@@ -529,7 +527,7 @@ class MixEngine:
             if N and (gid.min() < 0 or gid.max() >= G):
                 raise ProgrammingError(f"__mix_group values must lie in 0..{G - 1}")
             counts = np.bincount(gid, minlength=G) if N else np.zeros(G, np.int64)
-        self._tokens_needed = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
+        self._tokens_needed = spec.counts_tokens
         tokens = None
         if self._tokens_needed:
             col = pointers.column("__mix_n_tokens")
@@ -560,7 +558,8 @@ class MixEngine:
         self._ntok_col = _combine(ntok) if self._ntok_nulls else None
         self._np["__mix_n_tokens"] = (tokens if tokens is not None else
                                       (_to_numpy(ntok, np.int64) if not self._ntok_nulls and N else np.zeros(N, np.int64)))
-        self._file_code, self._file_paths, self._file_source, self._sources = _file_dictionaries(pointers, N, compact)
+        self._file_code, file_paths, self._file_source, self._sources = _file_dictionaries(pointers, N, compact)
+        self._file_paths_py = file_paths.to_pylist()
         self._file_id_by_code = None if compact is None else np.asarray(compact["file_ids"], np.int32)
         return counts
 

@@ -39,9 +39,6 @@ def eligible(spec: MixSpec) -> bool:
     return not spec.ordered
 
 
-def _needs_tokens(spec: MixSpec) -> bool:
-    return spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
-
 
 class PackedSelection:
     """A published packed selection, memory-mapped; positions are base-order indices
@@ -167,7 +164,7 @@ def build(catalog, plan, tmp: Path, catalog_path: str, snapshot: int, sql: str) 
     sorted_path = _group_major(codes, leaf_rows, sentinel, tmp, status)
     del codes
     (tmp / "codes.tmp").unlink()
-    tokens = _needs_tokens(plan.spec)
+    tokens = plan.spec.counts_tokens
     stats = _write_blocks(np.memmap(sorted_path, np.int64, mode="r") if leaf_rows.sum() else np.zeros(0, np.int64),
                           leaf_rows, rows, tmp, status, tokens)
     sorted_path.unlink()
@@ -258,7 +255,7 @@ def _write_blocks(srt: np.ndarray, leaf_rows: np.ndarray, rows: RowIndex, tmp: P
             new[1:] = fid[1:] != fid[:-1]
             if prev_file is not None and len(flat):
                 new[0] = fid[0] != prev_file
-            new |= np.isin(flat_pos, bounds[:-1])
+            new |= flat_pos == np.repeat(bounds[g], length)   # a group's first sample
             if tok_out is not None and len(flat):
                 tk = np.asarray(rows.loc["n_tokens"][flat], np.int32)
                 tok_out[flat_pos] = tk
@@ -267,8 +264,7 @@ def _write_blocks(srt: np.ndarray, leaf_rows: np.ndarray, rows: RowIndex, tmp: P
                     fp = int(rows.file_pos(flat[nul][:1])[0])
                     stats["first_null_source"] = rows.sources[int(rows.file_source[fp])].as_py()
                 stats["nulls"] += int(nul.sum())
-                gid = np.searchsorted(bounds, flat_pos, side="right") - 1
-                stats["leaf_tokens"] += np.bincount(gid, weights=np.where(nul, 0, tk) + float(EOS_TOKENS),
+                stats["leaf_tokens"] += np.bincount(np.repeat(g, length), weights=np.where(nul, 0, tk) + float(EOS_TOKENS),
                                                     minlength=len(leaf_rows))
             runs_pos.append(flat_pos[new])
             runs_file.append(fid[new])

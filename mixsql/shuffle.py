@@ -42,7 +42,6 @@ so a mixture of thousands of small groups pays a few numpy calls per group, not 
 from __future__ import annotations
 
 import hashlib
-
 import re
 
 import numpy as np

@@ -105,6 +105,11 @@ class MixSpec:
     # the server refuses a SCHEDULE and MixDataset maps steps itself (see the planner docstring).
     batch_size: int | None = None
 
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether composition reads token counts: ``unit = 'tokens'`` or a ``LIMIT ... TOKENS``."""
+        return self.unit == "tokens" or (self.budget is not None and self.budget.kind == "tokens")
+
     def weights(self) -> tuple[float, ...]:
         return tuple(g.weight for g in self.groups)
 

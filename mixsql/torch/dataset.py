@@ -153,7 +153,7 @@ class MixDataset(_Checkpointing, IterableDataset):
             stream = self._open()
             self._stream = None   # workers map the node's cached selection themselves
             spec = stream.spec
-            tokens = spec.unit == "tokens" or (spec.budget is not None and spec.budget.kind == "tokens")
+            tokens = spec.counts_tokens
             return tokens, set(stream.files.column("source").to_pylist())
 
         check_counting_tokenizer(sources, tokenizer_record(tok), self.tokenizer_check, selection)
